@@ -1,0 +1,178 @@
+"""Typed settings, read once at process start and passed down explicitly.
+
+Sources, strongest first: keyword arguments (tests), ``EXPORTER_*`` environment variables
+(``__`` separates groups: ``EXPORTER_SMTP__HOST``), files in ``EXPORTER_SECRETS_DIR`` named
+like the variable (as Kubernetes mounts a Secret), then the defaults below, which work
+against the local stack that ``make run`` starts. Secrets are ``SecretStr`` so they never
+reach a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "EXPORTER_"
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    TEST = "test"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class PostgresSettings(BaseModel):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/exporter")
+    # Export reads go here when set (a read replica); nothing else does.
+    replica_dsn: SecretStr | None = None
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    command_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    queue_name: str = "exporter:queue"
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class DynamoSettings(BaseModel):
+    # None means the real AWS endpoint for the region; local and tests point at DynamoDB Local.
+    endpoint_url: str | None = "http://127.0.0.1:8000"
+    region: str = "eu-west-1"
+    table_prefix: str = "exporter-local-"
+    # Leave unset in AWS: the pod's IRSA role provides credentials. Against a local endpoint
+    # with no keys set, dummy keys are used (DynamoDB Local accepts any).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1)
+
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_aws(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def users_table(self) -> str:
+        return f"{self.table_prefix}users"
+
+    @property
+    def user_emails_table(self) -> str:
+        return f"{self.table_prefix}user-emails"
+
+    @property
+    def jobs_table(self) -> str:
+        return f"{self.table_prefix}export-jobs"
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1025, ge=1, le=65535)
+    username: SecretStr | None = None
+    password: SecretStr | None = None
+    # Amazon SES: port 587 with STARTTLS (start_tls) or 465 with implicit TLS (use_tls).
+    start_tls: bool = False
+    use_tls: bool = False
+    timeout_s: float = Field(default=30.0, gt=0)
+    from_address: str = "Exporter <exports@exporter.local>"
+
+
+class JwtSettings(BaseModel):
+    issuer: str = "https://exporter.local"
+    audience: str = "exporter-api"
+    # PEM-encoded EC P-256 private key. Unset in local/test: an ephemeral key is generated
+    # per process, which is fine for a single local API process and nothing else.
+    private_key: SecretStr | None = None
+    access_ttl_s: int = Field(default=300, gt=0)
+    refresh_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    leeway_s: int = Field(default=10, ge=0)
+
+
+class ExportSettings(BaseModel):
+    # How long a finished export (and its record) stays visible to the user.
+    retention_days: int = Field(default=7, ge=1)
+    # Attach the CSV when the encoded email stays under this; SES caps messages at 40 MB
+    # counted after base64 (x4/3), so 10 MB of file leaves ample headroom.
+    attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Rows fetched per round trip from the server-side cursor.
+    cursor_prefetch: int = Field(default=5000, ge=1)
+    # Bytes buffered before a CSV chunk is handed to the file.
+    chunk_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Spooled temp files stay in memory up to this size, then move to disk.
+    spool_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    temp_dir: Path | None = None
+
+
+class WorkerSettings(BaseModel):
+    max_jobs: int = Field(default=4, ge=1)
+    job_timeout_s: int = Field(default=1800, gt=0)
+    max_tries: int = Field(default=5, ge=1)
+    poll_delay_s: float = Field(default=0.1, gt=0)
+    # Time given to running jobs on SIGTERM; keep below the pod's terminationGracePeriodSeconds.
+    shutdown_grace_s: int = Field(default=60, ge=0)
+    expire_cron_minute: int = Field(default=17, ge=0, le=59)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # Public base URL used in links (emails, Location headers are relative).
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: int = Field(default=16 * 1024, ge=256)
+    page_size_default: int = Field(default=20, ge=1, le=100)
+
+
+class Settings(BaseSettings):
+    """Everything the API, the worker and the CLI need to know."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        secrets_dir=os.environ.get(f"{ENV_PREFIX}SECRETS_DIR") or None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Environment = Environment.LOCAL
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON unless attached to a terminal
+    postgres: PostgresSettings = PostgresSettings()
+    redis: RedisSettings = RedisSettings()
+    dynamo: DynamoSettings = DynamoSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    jwt: JwtSettings = JwtSettings()
+    exports: ExportSettings = ExportSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
+
+    @model_validator(mode="after")
+    def _deployed_needs_real_secrets(self) -> Settings:
+        if self.environment in (Environment.STAGING, Environment.PRODUCTION):
+            if self.jwt.private_key is None:
+                raise ValueError("jwt.private_key is required outside local and test")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, file_secret_settings
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and secret files), with explicit overrides."""
+    return Settings(**overrides)
