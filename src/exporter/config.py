@@ -156,9 +156,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _deployed_needs_real_secrets(self) -> Settings:
-        if self.environment in (Environment.STAGING, Environment.PRODUCTION):
-            if self.jwt.private_key is None:
-                raise ValueError("jwt.private_key is required outside local and test")
+        deployed = self.environment in (Environment.STAGING, Environment.PRODUCTION)
+        if deployed and self.jwt.private_key is None:
+            raise ValueError("jwt.private_key is required outside local and test")
         return self
 
     @classmethod

@@ -1,0 +1,44 @@
+# One target per thing CI does, so a person runs exactly what CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv run demo test lint typecheck format pytest bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): setup.cfg pyproject.toml requirements.lock
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with the app and dev tools
+
+run: venv  ## start the whole service locally (Ctrl-C stops it)
+	$(VENV)/bin/exporter dev run
+
+demo: venv  ## one export end to end on the local stack; last line is a JSON summary
+	$(VENV)/bin/exporter dev demo
+
+lint: venv  ## ruff (lint + format check)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+typecheck: venv  ## mypy --strict
+	$(VENV)/bin/mypy
+
+pytest: venv  ## the test suite (starts DynamoDB Local and an SMTP sink itself)
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest  ## everything CI runs
+
+format: venv
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,20 @@
+"""HTTP API: the route table lives here, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from exporter.api import exports, health, tokens
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
+    app.router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
+    app.router.add_get("/.well-known/jwks.json", tokens.jwks, name="jwks", allow_head=False)
+    app.router.add_post("/v1/auth/token", tokens.issue_token, name="issue_token")
+    app.router.add_post("/v1/auth/refresh", tokens.refresh_token, name="refresh_token")
+    app.router.add_post("/v1/exports", exports.create_export, name="create_export")
+    app.router.add_get("/v1/exports", exports.list_exports, name="list_exports", allow_head=False)
+    app.router.add_get(
+        "/v1/exports/{export_id}", exports.get_export, name="get_export", allow_head=False
+    )

@@ -1,0 +1,131 @@
+"""Request and response schemas: they validate input and document the API (OpenAPI 3)."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from exporter.models import ExportFormat, JobState
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE  # unknown fields are an error, not silently dropped
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class TokenRequest(StrictSchema):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
+
+
+class RefreshRequest(StrictSchema):
+    refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=4096))
+
+
+class CreateExportRequest(StrictSchema):
+    format = fields.String(
+        load_default=ExportFormat.CSV.value,
+        validate=validate.OneOf([f.value for f in ExportFormat]),
+        metadata={"description": "File format of the export.", "example": "csv"},
+    )
+
+
+class ExportPath(StrictSchema):
+    export_id = fields.UUID(required=True, metadata={"description": "The export's id."})
+
+
+class ListExportsQuery(StrictSchema):
+    limit = fields.Integer(
+        load_default=None,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Page size, 1 to 100 (default 20)."},
+    )
+    cursor = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=1024),
+        metadata={"description": "Opaque cursor from a previous page's `next_cursor`."},
+    )
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class TokenResponse(Schema):
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"example": "Bearer"})
+    expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
+
+
+class Jwk(Schema):
+    kty = fields.String()
+    crv = fields.String()
+    x = fields.String()
+    y = fields.String()
+    kid = fields.String()
+    use = fields.String()
+    alg = fields.String()
+
+
+class JwksResponse(Schema):
+    keys = fields.List(fields.Nested(Jwk))
+
+
+class ExportError(Schema):
+    code = fields.String(required=True, metadata={"example": "user_unavailable"})
+    message = fields.String(required=True)
+
+
+class ExportLinks(Schema):
+    self = fields.String(required=True)
+
+
+class ExportResponse(Schema):
+    id = fields.UUID(required=True)
+    status = fields.String(required=True, validate=validate.OneOf([s.value for s in JobState]))
+    format = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(required=True)
+    attempts = fields.Integer(required=True)
+    row_count = fields.Integer(allow_none=True)
+    byte_size = fields.Integer(allow_none=True)
+    file_name = fields.String(allow_none=True)
+    delivery = fields.String(allow_none=True, metadata={"example": "email_attachment"})
+    error = fields.Nested(ExportError, allow_none=True)
+    links = fields.Nested(ExportLinks, required=True)
+
+
+class ExportListLinks(Schema):
+    next = fields.String(allow_none=True)
+
+
+class ExportListResponse(Schema):
+    items = fields.List(fields.Nested(ExportResponse), required=True)
+    next_cursor = fields.String(allow_none=True)
+    links = fields.Nested(ExportListLinks, required=True)
+
+
+class FieldError(Schema):
+    field = fields.String(required=True)
+    message = fields.String(required=True)
+    location = fields.String()
+
+
+class Problem(Schema):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    code = fields.String(required=True, metadata={"description": "Stable machine-readable code."})
+    errors = fields.List(fields.Nested(FieldError))
+
+
+class HealthResponse(Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.String())

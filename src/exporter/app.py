@@ -1,0 +1,213 @@
+"""The aiohttp application factory: middlewares, routes, OpenAPI, and the client lifecycle."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NoReturn
+
+import structlog
+from aiohttp import web
+from aiohttp_apispec import setup_aiohttp_apispec, validation_middleware
+from marshmallow import ValidationError
+
+from exporter import __version__
+from exporter.api import setup_routes
+from exporter.api.openapi import Handler
+from exporter.auth import TokenService, build_token_service
+from exporter.config import Settings
+from exporter.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from exporter.keys import PASSWORDS, RESOURCES, SETTINGS, TOKENS
+from exporter.passwords import Passwords
+from exporter.resources import open_resources
+
+log = structlog.stdlib.get_logger("exporter.api")
+
+PROBLEM_JSON = "application/problem+json"
+DOCS_PATH = "/api/docs"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Request ids we accept from callers: short and printable, so they are safe in logs.
+_MAX_REQUEST_ID = 128
+
+
+def problem_response(error: ApiError) -> web.Response:
+    return web.Response(
+        text=json.dumps(error.body()),
+        status=error.status,
+        content_type=PROBLEM_JSON,
+        headers=error.headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    mapping: Mapping[int, type[ApiError]] = {
+        400: BadRequest,
+        404: NotFound,
+        405: MethodNotAllowed,
+        413: PayloadTooLarge,
+        415: UnsupportedMediaType,
+        422: ValidationFailed,
+    }
+    cls = mapping.get(exc.status)
+    if cls is None:
+        error = ApiError(exc.reason)
+        error.status, error.code, error.title = exc.status, "http_error", exc.reason
+        return error
+    if cls is NotFound:
+        return NotFound("No such resource.")
+    if cls is MethodNotAllowed:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        return MethodNotAllowed(
+            "Method not allowed on this resource.", headers={"Allow": allowed} if allowed else None
+        )
+    if cls is PayloadTooLarge:
+        return PayloadTooLarge("The request body is too large.")
+    return cls()
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id, write one summary log line, and add security headers."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = (
+        incoming
+        if incoming and len(incoming) <= _MAX_REQUEST_ID and incoming.isprintable()
+        else uuid.uuid4().hex
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:  # redirects pass through the error middleware
+        status = exc.status
+        raise
+    finally:
+        route = request.match_info.route.resource
+        log.info(
+            "http.request",
+            method=request.method,
+            route=route.canonical if route is not None else None,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+    response.headers["X-Request-ID"] = request_id
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as application/problem+json; internals never reach the client."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return problem_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_from_http_exception(exc))
+    except Exception:
+        log.exception("http.unhandled")
+        return problem_response(ApiError("An unexpected error occurred."))
+
+
+@web.middleware
+async def json_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse non-JSON and malformed JSON bodies before schema validation sees them."""
+    if request.method in _BODY_METHODS and request.can_read_body:
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType("Send the body as application/json.")
+        raw = await request.read()  # bounded by client_max_size: 413 past it
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("The body is not valid JSON.", code="malformed_json") from None
+        if body is not None and not isinstance(body, dict):
+            raise ValidationFailed(
+                "The body must be a JSON object.",
+                errors=[{"field": "$", "message": "Expected an object.", "location": "json"}],
+            )
+    return await handler(request)
+
+
+def _validation_error(
+    error: ValidationError,
+    req: Any,
+    schema: Any,
+    *,
+    error_status_code: Any = None,
+    error_headers: Any = None,
+) -> NoReturn:
+    """webargs' error hook: turn marshmallow field errors into one 422 problem."""
+    details: list[dict[str, str]] = []
+
+    def walk(messages: Any, location: str, prefix: str) -> None:
+        if isinstance(messages, dict):
+            for key, value in messages.items():
+                walk(value, location, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(messages, list):
+            details.extend(
+                {"field": prefix or "$", "message": str(m), "location": location} for m in messages
+            )
+
+    for location, messages in (error.messages if isinstance(error.messages, dict) else {}).items():
+        walk(messages, str(location), "")
+    raise ValidationFailed("The request is not valid.", errors=details)
+
+
+def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web.Application:
+    """Build the API. Clients open on startup and close on cleanup (``cleanup_ctx``)."""
+    app = web.Application(
+        client_max_size=settings.api.max_body_bytes,
+        middlewares=[
+            request_context_middleware,
+            errors_middleware,
+            json_body_middleware,
+            validation_middleware,
+        ],
+    )
+    app[SETTINGS] = settings
+    app[TOKENS] = tokens or build_token_service(settings.jwt)
+    app[PASSWORDS] = Passwords()
+
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_resources(settings, pg_min_size=0) as resources:
+            app[RESOURCES] = resources
+            yield
+
+    app.cleanup_ctx.append(resources_ctx)
+    setup_routes(app)
+    spec = setup_aiohttp_apispec(
+        app,
+        title="exporter API",
+        version=__version__,
+        url=f"{DOCS_PATH}/openapi.json",
+        swagger_path=DOCS_PATH,
+        openapi_version="3.0.2",
+        error_callback=_validation_error,
+        info={
+            "description": (
+                "Ask for a CSV export of all your memberships; it is produced in the "
+                "background and emailed to you. Sign in at `POST /v1/auth/token`, then "
+                "use **Authorize** with the access token."
+            )
+        },
+    )
+    spec.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    return app

@@ -1,0 +1,289 @@
+"""The whole service on one machine: `make run` (interactive) and `make demo` (one export).
+
+Starts DynamoDB Local and the SMTP sink on loopback, prepares PostgreSQL (database,
+migrations) and DynamoDB (tables), seeds the demo user, then runs the API and one worker
+as child processes with the same settings, and stops everything it started on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from exporter.cli import DEMO_EMAIL, seed_demo
+from exporter.config import Settings
+from exporter.dev.dynamodb import start_dynamodb
+from exporter.dev.ports import free_port, port_open
+from exporter.dev.smtp import start_smtp_sink
+from exporter.resources import open_dynamo
+from exporter.store.migrations import migrate
+from exporter.store.tables import create_tables
+
+VAR = Path("var")
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    env: dict[str, str]
+    api_url: str
+    outbox: Path
+    email: str
+    password: str
+    user_id: str
+    rows: int
+    processes: list[subprocess.Popen[bytes]]
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the configured database if the server lacks it (local convenience)."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+def _port_from(url: str | None, default: int) -> int:
+    port = urlsplit(url).port if url else None
+    return port or default
+
+
+def _pick(port: int) -> int:
+    return port if not port_open(port) else free_port()
+
+
+def _env_for(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "EXPORTER_DYNAMO__ENDPOINT_URL": str(settings.dynamo.endpoint_url),
+            "EXPORTER_SMTP__HOST": settings.smtp.host,
+            "EXPORTER_SMTP__PORT": str(settings.smtp.port),
+            "EXPORTER_API__HOST": settings.api.host,
+            "EXPORTER_API__PORT": str(settings.api.port),
+            "EXPORTER_API__PUBLIC_URL": settings.api.public_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@contextmanager
+def local_stack(
+    settings: Settings, *, memberships: int, api_port: int | None = None, quiet: bool = False
+) -> Iterator[LocalStack]:
+    """Everything running; on exit, everything stopped (children first)."""
+    with ExitStack() as stack:
+        VAR.mkdir(exist_ok=True)
+        dynamo = start_dynamodb(
+            _pick(_port_from(settings.dynamo.endpoint_url, 8000)),
+            log_path=VAR / "dynamodb.log",
+        )
+        stack.callback(dynamo.stop)
+        outbox = (VAR / "outbox").resolve()
+        sink = start_smtp_sink(outbox, _pick(settings.smtp.port))
+        stack.callback(sink.stop)
+        port = api_port or settings.api.port
+        if port_open(port):
+            raise RuntimeError(f"port {port} is in use; set EXPORTER_API__PORT to another")
+        settings = settings.model_copy(
+            update={
+                "dynamo": settings.dynamo.model_copy(update={"endpoint_url": dynamo.endpoint_url}),
+                "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
+                "api": settings.api.model_copy(
+                    update={"port": port, "public_url": f"http://127.0.0.1:{port}"}
+                ),
+            }
+        )
+        dsn = settings.postgres.dsn.get_secret_value()
+        asyncio.run(ensure_database(dsn))
+        migrate(dsn)
+
+        async def prepare() -> None:
+            async with open_dynamo(settings.dynamo) as client:
+                await create_tables(client, settings.dynamo)
+
+        asyncio.run(prepare())
+        password = secrets.token_urlsafe(12)
+        user_id, rows = asyncio.run(
+            seed_demo(settings, email=DEMO_EMAIL, password=password, memberships=memberships)
+        )
+        env = _env_for(settings)
+        processes = []
+        for role in ("api", "worker"):
+            # Quiet runs keep each child's log in var/<role>.log for a look afterwards.
+            out = stack.enter_context(open(VAR / f"{role}.log", "wb")) if quiet else None
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "exporter", role], env=env, stdout=out, stderr=out
+            )
+            processes.append(proc)
+            stack.callback(_stop, proc)
+        api_url = settings.api.public_url
+        _wait_ready(api_url, processes)
+        yield LocalStack(
+            settings, env, api_url, outbox, DEMO_EMAIL, password, user_id, rows, processes
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(api_url: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    async def poll() -> None:
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if any(p.poll() is not None for p in processes):
+                    raise RuntimeError(
+                        "the API or the worker exited during start-up (see var/*.log)"
+                    )
+                try:
+                    async with http.get(f"{api_url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError("the API did not become ready within 60 s")
+
+    asyncio.run(poll())
+
+
+def run_interactive(settings: Settings, *, memberships: int) -> int:
+    with local_stack(settings, memberships=memberships) as s:
+        print(
+            f"""
+exporter is running.
+  Swagger UI:  {s.api_url}/api/docs
+  Demo user:   {s.email}  password: {s.password}  ({s.rows} memberships)
+  Emails land in {s.outbox}/
+
+Try it:
+  TOKEN=$(curl -s -X POST {s.api_url}/v1/auth/token -H 'Content-Type: application/json' \\
+      -d '{{"email": "{s.email}", "password": "{s.password}"}}' \\
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -X POST {s.api_url}/v1/exports -H "Authorization: Bearer $TOKEN" \\
+      -H 'Content-Type: application/json' -d '{{"format": "csv"}}'
+  curl -s {s.api_url}/v1/exports -H "Authorization: Bearer $TOKEN"
+
+Press Ctrl-C to stop everything.""",
+            flush=True,
+        )
+        try:
+            while all(p.poll() is None for p in s.processes):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping…", flush=True)
+            return 0
+        print("a child process exited; stopping everything", file=sys.stderr)
+        return 1
+
+
+def run_demo(settings: Settings, *, memberships: int) -> int:
+    """One export end to end; the last line printed is a JSON summary. 0 only on success."""
+    with local_stack(settings, memberships=memberships, api_port=free_port(), quiet=True) as s:
+        summary = asyncio.run(_demo_flow(s))
+    print(json.dumps(summary))
+    return 0 if summary["status"] == "succeeded" and summary.get("verified") else 1
+
+
+async def _demo_flow(s: LocalStack) -> dict[str, Any]:
+    async with aiohttp.ClientSession(base_url=s.api_url) as http:
+        async with http.post(
+            "/v1/auth/token", json={"email": s.email, "password": s.password}
+        ) as r:
+            r.raise_for_status()
+            token = (await r.json())["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post("/v1/exports", json={"format": "csv"}, headers=headers) as r:
+            r.raise_for_status()
+            export_id = (await r.json())["id"]
+        deadline = time.monotonic() + 120
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            async with http.get(f"/v1/exports/{export_id}", headers=headers) as r:
+                job = await r.json()
+            if job.get("status") in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.2)
+    summary: dict[str, Any] = {
+        "export_id": export_id,
+        "status": job.get("status"),
+        "rows": job.get("row_count"),
+        "email_file": None,
+    }
+    if job.get("status") != "succeeded":
+        summary["error"] = job.get("error")
+        return summary
+    found = find_export_email(s.outbox, export_id)
+    if found is None:
+        summary["error"] = "no email found for this export"
+        return summary
+    path, message = found
+    summary["email_file"] = str(path)
+    ids = [row["membership_id"] for row in csv_rows(message)]
+    conn = await asyncpg.connect(s.settings.postgres.dsn.get_secret_value())
+    try:
+        expected = [
+            str(r["guid"])
+            for r in await conn.fetch(
+                "SELECT guid FROM memberships WHERE user_id = $1 ORDER BY id", s.user_id
+            )
+        ]
+    finally:
+        await conn.close()
+    summary["verified"] = ids == expected and len(ids) == s.rows
+    return summary
+
+
+def find_export_email(outbox: Path, export_id: str) -> tuple[Path, EmailMessage] | None:
+    for path in sorted(outbox.glob("*.eml")):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        if message["X-Exporter-Export-Id"] == export_id:
+            assert isinstance(message, EmailMessage)
+            return path, message
+    return None
+
+
+def csv_rows(message: EmailMessage) -> list[dict[str, str]]:
+    """The rows of the CSV attached to an export email."""
+    for part in message.iter_attachments():
+        if part.get_content_type() == "text/csv":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            return list(csv.DictReader(io.StringIO(payload.decode("utf-8"), newline="")))
+    raise LookupError("the message has no CSV attachment")

@@ -1,0 +1,144 @@
+"""One exception tree for the whole service; foreign errors are translated at the boundaries.
+
+    ExporterError
+    ├── ApiError                      answered to HTTP clients as application/problem+json
+    │   ├── BadRequest (400)
+    │   │   └── ValidationFailed (422)   with per-field errors
+    │   ├── Unauthorized (401)        carries WWW-Authenticate: Bearer
+    │   ├── Forbidden (403)
+    │   ├── NotFound (404)
+    │   ├── MethodNotAllowed (405)
+    │   ├── Conflict (409)
+    │   ├── PayloadTooLarge (413)
+    │   ├── UnsupportedMediaType (415)
+    │   └── ServiceUnavailable (503)  a dependency failed; safe to retry
+    ├── StoreError                    DynamoDB / PostgreSQL trouble
+    │   ├── StoreUnavailable          transient: timeouts, throttling, connection loss
+    │   └── ConditionFailed           a conditional write lost (state moved on)
+    ├── TokenError                    a JWT failed verification (never says why to the client)
+    └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
+        └── MailError                 SMTP trouble (transient for 4xx and connection loss)
+
+Handlers raise; ``errors_middleware`` in ``app.py`` turns ``ApiError`` into a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ExporterError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ApiError(ExporterError):
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal Server Error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if code is not None:
+            self.code = code
+        self.errors = list(errors or [])
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """RFC 9457 problem details, plus a stable machine-readable ``code``."""
+        body: dict[str, Any] = {
+            "type": f"https://exporter.local/problems/{self.code.replace('_', '-')}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+class BadRequest(ApiError):
+    status, code, title = 400, "bad_request", "Bad Request"
+
+
+class ValidationFailed(BadRequest):
+    status, code, title = 422, "validation_failed", "Unprocessable Content"
+
+
+class Unauthorized(ApiError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
+        error = "invalid_token" if code == "invalid_token" else None
+        challenge = 'Bearer realm="exporter"' + (f', error="{error}"' if error else "")
+        super().__init__(detail, code=code, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ApiError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(ApiError):
+    status, code, title = 404, "not_found", "Not Found"
+
+
+class MethodNotAllowed(ApiError):
+    status, code, title = 405, "method_not_allowed", "Method Not Allowed"
+
+
+class Conflict(ApiError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, code, title = 413, "payload_too_large", "Content Too Large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported Media Type"
+
+
+class ServiceUnavailable(ApiError):
+    status, code, title = 503, "service_unavailable", "Service Unavailable"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(detail, code=code, headers={"Retry-After": "5"})
+
+
+class StoreError(ExporterError):
+    """A data store call failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or answered with a retryable error."""
+
+
+class ConditionFailed(StoreError):
+    """A conditional write was refused: the item was not in the expected state."""
+
+
+class TokenError(ExporterError):
+    """A token failed verification. The reason is for logs, never for the client."""
+
+
+class ExportFailed(ExporterError):
+    """An export job cannot complete. ``code`` is short and stable; it is shown to the user."""
+
+    def __init__(self, code: str, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+
+
+class MailError(ExportFailed):
+    """Sending the email failed."""

@@ -1,0 +1,237 @@
+"""The export job: an idempotent state machine, safe to run more than once for one export.
+
+queued ──▶ in_progress ──▶ succeeded
+   │            │
+   └────────────┴──────▶ failed
+
+A re-delivered message finds the record terminal and does nothing, or finds it
+``in_progress`` (the previous worker died) and starts over from the beginning; the
+conditional transitions in ``JobStore`` make sure only one run can finish the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any
+
+import asyncpg
+import structlog
+
+from exporter.csvstream import CsvChunker
+from exporter.errors import ConditionFailed, ExportFailed, StoreUnavailable
+from exporter.mail import ExportAttachment, build_export_message
+from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.resources import Resources
+from exporter.store.memberships import EXPORT_HEADER, stream_memberships
+
+log = structlog.stdlib.get_logger("exporter.jobs.export")
+
+# PostgreSQL failures that a later attempt can get past (connection trouble, overload,
+# serialization); everything else from the database is a bug or bad data and fails at once.
+_TRANSIENT_PG = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class RetryLater(Exception):
+    """Ask the queue to run this job again after ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"retry in {delay_s:.1f}s")
+        self.delay_s = delay_s
+
+
+def backoff_delay(attempt: int, *, base_s: float = 2.0, cap_s: float = 120.0) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog), attempt counted from 1."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOutcome:
+    export_id: str
+    status: JobState
+    row_count: int | None = None
+    byte_size: int | None = None
+
+
+def export_file_name(job: ExportJob) -> str:
+    return f"memberships-{job.created_at:%Y-%m-%d}.csv"
+
+
+async def run_export(
+    resources: Resources, payload: object, *, attempt: int, max_attempts: int
+) -> ExportOutcome | None:
+    """Run one delivery of an export message. Raises ``RetryLater`` for transient trouble."""
+    try:
+        message = ExportMessageV1.from_payload(payload)
+    except ExportFailed as exc:
+        return await _fail_unreadable(resources, payload, exc)
+    structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
+    job = await resources.jobs.get(message.export_id)
+    if job is None:
+        log.warning("export.record_missing")
+        return None
+    if job.user_id != message.user_id:
+        return await _fail(resources, job.job_id, ExportFailed("bad_message", "user mismatch"))
+    if job.status.is_terminal:
+        log.info("export.already_finished", status=job.status.value)
+        return ExportOutcome(job.job_id, job.status, job.row_count, job.byte_size)
+    try:
+        return await _export(resources, job)
+    except ExportFailed as exc:
+        if exc.transient and attempt < max_attempts:
+            return _retry(exc, attempt)
+        return await _fail(resources, job.job_id, exc)
+    except StoreUnavailable as exc:
+        if attempt < max_attempts:
+            return _retry(exc, attempt)
+        return await _fail(resources, job.job_id, ExportFailed("store_unavailable", str(exc)))
+    except ConditionFailed:
+        # Someone else moved the record on (a parallel delivery finished it): nothing to do.
+        log.info("export.superseded")
+        return None
+
+
+def _retry(exc: Exception, attempt: int) -> ExportOutcome:
+    delay = backoff_delay(attempt)
+    log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
+    raise RetryLater(delay) from exc
+
+
+async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
+    settings = resources.settings.exports
+    started = time.monotonic()
+    job = await resources.jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={"started_at": utcnow()},
+        clear=("error_code", "error_message"),
+        increment_attempts=True,
+    )
+    user = await resources.users.get(job.user_id)
+    if user is None or not user.active:
+        raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
+
+    with tempfile.SpooledTemporaryFile(
+        max_size=settings.spool_max_bytes,
+        dir=str(settings.temp_dir) if settings.temp_dir else None,
+    ) as spool:
+        row_count, byte_size = await _write_csv(resources, job.user_id, spool)
+        streamed = time.monotonic()
+        if byte_size > settings.attachment_max_bytes:
+            raise ExportFailed(
+                "too_large",
+                f"the export is {byte_size} bytes, above the {settings.attachment_max_bytes}"
+                " byte attachment limit",
+            )
+        spool.seek(0)
+        file_name = export_file_name(job)
+        message = build_export_message(
+            sender=resources.mailer.sender,
+            recipient=user.email,
+            export_id=job.job_id,
+            attachment=ExportAttachment(
+                content=spool.read(),
+                file_name=file_name,
+                row_count=row_count,
+                byte_size=byte_size,
+            ),
+        )
+    await resources.mailer.send(message)
+    mailed = time.monotonic()
+    now = utcnow()
+    job = await resources.jobs.transition(
+        job.job_id,
+        to=JobState.SUCCEEDED,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={
+            "finished_at": now,
+            "row_count": row_count,
+            "byte_size": byte_size,
+            "file_name": file_name,
+            "delivery": "email_attachment",
+        },
+    )
+    log.info(
+        "export.succeeded",
+        rows=row_count,
+        bytes=byte_size,
+        stream_s=round(streamed - started, 3),
+        mail_s=round(mailed - streamed, 3),
+        total_s=round(mailed - started, 3),
+    )
+    return ExportOutcome(job.job_id, job.status, row_count, byte_size)
+
+
+async def _write_csv(resources: Resources, user_id: str, out: IO[bytes]) -> tuple[int, int]:
+    """Stream the user's rows into ``out``; returns (rows, bytes)."""
+    settings = resources.settings.exports
+    chunker = CsvChunker(EXPORT_HEADER, chunk_bytes=settings.chunk_bytes)
+    try:
+        async with resources.pg_export.acquire() as conn:
+            async for batch in stream_memberships(conn, user_id, prefetch=settings.cursor_prefetch):
+                for chunk in chunker.write_rows(batch):
+                    out.write(chunk)
+                # Encoding a batch is CPU work; let other jobs and heartbeats in between.
+                await asyncio.sleep(0)
+    except _TRANSIENT_PG as exc:
+        raise ExportFailed(
+            "database_unavailable", f"database: {type(exc).__name__}", transient=True
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        raise ExportFailed("database_error", f"database: {type(exc).__name__}") from exc
+    out.write(chunker.flush())
+    return chunker.rows_written, chunker.bytes_emitted
+
+
+async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportOutcome | None:
+    now = utcnow()
+    try:
+        job = await resources.jobs.transition(
+            job_id,
+            to=JobState.FAILED,
+            now=now,
+            fields={"finished_at": now, "error_code": exc.code, "error_message": exc.message[:500]},
+        )
+    except ConditionFailed:
+        log.info("export.fail_superseded", error_code=exc.code)
+        return None
+    log.warning("export.failed", error_code=exc.code, error=exc.message)
+    return ExportOutcome(job.job_id, job.status)
+
+
+async def _fail_unreadable(
+    resources: Resources, payload: object, exc: ExportFailed
+) -> ExportOutcome | None:
+    """A message we cannot parse: fail its record if it names one, never crash-loop."""
+    export_id: Any = payload.get("export_id") if isinstance(payload, dict) else None
+    log.error("export.bad_message", error_code=exc.code, error=exc.message)
+    if isinstance(export_id, str) and _is_uuid(export_id):
+        try:
+            return await _fail(resources, export_id, exc)
+        except StoreUnavailable:
+            return None
+    return None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,124 @@
+"""arq worker settings: the one place that knows arq's worker API.
+
+``build_worker_settings(settings)`` returns the keyword arguments for ``arq.Worker``; the
+clients are opened in ``on_startup`` and closed in ``on_shutdown``, so nothing connects at
+import time and tests can build a worker with their own settings.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+from arq import Retry, cron
+from arq.worker import Function, func
+
+from exporter.config import Settings
+from exporter.jobs.expire import expire_jobs
+from exporter.jobs.export import RetryLater, run_export
+from exporter.logs import configure_logging
+from exporter.queue import RUN_EXPORT, arq_redis_settings
+from exporter.resources import Resources, open_resources
+
+_RESOURCES = "resources"
+_EXIT_STACK = "exit_stack"
+_SETTINGS = "settings"
+
+
+def resources_of(ctx: dict[str, Any]) -> Resources:
+    resources = ctx[_RESOURCES]
+    assert isinstance(resources, Resources)
+    return resources
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    stack = AsyncExitStack()
+    ctx[_RESOURCES] = await stack.enter_async_context(open_resources(ctx[_SETTINGS]))
+    ctx[_EXIT_STACK] = stack
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    stack: AsyncExitStack | None = ctx.pop(_EXIT_STACK, None)
+    if stack is not None:
+        await stack.aclose()
+
+
+async def on_job_start(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+
+
+async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any] | None:
+    settings: Settings = ctx[_SETTINGS]
+    try:
+        outcome = await run_export(
+            resources_of(ctx),
+            payload,
+            attempt=int(ctx.get("job_try", 1)),
+            max_attempts=settings.worker.max_tries,
+        )
+    except RetryLater as exc:
+        raise Retry(defer=exc.delay_s) from exc
+    if outcome is None:
+        return None
+    return {"status": outcome.status.value, "rows": outcome.row_count, "bytes": outcome.byte_size}
+
+
+async def expire_jobs_task(ctx: dict[str, Any]) -> int:
+    return await expire_jobs(resources_of(ctx))
+
+
+def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``arq.Worker``; ``overrides`` win (tests use burst mode)."""
+    worker = settings.worker
+    functions: list[Function] = [
+        func(
+            run_export_task,
+            name=RUN_EXPORT,
+            max_tries=worker.max_tries,
+            timeout=worker.job_timeout_s,
+        )
+    ]
+    return {
+        "functions": functions,
+        "cron_jobs": [
+            cron(
+                expire_jobs_task,
+                name="expire_jobs",
+                minute={worker.expire_cron_minute},
+                unique=True,
+                run_at_startup=False,
+                timeout=300,
+            )
+        ],
+        "queue_name": settings.redis.queue_name,
+        "redis_settings": arq_redis_settings(settings.redis),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "on_job_start": on_job_start,
+        "ctx": {_SETTINGS: settings},
+        "max_jobs": worker.max_jobs,
+        "job_timeout": worker.job_timeout_s,
+        "max_tries": worker.max_tries,
+        "poll_delay": worker.poll_delay_s,
+        "job_completion_wait": worker.shutdown_grace_s,
+        # Our own records hold the outcome; arq's copy only needs to outlive retries.
+        "keep_result": 600,
+        "health_check_interval": 30,
+        **overrides,
+    }
+
+
+def run_worker_forever(settings: Settings) -> None:
+    from arq.worker import run_worker
+
+    configure_logging(settings)
+    run_worker(build_worker_settings(settings))
+
+
+def check_worker_health(settings: Settings) -> int:
+    """0 when a worker on this queue wrote its health key recently (a liveness probe)."""
+    from arq.worker import check_health
+
+    return check_health(build_worker_settings(settings))

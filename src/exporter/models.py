@@ -1,0 +1,131 @@
+"""Domain types shared by the API, the stores and the worker. No I/O here."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from exporter.errors import ExportFailed
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+
+# Which state may follow which. in_progress -> in_progress is a re-delivery after a worker
+# died mid-run: the job starts again from the beginning. Terminal states never move.
+ALLOWED_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.IN_PROGRESS, JobState.FAILED}),
+    JobState.IN_PROGRESS: frozenset({JobState.IN_PROGRESS, JobState.SUCCEEDED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+
+
+def sources_of(target: JobState) -> frozenset[JobState]:
+    """The states from which ``target`` may be entered."""
+    return frozenset(src for src, dsts in ALLOWED_TRANSITIONS.items() if target in dsts)
+
+
+class ExportFormat(StrEnum):
+    CSV = "csv"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportJob:
+    """One export request and everything that happened to it."""
+
+    job_id: str
+    user_id: str
+    status: JobState
+    format: ExportFormat
+    created_at: datetime
+    expires_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    row_count: int | None = None
+    byte_size: int | None = None
+    file_name: str | None = None
+    delivery: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def new(cls, *, user_id: str, fmt: ExportFormat, now: datetime, retention_s: int) -> ExportJob:
+        return cls(
+            job_id=str(uuid.uuid4()),
+            user_id=user_id,
+            status=JobState.QUEUED,
+            format=fmt,
+            created_at=now,
+            updated_at=now,
+            expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),
+        )
+
+    def replace(self, **changes: Any) -> ExportJob:
+        return dataclasses.replace(self, **changes)
+
+
+MESSAGE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ExportMessageV1:
+    """The queue payload. Versioned so old and new workers can coexist during a deploy."""
+
+    export_id: str
+    user_id: str
+    v: int = field(default=MESSAGE_VERSION)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"v": self.v, "export_id": self.export_id, "user_id": self.user_id}
+
+    @classmethod
+    def from_payload(cls, payload: object) -> ExportMessageV1:
+        """Parse a queue payload, refusing versions and shapes this worker does not know."""
+        if not isinstance(payload, Mapping):
+            raise ExportFailed("bad_message", "queue payload is not an object")
+        version = payload.get("v")
+        if version != MESSAGE_VERSION:
+            raise ExportFailed(
+                "unsupported_message_version", f"unknown payload version {version!r}"
+            )
+        export_id, user_id = payload.get("export_id"), payload.get("user_id")
+        if not isinstance(export_id, str) or not isinstance(user_id, str):
+            raise ExportFailed("bad_message", "export_id and user_id must be strings")
+        try:
+            uuid.UUID(export_id)
+        except ValueError:
+            raise ExportFailed("bad_message", "export_id is not a UUID") from None
+        return cls(export_id=export_id, user_id=user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    email: str
+    password_hash: str
+    active: bool
+    scopes: tuple[str, ...]
+    created_at: datetime
+    display_name: str | None = None

@@ -1,0 +1,104 @@
+"""Every long-lived client, opened once per process and closed once, for API and worker alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from exporter.config import DynamoSettings, PostgresSettings, Settings
+from exporter.mail import Mailer
+from exporter.queue import ExportQueue, open_arq_redis
+from exporter.store.jobs import JobStore
+from exporter.store.users import UserStore
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    settings: Settings
+    pg: asyncpg.Pool[Any]
+    # Export reads go to the replica when one is configured; it is ``pg`` otherwise.
+    pg_export: asyncpg.Pool[Any]
+    queue: ExportQueue
+    dynamo: Any
+    jobs: JobStore
+    users: UserStore
+    mailer: Mailer
+
+
+async def open_pg_pool(
+    settings: PostgresSettings, dsn: str, *, min_size: int | None = None
+) -> asyncpg.Pool[Any]:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.pool_min_size if min_size is None else min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.connect_timeout_s,
+        command_timeout=settings.command_timeout_s,
+    )
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def open_dynamo(settings: DynamoSettings) -> AsyncIterator[Any]:
+    """A DynamoDB client with bounded timeouts and standard retries (jittered backoff)."""
+    credentials: dict[str, str] = {}
+    if settings.access_key_id and settings.secret_access_key:
+        credentials = {
+            "aws_access_key_id": settings.access_key_id.get_secret_value(),
+            "aws_secret_access_key": settings.secret_access_key.get_secret_value(),
+        }
+    elif settings.endpoint_url:
+        credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    config = AioConfig(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+    )
+    async with get_session().create_client(
+        "dynamodb",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        config=config,
+        **credentials,
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_resources(
+    settings: Settings, *, pg_min_size: int | None = None
+) -> AsyncIterator[Resources]:
+    """Open every client; close all of them, in reverse order, however the block ends."""
+    async with AsyncExitStack() as stack:
+        pg = await open_pg_pool(
+            settings.postgres, settings.postgres.dsn.get_secret_value(), min_size=pg_min_size
+        )
+        stack.push_async_callback(pg.close)
+        pg_export = pg
+        if settings.postgres.replica_dsn is not None:
+            pg_export = await open_pg_pool(
+                settings.postgres,
+                settings.postgres.replica_dsn.get_secret_value(),
+                min_size=pg_min_size,
+            )
+            stack.push_async_callback(pg_export.close)
+        redis = await open_arq_redis(settings.redis)
+        stack.push_async_callback(redis.aclose)
+        dynamo = await stack.enter_async_context(open_dynamo(settings.dynamo))
+        yield Resources(
+            settings=settings,
+            pg=pg,
+            pg_export=pg_export,
+            queue=ExportQueue(redis, queue_name=settings.redis.queue_name),
+            dynamo=dynamo,
+            jobs=JobStore(dynamo, settings.dynamo),
+            users=UserStore(dynamo, settings.dynamo),
+            mailer=Mailer(settings.smtp),
+        )

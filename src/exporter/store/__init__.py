@@ -1,0 +1,1 @@
+"""Data stores: DynamoDB for users and export jobs, PostgreSQL for memberships."""

@@ -1,0 +1,254 @@
+"""Export job records in DynamoDB: the source of truth for what a user asked and where it is.
+
+Every state change is a conditional update, so a job delivered twice cannot regress or
+finish twice: the loser of a race gets ``ConditionFailed``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from exporter.config import DynamoSettings
+from exporter.errors import BadRequest
+from exporter.models import ExportFormat, ExportJob, JobState, sources_of
+from exporter.store.dynamo import Item, dynamo_errors, get_n, get_s, n, s
+from exporter.store.tables import USER_CREATED_INDEX
+
+# Optional attributes written by transitions: name -> how to encode
+_TIMESTAMP_FIELDS = ("started_at", "finished_at", "updated_at")
+_INT_FIELDS = ("attempts", "row_count", "byte_size")
+_STR_FIELDS = ("file_name", "delivery", "error_code", "error_message")
+
+
+def format_ts(value: datetime) -> str:
+    """Fixed-width UTC ISO 8601, so strings sort in time order (the GSI range key)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def job_to_item(job: ExportJob) -> Item:
+    item: Item = {
+        "job_id": s(job.job_id),
+        "user_id": s(job.user_id),
+        "status": s(job.status.value),
+        "format": s(job.format.value),
+        "created_at": s(format_ts(job.created_at)),
+        # Epoch seconds: DynamoDB TTL deletes the record some time after this.
+        "expires_at": n(int(job.expires_at.timestamp())),
+    }
+    item.update(_encode_fields(job_fields(job)))
+    return item
+
+
+def job_fields(job: ExportJob) -> dict[str, Any]:
+    fields = {f: getattr(job, f) for f in (*_TIMESTAMP_FIELDS, *_INT_FIELDS, *_STR_FIELDS)}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _encode_fields(fields: Mapping[str, Any]) -> Item:
+    item: Item = {}
+    for name, value in fields.items():
+        if name in _TIMESTAMP_FIELDS:
+            item[name] = s(format_ts(value))
+        elif name in _INT_FIELDS:
+            item[name] = n(int(value))
+        elif name in _STR_FIELDS:
+            item[name] = s(str(value))
+        else:
+            raise ValueError(f"unknown job field {name!r}")
+    return item
+
+
+def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
+    def ts(name: str) -> datetime | None:
+        raw = get_s(item, name)
+        return None if raw is None else parse_ts(raw)
+
+    return ExportJob(
+        job_id=str(get_s(item, "job_id")),
+        user_id=str(get_s(item, "user_id")),
+        status=JobState(str(get_s(item, "status"))),
+        format=ExportFormat(str(get_s(item, "format"))),
+        created_at=parse_ts(str(get_s(item, "created_at"))),
+        expires_at=datetime.fromtimestamp(get_n(item, "expires_at") or 0, UTC),
+        started_at=ts("started_at"),
+        finished_at=ts("finished_at"),
+        updated_at=ts("updated_at"),
+        attempts=get_n(item, "attempts") or 0,
+        row_count=get_n(item, "row_count"),
+        byte_size=get_n(item, "byte_size"),
+        file_name=get_s(item, "file_name"),
+        delivery=get_s(item, "delivery"),
+        error_code=get_s(item, "error_code"),
+        error_message=get_s(item, "error_message"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[ExportJob]
+    next_cursor: str | None
+
+
+class JobStore:
+    """Create, read, list and move export jobs."""
+
+    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+        self._client = client
+        self._table = settings.jobs_table
+
+    async def create(self, job: ExportJob) -> None:
+        with dynamo_errors("create_job"):
+            await self._client.put_item(
+                TableName=self._table,
+                Item=job_to_item(job),
+                ConditionExpression="attribute_not_exists(job_id)",
+            )
+
+    async def get(self, job_id: str) -> ExportJob | None:
+        with dynamo_errors("get_job"):
+            response = await self._client.get_item(
+                TableName=self._table, Key={"job_id": s(job_id)}, ConsistentRead=True
+            )
+        item = response.get("Item")
+        return None if item is None else item_to_job(item)
+
+    async def get_for_user(self, job_id: str, user_id: str) -> ExportJob | None:
+        """The job if it exists *and* belongs to ``user_id``; otherwise None (never a hint)."""
+        job = await self.get(job_id)
+        return job if job is not None and job.user_id == user_id else None
+
+    async def list_for_user(
+        self, user_id: str, *, limit: int, cursor: str | None = None
+    ) -> JobPage:
+        """The user's jobs, newest first, one page at a time."""
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": USER_CREATED_INDEX,
+            "KeyConditionExpression": "user_id = :u",
+            "ExpressionAttributeValues": {":u": s(user_id)},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = _decode_cursor(cursor, user_id)
+        with dynamo_errors("list_jobs"):
+            response = await self._client.query(**query)
+        last = response.get("LastEvaluatedKey")
+        return JobPage(
+            jobs=[item_to_job(i) for i in response.get("Items", [])],
+            next_cursor=_encode_cursor(last) if last else None,
+        )
+
+    async def transition(
+        self,
+        job_id: str,
+        *,
+        to: JobState,
+        expected: Collection[JobState] | None = None,
+        now: datetime,
+        fields: Mapping[str, Any] | None = None,
+        clear: Collection[str] = (),
+        increment_attempts: bool = False,
+    ) -> ExportJob:
+        """Move a job to ``to`` if it is in one of ``expected`` (default: every legal source).
+
+        Raises ``ConditionFailed`` when the job is missing or in any other state.
+        """
+        allowed = sorted(expected if expected is not None else sources_of(to))
+        if not allowed:
+            raise ValueError(f"no state may move to {to}")
+        values: dict[str, Any] = {":to": s(to.value)}
+        names = {"#status": "status"}
+        sets = ["#status = :to"]
+        encoded = _encode_fields({"updated_at": now, **(fields or {})})
+        for i, (name, value) in enumerate(encoded.items()):
+            names[f"#f{i}"] = name
+            values[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        if increment_attempts:
+            sets.append("attempts = if_not_exists(attempts, :zero) + :one")
+            values[":zero"], values[":one"] = n(0), n(1)
+        placeholders = []
+        for i, state in enumerate(allowed):
+            values[f":from{i}"] = s(state.value)
+            placeholders.append(f":from{i}")
+        update = "SET " + ", ".join(sets)
+        if clear:
+            for i, name in enumerate(clear):
+                names[f"#c{i}"] = name
+            update += " REMOVE " + ", ".join(f"#c{i}" for i in range(len(clear)))
+        with dynamo_errors("transition_job"):
+            response = await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression=update,
+                ConditionExpression=(
+                    f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        return item_to_job(response["Attributes"])
+
+    async def delete_expired(self, *, now: datetime, max_items: int = 10_000) -> int:
+        """Delete job records whose retention has passed; returns how many.
+
+        DynamoDB TTL does this in AWS within about two days; this sweep makes expiry exact
+        for readers and covers endpoints without TTL. It scans, so its cost grows with the
+        table; with TTL on, each run finds only the few records TTL has not reached yet.
+        """
+        deleted = 0
+        cutoff = n(int(now.timestamp()))
+        paginator = self._client.get_paginator("scan")
+        with dynamo_errors("expire_jobs"):
+            async for page in paginator.paginate(
+                TableName=self._table,
+                FilterExpression="expires_at < :now",
+                ExpressionAttributeValues={":now": cutoff},
+                ProjectionExpression="job_id",
+            ):
+                for item in page.get("Items", []):
+                    await self._client.delete_item(
+                        TableName=self._table,
+                        Key={"job_id": item["job_id"]},
+                        ConditionExpression="expires_at < :now",
+                        ExpressionAttributeValues={":now": cutoff},
+                    )
+                    deleted += 1
+                    if deleted >= max_items:
+                        return deleted
+        return deleted
+
+
+def _encode_cursor(key: Mapping[str, Any]) -> str:
+    raw = json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, user_id: str) -> dict[str, Any]:
+    """Decode a page cursor, refusing anything we did not issue for this user."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        key = json.loads(raw)
+        shape_ok = (
+            isinstance(key, dict)
+            and set(key) == {"job_id", "user_id", "created_at"}
+            and all(isinstance(v, dict) and set(v) == {"S"} for v in key.values())
+            and all(isinstance(v["S"], str) for v in key.values())
+        )
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        shape_ok = False
+    if not shape_ok or key["user_id"]["S"] != user_id:
+        raise BadRequest("The page cursor is not valid.", code="invalid_cursor")
+    return dict(key)

@@ -1,0 +1,81 @@
+"""DynamoDB table definitions, and creating them where we own the endpoint (local, tests).
+
+In AWS the tables come from infra/ (CloudFormation); these specs must match it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.config import DynamoSettings
+from exporter.store.dynamo import dynamo_errors
+
+USER_CREATED_INDEX = "user-created-index"
+TTL_ATTRIBUTE = "expires_at"
+
+
+def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
+    """CreateTable arguments for every table the service uses."""
+    on_demand = {"BillingMode": "PAY_PER_REQUEST"}
+    return [
+        {
+            "TableName": settings.users_table,
+            "KeySchema": [{"AttributeName": "user_id", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "user_id", "AttributeType": "S"}],
+            **on_demand,
+        },
+        {
+            # One item per address makes e-mail uniqueness a conditional write, which a
+            # GSI cannot enforce.
+            "TableName": settings.user_emails_table,
+            "KeySchema": [{"AttributeName": "email", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "email", "AttributeType": "S"}],
+            **on_demand,
+        },
+        {
+            "TableName": settings.jobs_table,
+            "KeySchema": [{"AttributeName": "job_id", "KeyType": "HASH"}],
+            "AttributeDefinitions": [
+                {"AttributeName": "job_id", "AttributeType": "S"},
+                {"AttributeName": "user_id", "AttributeType": "S"},
+                {"AttributeName": "created_at", "AttributeType": "S"},
+            ],
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": USER_CREATED_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "user_id", "KeyType": "HASH"},
+                        {"AttributeName": "created_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            **on_demand,
+        },
+    ]
+
+
+async def create_tables(client: Any, settings: DynamoSettings) -> list[str]:
+    """Create missing tables and enable TTL on jobs; returns the names it created."""
+    with dynamo_errors("list_tables"):
+        existing: set[str] = set()
+        paginator = client.get_paginator("list_tables")
+        async for page in paginator.paginate():
+            existing.update(page.get("TableNames", []))
+    created = []
+    for spec in table_specs(settings):
+        if spec["TableName"] in existing:
+            continue
+        with dynamo_errors("create_table"):
+            await client.create_table(**spec)
+            waiter = client.get_waiter("table_exists")
+            await waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
+        created.append(spec["TableName"])
+    with dynamo_errors("update_time_to_live"):
+        ttl = await client.describe_time_to_live(TableName=settings.jobs_table)
+        if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            await client.update_time_to_live(
+                TableName=settings.jobs_table,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            )
+    return created
