@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
@@ -191,13 +192,25 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
 
     app.cleanup_ctx.append(resources_ctx)
     setup_routes(app)
-    spec = setup_aiohttp_apispec(
+    # aiohttp-apispec keeps its state under plain string keys (app and request); its
+    # business, not a log line per request.
+    warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_apispec")
+    spec = _setup_openapi(app)
+    spec.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    return app
+
+
+def _setup_openapi(app: web.Application) -> Any:
+    return setup_aiohttp_apispec(
         app,
         title="exporter API",
         version=__version__,
         url=f"{DOCS_PATH}/openapi.json",
         swagger_path=DOCS_PATH,
         openapi_version="3.0.2",
+        in_place=True,  # build the spec now, from the routes above
         error_callback=_validation_error,
         info={
             "description": (
@@ -207,7 +220,3 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
             )
         },
     )
-    spec.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
-    return app

@@ -96,7 +96,11 @@ def start_dynamodb(port: int | None = None, *, log_path: Path | None = None) -> 
         )
         cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
         kind, cwd = "moto", None
-    process = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out)  # noqa: S603
+    try:
+        process = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out)  # noqa: S603
+    finally:
+        if log_path:
+            out.close()  # the child holds its own copy of the descriptor
     try:
         wait_for_port(port, timeout_s=60)
     except TimeoutError:

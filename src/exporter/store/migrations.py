@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from yoyo import get_backend, read_migrations
@@ -18,17 +21,28 @@ def _yoyo_url(dsn: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
 
 
-def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations under yoyo's lock; returns the ids it applied."""
+@contextmanager
+def _backend(dsn: str) -> Iterator[Any]:
     backend = get_backend(_yoyo_url(dsn))
-    migrations = read_migrations(str(files(MIGRATIONS_PACKAGE) / "migrations"))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
-    return [m.id for m in pending]
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
+def _migrations() -> Any:
+    return read_migrations(str(files(MIGRATIONS_PACKAGE) / "migrations"))
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations under yoyo's lock (safe with concurrent callers)."""
+    with _backend(dsn) as backend, backend.lock():
+        to_apply = backend.to_apply(_migrations())
+        backend.apply_migrations(to_apply)
+        return [m.id for m in to_apply]
 
 
 def pending(dsn: str) -> list[str]:
-    backend = get_backend(_yoyo_url(dsn))
-    migrations = read_migrations(str(files(MIGRATIONS_PACKAGE) / "migrations"))
-    return [m.id for m in backend.to_apply(migrations)]
+    """Ids of migrations not yet applied."""
+    with _backend(dsn) as backend:
+        return [m.id for m in backend.to_apply(_migrations())]

@@ -1,0 +1,185 @@
+"""Fixtures that start real services: DynamoDB Local and an SMTP sink on free loopback ports,
+a PostgreSQL database of this run's own, and a Redis queue name of this run's own.
+
+Services start lazily (only tests that ask for them pay) and once per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from arq.worker import Worker
+
+from exporter.app import create_app
+from exporter.auth import SigningKey, TokenService
+from exporter.cli import create_user
+from exporter.config import Settings
+from exporter.dev.dynamodb import LocalDynamo, start_dynamodb
+from exporter.dev.smtp import SmtpSink, start_smtp_sink
+from exporter.jobs.worker import build_worker_settings
+from exporter.resources import Resources, open_dynamo, open_resources
+from exporter.store.migrations import migrate
+from exporter.store.seed import seed_memberships
+from exporter.store.tables import create_tables
+from tests.helpers import TestUser
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+RUN_ID = secrets.token_hex(4)
+
+
+@pytest.fixture(name="dynamo", scope="session")
+def _fix_dynamo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDynamo]:
+    log = tmp_path_factory.mktemp("dynamodb") / "dynamodb.log"
+    local = start_dynamodb(log_path=log)
+    yield local
+    local.stop()
+
+
+@pytest.fixture(name="smtp_sink", scope="session")
+def _fix_smtp_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    sink = start_smtp_sink(tmp_path_factory.mktemp("outbox"))
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(name="pg_dsn", scope="session")
+async def _fix_pg_dsn() -> AsyncIterator[str]:
+    """A database of this test run's own, migrated, dropped at the end."""
+    name = f"exporter_test_{RUN_ID}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    await asyncio.to_thread(migrate, dsn)
+    yield dsn
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(name="signing_key", scope="session")
+def _fix_signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture(name="base_settings", scope="session")
+async def _fix_base_settings(
+    dynamo: LocalDynamo, smtp_sink: SmtpSink, pg_dsn: str, signing_key: SigningKey
+) -> Settings:
+    settings = Settings(
+        environment="test",
+        log_json=True,
+        postgres={"dsn": pg_dsn, "pool_min_size": 1, "pool_max_size": 5},
+        redis={"url": REDIS_URL, "queue_name": f"exporter-test:{RUN_ID}"},
+        dynamo={"endpoint_url": dynamo.endpoint_url, "table_prefix": f"t{RUN_ID}-"},
+        smtp={"host": smtp_sink.host, "port": smtp_sink.port},
+        jwt={"private_key": signing_key.private_pem()},
+        worker={"max_tries": 3},
+    )
+    async with open_dynamo(settings.dynamo) as client:
+        await create_tables(client, settings.dynamo)
+    return settings
+
+
+@pytest.fixture(name="settings")
+async def _fix_settings(base_settings: Settings) -> AsyncIterator[Settings]:
+    """Per test: its own queue name, so no test sees another's messages."""
+    queue = f"exporter-test:{RUN_ID}:{uuid.uuid4().hex[:8]}"
+    yield base_settings.model_copy(
+        update={"redis": base_settings.redis.model_copy(update={"queue_name": queue})}
+    )
+
+
+@pytest.fixture(name="resources")
+async def _fix_resources(settings: Settings) -> AsyncIterator[Resources]:
+    async with open_resources(settings) as resources:
+        yield resources
+        await resources.queue.redis.delete(settings.redis.queue_name)
+
+
+@pytest.fixture(name="tokens")
+def _fix_tokens(settings: Settings, signing_key: SigningKey) -> TokenService:
+    return TokenService(settings.jwt, signing_key)
+
+
+@pytest.fixture(name="client")
+async def _fix_client(
+    settings: Settings, tokens: TokenService
+) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(settings, tokens=tokens)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+MakeUser = Callable[..., Awaitable[TestUser]]
+
+
+@pytest.fixture(name="make_user")
+def _fix_make_user(settings: Settings) -> MakeUser:
+    async def make(scopes: list[str] | None = None) -> TestUser:
+        email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+        password = secrets.token_urlsafe(12)
+        user_id = await create_user(settings, email=email, password=password, scopes=scopes)
+        return TestUser(user_id, email, password)
+
+    return make
+
+
+@pytest.fixture(name="pg")
+async def _fix_pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    conn = await asyncpg.connect(pg_dsn)
+    yield conn
+    await conn.close()
+
+
+SeedRows = Callable[[str, int], Awaitable[int]]
+
+
+@pytest.fixture(name="seed_rows")
+def _fix_seed_rows(pg: asyncpg.Connection[Any]) -> SeedRows:
+    async def seed(user_id: str, count: int) -> int:
+        return await seed_memberships(pg, user_id, count)
+
+    return seed
+
+
+RunWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture(name="run_worker")
+def _fix_run_worker(settings: Settings) -> RunWorker:
+    """Run a real arq worker in burst mode until the queue is empty."""
+
+    async def run(**overrides: Any) -> Worker:
+        kwargs = build_worker_settings(settings, burst=True, poll_delay=0, handle_signals=False)
+        kwargs.update(overrides)
+        worker = Worker(**kwargs)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+        return worker
+
+    return run
+
+
+@pytest.fixture(name="artifacts", scope="session")
+def _fix_artifacts() -> Path:
+    path = Path("test-artifacts")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path

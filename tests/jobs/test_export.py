@@ -1,0 +1,266 @@
+"""The export job on real services: API → DynamoDB → arq → PostgreSQL → CSV → SMTP sink."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from email.message import EmailMessage
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from exporter.csvstream import render_cell
+from exporter.dev.smtp import SmtpSink
+from exporter.jobs.export import RetryLater, run_export
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.resources import Resources
+from exporter.store.memberships import EXPORT_COLUMNS, EXPORT_HEADER
+from tests.conftest import MakeUser, RunWorker, SeedRows
+from tests.helpers import login
+
+
+def emails_for(sink: SmtpSink, export_id: str) -> list[EmailMessage]:
+    return [m for m in sink.messages() if m["X-Exporter-Export-Id"] == export_id]
+
+
+def attachment_rows(message: EmailMessage) -> list[list[str]]:
+    (part,) = list(message.iter_attachments())
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return list(csv.reader(io.StringIO(payload.decode("utf-8"), newline="")))
+
+
+async def expected_rows(pg: asyncpg.Connection[Any], user_id: str) -> list[list[str]]:
+    """The user's memberships straight from PostgreSQL, rendered the way the CSV promises."""
+    query = (
+        "SELECT "
+        + ", ".join(expr for _, expr in EXPORT_COLUMNS)
+        + " FROM memberships m JOIN organizations o ON o.id = m.organization_id"
+        + " WHERE m.user_id = $1 ORDER BY m.id"
+    )
+    return [[render_cell(v) for v in row] for row in await pg.fetch(query, user_id)]
+
+
+async def new_job(resources: Resources, user_id: str) -> ExportJob:
+    job = ExportJob.new(user_id=user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600)
+    await resources.jobs.create(job)
+    return job
+
+
+async def test_requested_export_is_emailed_with_exactly_the_users_rows(
+    client: TestClient[Any, Any],
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    run_worker: RunWorker,
+    smtp_sink: SmtpSink,
+    pg: asyncpg.Connection[Any],
+) -> None:
+    owner, stranger = await make_user(), await make_user()
+    await seed_rows(owner.user_id, 2500)
+    await seed_rows(stranger.user_id, 300)
+    headers = await login(client, owner)
+
+    created = await client.post("/v1/exports", json={"format": "csv"}, headers=headers)
+    assert created.status == 202
+    export_id = (await created.json())["id"]
+
+    worker = await run_worker()
+    assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+
+    job = await (await client.get(f"/v1/exports/{export_id}", headers=headers)).json()
+    assert job["status"] == "succeeded"
+    assert job["row_count"] == 2500
+    assert job["started_at"] and job["finished_at"] and job["error"] is None
+    assert job["delivery"] == "email_attachment"
+
+    (message,) = emails_for(smtp_sink, export_id)
+    assert message["To"] == owner.email
+    assert "2,500 rows" in message["Subject"]
+    (part,) = list(message.iter_attachments())
+    assert part.get_filename() == f"memberships-{utcnow():%Y-%m-%d}.csv"
+    assert part.get_content_type() == "text/csv"
+    body = message.get_body(("plain",))
+    assert body is not None and "export of your memberships" in body.get_content()
+
+    rows = attachment_rows(message)
+    assert rows[0] == list(EXPORT_HEADER)
+    assert rows[1:] == await expected_rows(pg, owner.user_id)
+    assert job["byte_size"] == len(part.get_payload(decode=True))
+
+
+async def test_export_of_a_user_without_memberships_is_header_only(
+    resources: Resources, make_user: MakeUser, run_worker: RunWorker, smtp_sink: SmtpSink
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
+
+    await run_worker()
+
+    finished = await resources.jobs.get(job.job_id)
+    assert finished is not None and finished.status is JobState.SUCCEEDED
+    assert finished.row_count == 0
+    (message,) = emails_for(smtp_sink, job.job_id)
+    assert attachment_rows(message) == [list(EXPORT_HEADER)]
+
+
+async def test_redelivered_finished_job_sends_no_second_email(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 10)
+    job = await new_job(resources, user.user_id)
+    payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
+
+    first = await run_export(resources, payload, attempt=1, max_attempts=3)
+    again = await run_export(resources, payload, attempt=1, max_attempts=3)
+
+    assert first is not None and first.status is JobState.SUCCEEDED
+    assert again is not None and again.status is JobState.SUCCEEDED
+    assert len(emails_for(smtp_sink, job.job_id)) == 1
+
+
+async def test_job_left_in_progress_by_a_dead_worker_is_run_again(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 5)
+    job = await new_job(resources, user.user_id)
+    await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
+
+    outcome = await run_export(
+        resources,
+        ExportMessageV1(job.job_id, user.user_id).to_payload(),
+        attempt=2,
+        max_attempts=3,
+    )
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    assert outcome.row_count == 5
+    assert len(emails_for(smtp_sink, job.job_id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("payload_change", "code"),
+    [({"v": 99}, "unsupported_message_version"), ({"user_id": 7}, "bad_message")],
+)
+async def test_unreadable_message_fails_its_record_instead_of_crashing(
+    resources: Resources, make_user: MakeUser, payload_change: dict[str, Any], code: str
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    payload = {**ExportMessageV1(job.job_id, user.user_id).to_payload(), **payload_change}
+
+    await run_export(resources, payload, attempt=1, max_attempts=3)
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == code
+
+
+async def test_worker_survives_a_message_with_a_future_version(
+    resources: Resources, make_user: MakeUser, run_worker: RunWorker
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await resources.queue.redis.enqueue_job(
+        "run_export",
+        {"v": 2, "export_id": job.job_id, "user_id": user.user_id, "new_field": True},
+        _job_id=job.job_id,
+        _queue_name=resources.settings.redis.queue_name,
+    )
+
+    worker = await run_worker()
+
+    assert worker.jobs_complete == 1 and worker.jobs_retried == 0
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.error_code == "unsupported_message_version"
+
+
+async def test_message_for_another_users_job_is_refused(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    owner, intruder = await make_user(), await make_user()
+    await seed_rows(owner.user_id, 3)
+    job = await new_job(resources, owner.user_id)
+
+    await run_export(
+        resources,
+        ExportMessageV1(job.job_id, intruder.user_id).to_payload(),
+        attempt=1,
+        max_attempts=3,
+    )
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert emails_for(smtp_sink, job.job_id) == []
+
+
+async def test_export_for_a_deleted_user_fails_without_email(
+    resources: Resources, smtp_sink: SmtpSink
+) -> None:
+    job = await new_job(resources, "00000000-0000-4000-8000-000000000000")
+
+    await run_export(
+        resources,
+        ExportMessageV1(job.job_id, job.user_id).to_payload(),
+        attempt=1,
+        max_attempts=3,
+    )
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "user_unavailable"
+    assert emails_for(smtp_sink, job.job_id) == []
+
+
+async def test_export_over_the_attachment_limit_fails_with_a_clear_reason(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 50)
+    small = resources.settings.model_copy(
+        update={
+            "exports": resources.settings.exports.model_copy(update={"attachment_max_bytes": 1024})
+        }
+    )
+    limited = dataclasses.replace(resources, settings=small)
+    job = await new_job(resources, user.user_id)
+
+    await run_export(
+        limited,
+        ExportMessageV1(job.job_id, user.user_id).to_payload(),
+        attempt=1,
+        max_attempts=3,
+    )
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.error_code == "too_large"
+
+
+async def test_smtp_outage_is_retried_then_recorded_as_failed(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    from exporter.dev.ports import free_port
+    from exporter.mail import Mailer
+
+    user = await make_user()
+    await seed_rows(user.user_id, 5)
+    job = await new_job(resources, user.user_id)
+    dead_smtp = resources.settings.smtp.model_copy(update={"port": free_port(), "timeout_s": 2})
+    down = dataclasses.replace(resources, mailer=Mailer(dead_smtp))
+    payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
+
+    with pytest.raises(RetryLater):
+        await run_export(down, payload, attempt=1, max_attempts=2)
+    retried = await resources.jobs.get(job.job_id)
+    assert retried is not None and retried.status is JobState.IN_PROGRESS
+
+    await run_export(down, payload, attempt=2, max_attempts=2)
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "smtp_unavailable"
+    assert failed.attempts == 2
