@@ -18,11 +18,21 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from arq.worker import Worker
+from pydantic import SecretStr
 
 from exporter.app import create_app
 from exporter.auth import SigningKey, TokenService
 from exporter.cli import create_user
-from exporter.config import Settings
+from exporter.config import (
+    DynamoSettings,
+    Environment,
+    JwtSettings,
+    PostgresSettings,
+    RedisSettings,
+    Settings,
+    SmtpSettings,
+    WorkerSettings,
+)
 from exporter.dev.dynamodb import LocalDynamo, start_dynamodb
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
@@ -81,14 +91,14 @@ async def _fix_base_settings(
     dynamo: LocalDynamo, smtp_sink: SmtpSink, pg_dsn: str, signing_key: SigningKey
 ) -> Settings:
     settings = Settings(
-        environment="test",
+        environment=Environment.TEST,
         log_json=True,
-        postgres={"dsn": pg_dsn, "pool_min_size": 1, "pool_max_size": 5},
-        redis={"url": REDIS_URL, "queue_name": f"exporter-test:{RUN_ID}"},
-        dynamo={"endpoint_url": dynamo.endpoint_url, "table_prefix": f"t{RUN_ID}-"},
-        smtp={"host": smtp_sink.host, "port": smtp_sink.port},
-        jwt={"private_key": signing_key.private_pem()},
-        worker={"max_tries": 3},
+        postgres=PostgresSettings(dsn=SecretStr(pg_dsn), pool_min_size=1, pool_max_size=5),
+        redis=RedisSettings(url=SecretStr(REDIS_URL), queue_name=f"exporter-test:{RUN_ID}"),
+        dynamo=DynamoSettings(endpoint_url=dynamo.endpoint_url, table_prefix=f"t{RUN_ID}-"),
+        smtp=SmtpSettings(host=smtp_sink.host, port=smtp_sink.port),
+        jwt=JwtSettings(private_key=SecretStr(signing_key.private_pem())),
+        worker=WorkerSettings(max_tries=3),
     )
     async with open_dynamo(settings.dynamo) as client:
         await create_tables(client, settings.dynamo)
@@ -96,10 +106,10 @@ async def _fix_base_settings(
 
 
 @pytest.fixture(name="settings")
-async def _fix_settings(base_settings: Settings) -> AsyncIterator[Settings]:
+def _fix_settings(base_settings: Settings) -> Settings:
     """Per test: its own queue name, so no test sees another's messages."""
     queue = f"exporter-test:{RUN_ID}:{uuid.uuid4().hex[:8]}"
-    yield base_settings.model_copy(
+    return base_settings.model_copy(
         update={"redis": base_settings.redis.model_copy(update={"queue_name": queue})}
     )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
 

@@ -99,7 +99,7 @@ def start_dynamodb(port: int | None = None, *, log_path: Path | None = None) -> 
     try:
         process = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out)  # noqa: S603
     finally:
-        if log_path:
+        if not isinstance(out, int):
             out.close()  # the child holds its own copy of the descriptor
     try:
         wait_for_port(port, timeout_s=60)
