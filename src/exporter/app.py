@@ -195,15 +195,13 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
     # aiohttp-apispec keeps its state under plain string keys (app and request); its
     # business, not a log line per request.
     warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_apispec")
-    spec = _setup_openapi(app)
-    spec.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
+    _setup_openapi(app)
     return app
 
 
-def _setup_openapi(app: web.Application) -> Any:
-    return setup_aiohttp_apispec(
+def _setup_openapi(app: web.Application) -> None:
+    """OpenAPI 3 document at /api/docs/openapi.json and Swagger UI at /api/docs."""
+    setup_aiohttp_apispec(
         app,
         title="exporter API",
         version=__version__,
@@ -219,4 +217,28 @@ def _setup_openapi(app: web.Application) -> Any:
                 "use **Authorize** with the access token."
             )
         },
+        components={
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+        },
     )
+    _fix_swagger2_leftovers(app["swagger_dict"])
+
+
+def _fix_swagger2_leftovers(spec: dict[str, Any]) -> None:
+    """aiohttp-apispec-acapy leaves Swagger 2 constructs in OpenAPI 3 documents (``in: body``
+    parameters, ``produces``), which validators and Swagger UI reject; rewrite them."""
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            operation.pop("produces", None)
+            operation.pop("consumes", None)
+            params = operation.get("parameters", [])
+            bodies = [p for p in params if p.get("in") == "body"]
+            if not bodies:
+                continue
+            operation["parameters"] = [p for p in params if p.get("in") != "body"]
+            operation["requestBody"] = {
+                "required": bool(bodies[0].get("required", False)),
+                "content": {"application/json": {"schema": bodies[0]["schema"]}},
+            }
