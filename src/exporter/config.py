@@ -82,6 +82,8 @@ class SmtpSettings(BaseModel):
     # Amazon SES: port 587 with STARTTLS (start_tls) or 465 with implicit TLS (use_tls).
     start_tls: bool = False
     use_tls: bool = False
+    # Extra CA bundle to trust (a private relay); SES certificates verify against system CAs.
+    ca_file: Path | None = None
     timeout_s: float = Field(default=30.0, gt=0)
     from_address: str = "Exporter <exports@exporter.local>"
 

@@ -84,6 +84,7 @@ class Mailer:
                 password=cfg.password.get_secret_value() if cfg.password else None,
                 start_tls=cfg.start_tls,
                 use_tls=cfg.use_tls,
+                cert_bundle=str(cfg.ca_file) if cfg.ca_file else None,
                 timeout=cfg.timeout_s,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:

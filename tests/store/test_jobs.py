@@ -1,0 +1,149 @@
+"""JobStore against DynamoDB Local: conditional transitions, listing, expiry."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from exporter.errors import BadRequest, ConditionFailed
+from exporter.models import ExportFormat, ExportJob, JobState, utcnow
+from exporter.resources import Resources
+from exporter.store.jobs import JobStore
+
+
+def new_job(user_id: str | None = None, *, retention_s: int = 3600, age_s: int = 0) -> ExportJob:
+    return ExportJob.new(
+        user_id=user_id or str(uuid.uuid4()),
+        fmt=ExportFormat.CSV,
+        now=utcnow() - timedelta(seconds=age_s),
+        retention_s=retention_s,
+    )
+
+
+async def test_created_job_reads_back_identically(resources: Resources) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    assert await resources.jobs.get(job.job_id) == job
+
+
+async def test_creating_the_same_id_twice_is_refused(resources: Resources) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.create(job.replace(user_id=str(uuid.uuid4())))
+
+
+async def test_legal_path_records_every_step(resources: Resources) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    started = await resources.jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={"started_at": utcnow()},
+        increment_attempts=True,
+    )
+    done = await resources.jobs.transition(
+        job.job_id,
+        to=JobState.SUCCEEDED,
+        now=utcnow(),
+        fields={"finished_at": utcnow(), "row_count": 7, "byte_size": 1234},
+    )
+    assert started.status is JobState.IN_PROGRESS and started.attempts == 1
+    assert done.status is JobState.SUCCEEDED
+    assert (done.row_count, done.byte_size) == (7, 1234)
+    assert done.started_at is not None and done.finished_at is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "illegal"),
+    [
+        ([], JobState.SUCCEEDED),  # queued cannot finish without running
+        ([JobState.FAILED], JobState.IN_PROGRESS),  # terminal states never move
+        ([JobState.IN_PROGRESS, JobState.SUCCEEDED], JobState.FAILED),
+        ([JobState.IN_PROGRESS, JobState.SUCCEEDED], JobState.IN_PROGRESS),
+    ],
+)
+async def test_illegal_transitions_are_refused_and_change_nothing(
+    resources: Resources, path: list[JobState], illegal: JobState
+) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    for state in path:
+        await resources.jobs.transition(job.job_id, to=state, now=utcnow())
+    before = await resources.jobs.get(job.job_id)
+
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.transition(job.job_id, to=illegal, now=utcnow())
+
+    assert await resources.jobs.get(job.job_id) == before
+
+
+async def test_transition_of_a_missing_job_is_refused(resources: Resources) -> None:
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.transition(str(uuid.uuid4()), to=JobState.IN_PROGRESS, now=utcnow())
+
+
+async def test_only_one_of_two_racing_finishers_wins(resources: Resources) -> None:
+    import asyncio
+
+    job = new_job()
+    await resources.jobs.create(job)
+    await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
+
+    results = await asyncio.gather(
+        *(
+            resources.jobs.transition(
+                job.job_id, to=JobState.SUCCEEDED, expected=(JobState.IN_PROGRESS,), now=utcnow()
+            )
+            for _ in range(5)
+        ),
+        return_exceptions=True,
+    )
+
+    assert sum(isinstance(r, ExportJob) for r in results) == 1
+    assert sum(isinstance(r, ConditionFailed) for r in results) == 4
+
+
+async def test_list_pages_through_one_users_jobs_newest_first(resources: Resources) -> None:
+    user = str(uuid.uuid4())
+    jobs = [new_job(user, age_s=100 - i) for i in range(5)]
+    for job in jobs:
+        await resources.jobs.create(job)
+    await resources.jobs.create(new_job())  # someone else's
+
+    seen, cursor = [], None
+    while True:
+        page = await resources.jobs.list_for_user(user, limit=2, cursor=cursor)
+        seen += [j.job_id for j in page.jobs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert seen == [j.job_id for j in reversed(jobs)]
+
+
+async def test_cursor_for_another_user_is_refused(resources: Resources) -> None:
+    user = str(uuid.uuid4())
+    for _ in range(2):
+        await resources.jobs.create(new_job(user))
+    page = await resources.jobs.list_for_user(user, limit=1)
+    assert page.next_cursor is not None
+    with pytest.raises(BadRequest):
+        await resources.jobs.list_for_user(str(uuid.uuid4()), limit=1, cursor=page.next_cursor)
+
+
+async def test_expiry_deletes_only_records_past_retention(resources: Resources) -> None:
+    store: JobStore = resources.jobs
+    old = new_job(retention_s=60, age_s=3600)
+    fresh = new_job(retention_s=3600)
+    await store.create(old)
+    await store.create(fresh)
+
+    deleted = await store.delete_expired(now=utcnow())
+
+    assert deleted >= 1
+    assert await store.get(old.job_id) is None
+    assert await store.get(fresh.job_id) == fresh
