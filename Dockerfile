@@ -27,14 +27,15 @@ RUN python -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir "pip==25.2" "setuptools==80.9.0" "wheel==0.45.1"
 
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+# README.md* : setup.cfg reads it for long_description when present.
+COPY pyproject.toml setup.cfg requirements.lock README.md* ./
 COPY src ./src
 
-# Every dependency becomes a wheel in /wheels (all have manylinux wheels for cp311, so no
-# compiler is needed; if one ever lacks a wheel, the build fails here, not at run time),
-# then the venv is installed from those wheels only, with byte-code compiled now because the
-# runtime root filesystem is read-only.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+# Every dependency becomes a wheel in /wheels, at the versions requirements.lock pins (the
+# same ones CI tests). All have manylinux wheels for cp311, so no compiler is needed; if one
+# ever lacks a wheel, the build fails here, not at run time. The venv is then installed from
+# those wheels only, byte-code compiled now because the runtime root filesystem is read-only.
+RUN pip wheel --no-cache-dir --only-binary=:all: --constraint requirements.lock --wheel-dir /wheels . \
     && pip install --no-cache-dir --no-index --find-links /wheels --compile /wheels/exporter-*.whl \
     && pip uninstall --yes pip setuptools wheel \
     && python -c "import exporter.cli"
