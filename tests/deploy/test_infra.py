@@ -1,0 +1,144 @@
+"""infra/exporter.yaml (CloudFormation) has what the app and the runbook rely on.
+
+cfn-lint (make lint-deploy) checks the template against the AWS specs; these tests check
+our own decisions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from .manifests import ROOT
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """PyYAML loader that keeps CloudFormation's short intrinsic tags as plain data."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        assert isinstance(node, yaml.MappingNode)
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+@pytest.fixture(name="resources", scope="module")
+def _fix_resources() -> dict[str, Any]:
+    template = yaml.load((ROOT / "infra" / "exporter.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    resources: dict[str, Any] = template["Resources"]
+    return resources
+
+
+def _of_type(resources: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def test_tables_match_the_app(resources: dict[str, Any]) -> None:
+    tables = {
+        r["Properties"]["TableName"]["Fn::Sub"].split("}-", 1)[1]: r
+        for r in _of_type(resources, "AWS::DynamoDB::Table").values()
+    }
+    assert set(tables) == {"users", "user-emails", "export-jobs"}
+    keys = {name: t["Properties"]["KeySchema"][0]["AttributeName"] for name, t in tables.items()}
+    assert keys == {"users": "user_id", "user-emails": "email", "export-jobs": "job_id"}
+    jobs = tables["export-jobs"]["Properties"]
+    (index,) = jobs["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "user-created-index"
+    assert [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]] == [
+        ("user_id", "HASH"),
+        ("created_at", "RANGE"),
+    ]
+    assert jobs["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    for table in tables.values():
+        props = table["Properties"]
+        assert props["BillingMode"] == "PAY_PER_REQUEST"
+        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+        assert props["SSESpecification"]["SSEEnabled"] is True
+        assert table["DeletionPolicy"] == "Retain"
+
+
+def test_bucket_is_private_encrypted_and_expiring(resources: dict[str, Any]) -> None:
+    (bucket,) = _of_type(resources, "AWS::S3::Bucket").values()
+    props = bucket["Properties"]
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    (rule,) = props["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["ExpirationInDays"]
+    (policy,) = _of_type(resources, "AWS::S3::BucketPolicy").values()
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_redis_is_multi_az_encrypted_and_never_evicts(resources: dict[str, Any]) -> None:
+    (group,) = _of_type(resources, "AWS::ElastiCache::ReplicationGroup").values()
+    props = group["Properties"]
+    assert props["MultiAZEnabled"] is True
+    assert props["AutomaticFailoverEnabled"] is True
+    assert props["NumCacheClusters"] >= 2
+    assert props["TransitEncryptionEnabled"] is True
+    assert props["AtRestEncryptionEnabled"] is True
+    assert "resolve:secretsmanager" in props["AuthToken"]["Fn::Sub"]
+    (params,) = _of_type(resources, "AWS::ElastiCache::ParameterGroup").values()
+    assert params["Properties"]["Properties"]["maxmemory-policy"] == "noeviction"
+
+
+def test_postgres_has_a_multi_az_primary_and_a_replica(resources: dict[str, Any]) -> None:
+    instances = _of_type(resources, "AWS::RDS::DBInstance")
+    primaries = [
+        r for r in instances.values() if "SourceDBInstanceIdentifier" not in r["Properties"]
+    ]
+    replicas = [r for r in instances.values() if "SourceDBInstanceIdentifier" in r["Properties"]]
+    assert len(primaries) == 1
+    assert len(replicas) == 1
+    primary = primaries[0]["Properties"]
+    assert primary["MultiAZ"] is True
+    assert primary["StorageEncrypted"] is True
+    assert primary["PubliclyAccessible"] is False
+    assert primary["DeletionProtection"] is True
+    assert primary["ManageMasterUserPassword"] is True, "no password in the template"
+
+
+def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
+    roles = _of_type(resources, "AWS::IAM::Role")
+    assert set(roles) == {"ApiRole", "WorkerRole"}
+    actions: dict[str, set[str]] = {}
+    for name, role in {**roles, **_of_type(resources, "AWS::IAM::User")}.items():
+        actions[name] = set()
+        for policy in role["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                assert statement["Effect"] == "Allow"
+                assert statement["Resource"] != "*", name
+                assert "*" not in statement["Resource"], name
+                granted = statement["Action"]
+                granted = [granted] if isinstance(granted, str) else granted
+                assert not any(a.endswith(":*") or a == "*" for a in granted), name
+                actions[name] |= set(granted)
+    assert not any(a.startswith(("s3:", "ses:")) for a in actions["ApiRole"]), "API: DynamoDB only"
+    assert {"s3:PutObject", "ses:SendRawEmail", "dynamodb:UpdateItem"} <= actions["WorkerRole"]
+    for role in roles.values():
+        trust = role["Properties"]["AssumeRolePolicyDocument"]["Fn::Sub"][0]
+        assert "sts:AssumeRoleWithWebIdentity" in trust
+        assert ":sub" in trust
+        assert ":aud" in trust
+
+
+def test_route53_latency_records_and_dkim(resources: dict[str, Any]) -> None:
+    records = _of_type(resources, "AWS::Route53::RecordSet")
+    latency = [r for r in records.values() if "Region" in r["Properties"]]
+    assert latency
+    assert all(r["Properties"]["AliasTarget"]["EvaluateTargetHealth"] for r in latency)
+    assert sum(r["Properties"]["Type"] == "CNAME" for r in records.values()) == 3  # DKIM
