@@ -24,21 +24,23 @@ run: venv  ## start the whole service locally (Ctrl-C stops it)
 demo: venv  ## one export end to end on the local stack; last line is a JSON summary
 	$(VENV)/bin/exporter dev demo
 
-lint: venv  ## ruff (lint + format check)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+lint: venv lint-deploy  ## ruff (lint + format check), plus image, chart and infra linters
+	$(VENV)/bin/ruff check src tests docs
+	$(VENV)/bin/ruff format --check src tests docs
 
 typecheck: venv  ## mypy --strict
 	$(VENV)/bin/mypy
 
-pytest: venv  ## the test suite (starts DynamoDB Local and an SMTP sink itself)
+pytest: venv deploy-tools  ## the test suite (starts DynamoDB Local and an SMTP sink itself)
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest  ## everything CI runs
 
 format: venv
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests docs
+	$(VENV)/bin/ruff check --fix src tests docs
+
+include mk/deploy.mk
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

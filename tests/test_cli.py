@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from exporter.cli import main
-from exporter.config import PostgresSettings, Settings
+from exporter.config import Environment, PostgresSettings, Settings
 from exporter.dev.ports import free_port
 
 
@@ -76,9 +76,23 @@ def test_short_password_is_refused(
     assert "at least 8" in capsys.readouterr().err
 
 
-def test_invalid_configuration_is_reported_plainly(capsys: pytest.CaptureFixture[str]) -> None:
-    def broken() -> Settings:
-        return Settings(environment="production")  # type: ignore[arg-type]
+def test_invalid_configuration_is_reported_plainly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPORTER_API__PORT", "70000")
+    assert main(["db", "migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and "api.port" in err
 
-    assert main(["db", "migrate"], settings_factory=broken) == 2
+
+def test_deployed_api_refuses_to_start_without_a_signing_key(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployed = settings.model_copy(
+        update={
+            "environment": Environment.PRODUCTION,
+            "jwt": settings.jwt.model_copy(update={"private_key": None}),
+        }
+    )
+    assert main(["api"], settings_factory=lambda: deployed) == 2
     assert "jwt.private_key is required" in capsys.readouterr().err

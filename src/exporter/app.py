@@ -182,7 +182,9 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
         ],
     )
     app[SETTINGS] = settings
-    app[TOKENS] = tokens or build_token_service(settings.jwt)
+    app[TOKENS] = tokens or build_token_service(
+        settings.jwt, allow_ephemeral=not settings.is_deployed
+    )
     app[PASSWORDS] = Passwords()
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:

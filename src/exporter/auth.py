@@ -220,10 +220,16 @@ class TokenService:
         )
 
 
-def build_token_service(settings: JwtSettings) -> TokenService:
-    """The configured key, or a fresh ephemeral one (settings forbid that outside local/test)."""
+def build_token_service(settings: JwtSettings, *, allow_ephemeral: bool) -> TokenService:
+    """The configured key; or, where allowed (local, test), a fresh key for this process only.
+
+    Several API processes must share one key, so deployed environments refuse to start
+    without it rather than issue tokens that only one pod accepts.
+    """
     if settings.private_key is not None:
         key = SigningKey.from_pem(settings.private_key.get_secret_value())
-    else:
+    elif allow_ephemeral:
         key = SigningKey.generate()
+    else:
+        raise ValueError("jwt.private_key is required outside local and test")
     return TokenService(settings, key)

@@ -75,8 +75,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.logs import configure_logging
 
     configure_logging(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        raise CliError(f"invalid configuration: {exc}") from None
     web.run_app(
-        create_app(settings),
+        app,
         host=args.host or settings.api.host,
         port=args.port or settings.api.port,
         access_log=None,

@@ -14,8 +14,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "EXPORTER_"
 
@@ -139,7 +144,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        secrets_dir=os.environ.get(f"{ENV_PREFIX}SECRETS_DIR") or None,
+        secrets_nested_delimiter="__",
         extra="ignore",
         frozen=True,
     )
@@ -156,12 +161,9 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
 
-    @model_validator(mode="after")
-    def _deployed_needs_real_secrets(self) -> Settings:
-        deployed = self.environment in (Environment.STAGING, Environment.PRODUCTION)
-        if deployed and self.jwt.private_key is None:
-            raise ValueError("jwt.private_key is required outside local and test")
-        return self
+    @property
+    def is_deployed(self) -> bool:
+        return self.environment in (Environment.STAGING, Environment.PRODUCTION)
 
     @classmethod
     def settings_customise_sources(
@@ -172,9 +174,15 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, file_secret_settings
+        # Secret files may be nested like env vars: a file `exporter_jwt__private_key` (any
+        # case) sets jwt.private_key. Env vars win over files.
+        return init_settings, env_settings, NestedSecretsSettingsSource(file_secret_settings)
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment (and secret files), with explicit overrides."""
-    return Settings(**overrides)
+    """Build settings from the environment and, if EXPORTER_SECRETS_DIR names a folder (a
+    mounted Kubernetes Secret), from one file per setting in it."""
+    secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR") or None
+    # `_secrets_dir` is pydantic-settings' init-time option (not a field, so not typed).
+    options: dict[str, Any] = {"_secrets_dir": secrets_dir}
+    return Settings(**options, **overrides)

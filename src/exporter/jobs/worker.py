@@ -7,6 +7,9 @@ import time and tests can build a worker with their own settings.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -18,7 +21,7 @@ from exporter.config import Settings
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.export import RetryLater, run_export
 from exporter.logs import configure_logging
-from exporter.queue import RUN_EXPORT, arq_redis_settings
+from exporter.queue import RUN_EXPORT, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
 
 _RESOURCES = "resources"
@@ -69,6 +72,11 @@ async def expire_jobs_task(ctx: dict[str, Any]) -> int:
     return await expire_jobs(resources_of(ctx))
 
 
+def health_check_key(settings: Settings) -> str:
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"{settings.redis.queue_name}:health-check:{host}"
+
+
 def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker``; ``overrides`` win (tests use burst mode)."""
     worker = settings.worker
@@ -106,6 +114,9 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
         # Our own records hold the outcome; arq's copy only needs to outlive retries.
         "keep_result": 600,
         "health_check_interval": 30,
+        # One key per worker process, so a liveness probe sees *this* pod hang even while
+        # other workers on the queue are healthy.
+        "health_check_key": health_check_key(settings),
         **overrides,
     }
 
@@ -117,8 +128,15 @@ def run_worker_forever(settings: Settings) -> None:
     run_worker(build_worker_settings(settings))
 
 
-def check_worker_health(settings: Settings) -> int:
-    """0 when a worker on this queue wrote its health key recently (a liveness probe)."""
-    from arq.worker import check_health
+async def worker_is_healthy(settings: Settings) -> bool:
+    """True when the worker on this host wrote its health key within the last interval."""
+    redis = await open_arq_redis(settings.redis)
+    try:
+        return bool(await redis.exists(health_check_key(settings)))
+    finally:
+        await redis.aclose()
 
-    return check_health(build_worker_settings(settings))
+
+def check_worker_health(settings: Settings) -> int:
+    """Exit status for a liveness probe: 0 healthy, 1 not."""
+    return 0 if asyncio.run(worker_is_healthy(settings)) else 1
