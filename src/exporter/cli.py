@@ -74,11 +74,11 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.app import create_app
     from exporter.logs import configure_logging
 
-    configure_logging(settings)
     try:
         app = create_app(settings)
     except ValueError as exc:
         raise CliError(f"invalid configuration: {exc}") from None
+    configure_logging(settings)
     web.run_app(
         app,
         host=args.host or settings.api.host,
