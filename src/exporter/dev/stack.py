@@ -34,6 +34,7 @@ from exporter.config import Settings
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port, port_open
 from exporter.dev.smtp import start_smtp_sink
+from exporter.queue import open_arq_redis
 from exporter.resources import open_dynamo
 from exporter.store.migrations import migrate
 from exporter.store.tables import create_tables
@@ -70,6 +71,12 @@ async def ensure_database(dsn: str) -> None:
         await conn.close()
 
 
+async def _check_redis(settings: Settings) -> None:
+    """Fail early and plainly when Redis is down (the children would only log it)."""
+    redis = await open_arq_redis(settings.redis)
+    await redis.aclose()
+
+
 def _port_from(url: str | None, default: int) -> int:
     port = urlsplit(url).port if url else None
     return port or default
@@ -101,6 +108,7 @@ def local_stack(
 ) -> Iterator[LocalStack]:
     """Everything running; on exit, everything stopped (children first)."""
     with ExitStack() as stack:
+        asyncio.run(_check_redis(settings))
         VAR.mkdir(exist_ok=True)
         dynamo = start_dynamodb(
             _pick(_port_from(settings.dynamo.endpoint_url, 8000)),
