@@ -25,8 +25,8 @@ demo: venv  ## one export end to end on the local stack; last line is a JSON sum
 	$(VENV)/bin/exporter dev demo
 
 lint: venv lint-deploy  ## ruff (lint + format check), plus image, chart and infra linters
-	$(VENV)/bin/ruff check src tests docs
-	$(VENV)/bin/ruff format --check src tests docs
+	$(VENV)/bin/ruff check src tests docs bench
+	$(VENV)/bin/ruff format --check src tests docs bench
 
 typecheck: venv  ## mypy --strict
 	$(VENV)/bin/mypy
@@ -35,6 +35,9 @@ pytest: venv deploy-tools  ## the test suite (starts DynamoDB Local and an SMTP 
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest  ## everything CI runs
+
+bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see docs/benchmarks.md
+	$(PY) -m bench.export
 
 format: venv
 	$(VENV)/bin/ruff format src tests docs

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+
+from exporter.csvstream import neutralise_formula
 
 
 @dataclass(frozen=True)
@@ -25,3 +28,45 @@ async def login(client: TestClient[Any, Any], user: TestUser) -> dict[str, str]:
     assert response.status == 200, await response.text()
     token = (await response.json())["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+# --- the CSV contract, written independently of the SQL that implements it ---------------
+
+RAW_EXPORT_QUERY = (
+    "SELECT m.guid, o.guid AS org_guid, o.name, m.plan, m.status, m.role, m.started_on,"
+    " m.ends_on, m.auto_renew, m.price, m.currency, m.created_at, m.updated_at"
+    " FROM memberships m JOIN organizations o ON o.id = m.organization_id"
+    " WHERE m.user_id = $1 ORDER BY m.id"
+)
+
+
+def reference_timestamp(value: datetime) -> str:
+    """ISO 8601 UTC with Z; fractional seconds only when present, without trailing zeros."""
+    value = value.astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def reference_row(record: Any) -> list[str]:
+    """One membership as the README promises it in the CSV."""
+
+    def text(value: str) -> str:
+        return neutralise_formula(value)
+
+    return [
+        str(record["guid"]),
+        str(record["org_guid"]),
+        text(record["name"]),
+        text(record["plan"]),
+        text(record["status"]),
+        text(record["role"]),
+        record["started_on"].isoformat(),
+        record["ends_on"].isoformat() if record["ends_on"] else "",
+        "true" if record["auto_renew"] else "false",
+        str(record["price"]),
+        record["currency"],
+        reference_timestamp(record["created_at"]),
+        reference_timestamp(record["updated_at"]),
+    ]

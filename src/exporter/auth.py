@@ -205,7 +205,7 @@ class TokenService:
         except jwt.PyJWTError as exc:
             raise TokenError(f"rejected: {type(exc).__name__}") from None
         if payload.get("token_type") != expected_type.value:
-            raise TokenError(f"expected a {expected_type.value} token")
+            raise TokenError(f"expected token type {expected_type.value!r}")
         scope = payload.get("scope", "")
         subject = payload["sub"]
         if not isinstance(scope, str) or not isinstance(subject, str) or not subject:

@@ -43,6 +43,12 @@ def sources_of(target: JobState) -> frozenset[JobState]:
 
 class ExportFormat(StrEnum):
     CSV = "csv"
+    CSV_GZ = "csv.gz"
+
+    @property
+    def content_type(self) -> tuple[str, str]:
+        """(maintype, subtype) of the file."""
+        return ("application", "gzip") if self is ExportFormat.CSV_GZ else ("text", "csv")
 
 
 def utcnow() -> datetime:
@@ -106,17 +112,21 @@ class ExportMessageV1:
         if not isinstance(payload, Mapping):
             raise ExportFailed("bad_message", "queue payload is not an object")
         version = payload.get("v")
-        if version != MESSAGE_VERSION:
+        # type() check: True == 1 and 1.0 == 1 in Python, and neither is version 1.
+        if type(version) is not int or version != MESSAGE_VERSION:
             raise ExportFailed(
                 "unsupported_message_version", f"unknown payload version {version!r}"
             )
         export_id, user_id = payload.get("export_id"), payload.get("user_id")
-        if not isinstance(export_id, str) or not isinstance(user_id, str):
-            raise ExportFailed("bad_message", "export_id and user_id must be strings")
+        if not isinstance(export_id, str) or not isinstance(user_id, str) or not user_id:
+            raise ExportFailed("bad_message", "export_id and user_id must be non-empty strings")
         try:
-            uuid.UUID(export_id)
+            canonical = str(uuid.UUID(export_id))
         except ValueError:
             raise ExportFailed("bad_message", "export_id is not a UUID") from None
+        if canonical != export_id:
+            # Job ids are stored canonical; any other spelling would miss the record.
+            raise ExportFailed("bad_message", "export_id is not a canonical UUID")
         return cls(export_id=export_id, user_id=user_id)
 
 

@@ -12,14 +12,13 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from exporter.csvstream import render_cell
 from exporter.dev.smtp import SmtpSink
 from exporter.jobs.export import RetryLater, run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
-from exporter.store.memberships import EXPORT_COLUMNS, EXPORT_HEADER
+from exporter.store.memberships import EXPORT_HEADER
 from tests.conftest import MakeUser, RunWorker, SeedRows
-from tests.helpers import login
+from tests.helpers import RAW_EXPORT_QUERY, login, reference_row
 
 
 def emails_for(sink: SmtpSink, export_id: str) -> list[EmailMessage]:
@@ -35,13 +34,7 @@ def attachment_rows(message: EmailMessage) -> list[list[str]]:
 
 async def expected_rows(pg: asyncpg.Connection[Any], user_id: str) -> list[list[str]]:
     """The user's memberships straight from PostgreSQL, rendered the way the CSV promises."""
-    query = (
-        "SELECT "
-        + ", ".join(expr for _, expr in EXPORT_COLUMNS)
-        + " FROM memberships m JOIN organizations o ON o.id = m.organization_id"
-        + " WHERE m.user_id = $1 ORDER BY m.id"
-    )
-    return [[render_cell(v) for v in row] for row in await pg.fetch(query, user_id)]
+    return [reference_row(r) for r in await pg.fetch(RAW_EXPORT_QUERY, user_id)]
 
 
 async def new_job(resources: Resources, user_id: str) -> ExportJob:

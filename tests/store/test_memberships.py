@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import uuid
 from typing import Any
 
 import asyncpg
 
-from exporter.store.memberships import EXPORT_HEADER, count_memberships, stream_memberships
+from exporter.store.memberships import (
+    EXPORT_HEADER,
+    Conn,
+    copy_memberships,
+    count_memberships,
+)
 from exporter.store.migrations import migrate, pending
 from tests.conftest import SeedRows
+from tests.helpers import RAW_EXPORT_QUERY, reference_row
 
 
 async def test_migrations_are_applied_once_and_are_idempotent(pg_dsn: str) -> None:
@@ -37,61 +45,106 @@ async def test_schema_has_identity_keys_guids_and_the_export_index(
     assert "(user_id, id)" in index
 
 
-async def test_stream_yields_only_the_users_rows_in_id_order_in_batches(
+async def export_csv(conn: Conn, user_id: str) -> tuple[int, list[list[str]], bytes]:
+    chunks: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        chunks.append(bytes(chunk))
+
+    rows = await copy_memberships(conn, user_id, sink)
+    data = b"".join(chunks)
+    return rows, list(csv.reader(io.StringIO(data.decode("utf-8"), newline=""))), data
+
+
+async def test_copy_yields_only_the_users_rows_in_id_order_with_a_header(
     pg: asyncpg.Connection[Any], seed_rows: SeedRows
 ) -> None:
     user, other = str(uuid.uuid4()), str(uuid.uuid4())
     await seed_rows(user, 25)
     await seed_rows(other, 10)
-    expected = [
-        r["guid"]
-        for r in await pg.fetch("SELECT guid FROM memberships WHERE user_id = $1 ORDER BY id", user)
-    ]
 
-    batches = [batch async for batch in stream_memberships(pg, user, prefetch=10)]
+    rows, parsed, _ = await export_csv(pg, user)
 
-    assert [len(b) for b in batches] == [10, 10, 5]
-    rows = [row for batch in batches for row in batch]
-    assert [row[0] for row in rows] == expected
-    assert all(len(row) == len(EXPORT_HEADER) for row in rows)
+    assert rows == 25
+    assert parsed[0] == list(EXPORT_HEADER)
+    expected = await pg.fetch(RAW_EXPORT_QUERY, user)
+    assert parsed[1:] == [reference_row(r) for r in expected]
     assert await count_memberships(pg, user) == 25
 
 
-async def test_stream_reads_one_snapshot_while_rows_change(
-    pg: asyncpg.Connection[Any], pg_dsn: str, seed_rows: SeedRows
+HOSTILE = [
+    '=HYPERLINK("http://evil.example")',
+    "+1",
+    "-1+2",
+    "@SUM(A1)",
+    "\tTab",
+    "\rCR",
+    "\nLF",
+    'Quote "me"',
+    "Comma, Inc.",
+    "multi\nline",
+    "Zürich 東京 🚀",
+    "plain",
+]
+
+
+async def test_hostile_text_is_quoted_and_neutralised_exactly_as_documented(
+    pg: asyncpg.Connection[Any],
 ) -> None:
     user = str(uuid.uuid4())
-    await seed_rows(user, 30)
-    writer = await asyncpg.connect(pg_dsn)
+    for i, name in enumerate(HOSTILE):
+        org = await pg.fetchval("INSERT INTO organizations (name) VALUES ($1) RETURNING id", name)
+        await pg.execute(
+            "INSERT INTO memberships (user_id, organization_id, plan, status, role, started_on,"
+            " price, currency, created_at, updated_at)"
+            " VALUES ($1, $2, $3, 'active', $4, '2026-01-31', 12.30, 'EUR',"
+            " '2026-11-26 09:30:00.5+01', '2026-11-26 23:59:59+00')",
+            user,
+            org,
+            name,
+            HOSTILE[-1 - i],
+        )
+
+    rows, parsed, data = await export_csv(pg, user)
+
+    assert rows == len(HOSTILE)
+    expected = [reference_row(r) for r in await pg.fetch(RAW_EXPORT_QUERY, user)]
+    assert parsed[1:] == expected
+    names = [row[2] for row in parsed[1:]]
+    assert names[:7] == ["'" + n for n in HOSTILE[:7]]
+    assert names[7:] == HOSTILE[7:]
+    assert parsed[1][11] == "2026-11-26T08:30:00.5Z"
+    assert parsed[1][12] == "2026-11-26T23:59:59Z"
+    assert parsed[1][9] == "12.30"
+    assert b'"Quote ""me"""' in data  # RFC 4180: quotes doubled inside a quoted field
+
+
+async def test_copy_reads_one_snapshot_while_rows_change(pg_dsn: str, seed_rows: SeedRows) -> None:
+    user = str(uuid.uuid4())
+    await seed_rows(user, 3000)
+    reader, writer = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    seen = bytearray()
+    changed = False
+
+    async def sink(chunk: bytes) -> None:
+        nonlocal changed
+        seen.extend(chunk)
+        if not changed:
+            changed = True
+            # Committed by another session mid-stream: must not appear in this export.
+            await writer.execute(
+                "INSERT INTO memberships (user_id, organization_id, plan, status, role,"
+                " started_on, price, currency)"
+                " SELECT $1, id, 'late', 'active', 'member', current_date, 1, 'EUR'"
+                " FROM organizations LIMIT 5",
+                user,
+            )
+
     try:
-        seen = 0
-        async for batch in stream_memberships(pg, user, prefetch=10):
-            if seen == 0:
-                # Committed by another session mid-stream: must not appear in this export.
-                await writer.execute(
-                    "INSERT INTO memberships (user_id, organization_id, plan, status, role,"
-                    " started_on, price, currency)"
-                    " SELECT $1, id, 'x', 'active', 'member', current_date, 1, 'EUR'"
-                    " FROM organizations LIMIT 5",
-                    user,
-                )
-                await writer.execute(
-                    "DELETE FROM memberships WHERE id = (SELECT max(id)"
-                    " FROM memberships WHERE user_id = $1 AND plan <> 'x')",
-                    user,
-                )
-            seen += len(batch)
+        rows = await copy_memberships(reader, user, sink)
     finally:
+        await reader.close()
         await writer.close()
-    assert seen == 30
-    assert await count_memberships(pg, user) == 34
-
-
-async def test_stream_runs_in_a_read_only_transaction(
-    pg: asyncpg.Connection[Any], seed_rows: SeedRows
-) -> None:
-    user = str(uuid.uuid4())
-    await seed_rows(user, 1)
-    async for _ in stream_memberships(pg, user, prefetch=10):
-        assert await pg.fetchval("SHOW transaction_read_only") == "on"
-        assert await pg.fetchval("SHOW transaction_isolation") == "repeatable read"
+    assert changed
+    assert rows == 3000
+    assert b",late," not in seen

@@ -11,7 +11,6 @@ conditional transitions in ``JobStore`` make sure only one run can finish the re
 
 from __future__ import annotations
 
-import asyncio
 import random
 import tempfile
 import time
@@ -22,12 +21,12 @@ from typing import IO, Any
 import asyncpg
 import structlog
 
-from exporter.csvstream import CsvChunker
+from exporter.csvstream import ExportEncoder
 from exporter.errors import ConditionFailed, ExportFailed, StoreUnavailable
 from exporter.mail import ExportAttachment, build_export_message
-from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
-from exporter.store.memberships import EXPORT_HEADER, stream_memberships
+from exporter.store.memberships import copy_memberships
 
 log = structlog.stdlib.get_logger("exporter.jobs.export")
 
@@ -130,7 +129,10 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         max_size=settings.spool_max_bytes,
         dir=str(settings.temp_dir) if settings.temp_dir else None,
     ) as spool:
-        row_count, byte_size = await _write_csv(resources, job.user_id, spool)
+        written = await write_export_file(
+            resources.pg_export, job.user_id, spool, fmt=job.format, bom=False
+        )
+        row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
         if byte_size > settings.attachment_max_bytes:
             raise ExportFailed(
@@ -178,25 +180,35 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
     return ExportOutcome(job.job_id, job.status, row_count, byte_size)
 
 
-async def _write_csv(resources: Resources, user_id: str, out: IO[bytes]) -> tuple[int, int]:
-    """Stream the user's rows into ``out``; returns (rows, bytes)."""
-    settings = resources.settings.exports
-    chunker = CsvChunker(EXPORT_HEADER, chunk_bytes=settings.chunk_bytes)
+@dataclass(frozen=True, slots=True)
+class ExportFile:
+    rows: int
+    csv_bytes: int
+    file_bytes: int
+
+
+async def write_export_file(
+    pool: asyncpg.Pool[Any], user_id: str, out: IO[bytes], *, fmt: ExportFormat, bom: bool
+) -> ExportFile:
+    """Write the user's export (CSV, optionally gzipped) to ``out``. The worker and the
+    benchmark both call this, so the benchmark measures exactly what users get."""
+    encoder = ExportEncoder(fmt, bom=bom)
+
+    async def sink(chunk: bytes) -> None:
+        out.write(encoder.encode(chunk))
+
     try:
-        async with resources.pg_export.acquire() as conn:
-            async for batch in stream_memberships(conn, user_id, prefetch=settings.cursor_prefetch):
-                for chunk in chunker.write_rows(batch):
-                    out.write(chunk)
-                # Encoding a batch is CPU work; let other jobs and heartbeats in between.
-                await asyncio.sleep(0)
+        async with pool.acquire() as conn:
+            rows = await copy_memberships(conn, user_id, sink)
     except _TRANSIENT_PG as exc:
         raise ExportFailed(
             "database_unavailable", f"database: {type(exc).__name__}", transient=True
         ) from exc
     except asyncpg.PostgresError as exc:
         raise ExportFailed("database_error", f"database: {type(exc).__name__}") from exc
-    out.write(chunker.flush())
-    return chunker.rows_written, chunker.bytes_emitted
+    out.write(encoder.finish())
+    out.flush()
+    return ExportFile(rows=rows, csv_bytes=encoder.csv_bytes, file_bytes=encoder.file_bytes)
 
 
 async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportOutcome | None:

@@ -1,60 +1,92 @@
-"""Memberships in PostgreSQL, streamed for export from one consistent snapshot."""
+"""Memberships in PostgreSQL, exported with COPY from one consistent snapshot.
+
+PostgreSQL itself renders the CSV (``COPY (SELECT …) TO STDOUT WITH (FORMAT csv)``): it is
+the fastest path measured (≈ psql's own ``\\copy``) and keeps the client's memory flat.
+The SELECT does the formatting the CSV promises, so no row is touched in Python:
+
+- text a spreadsheet would evaluate as a formula gets a leading ``'`` (OWASP),
+- timestamps are ISO 8601 in UTC with a ``Z`` (fractional seconds only when present),
+- booleans are ``true``/``false``, dates ``YYYY-MM-DD``, money an exact decimal.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from exporter.csvstream import FORMULA_TRIGGERS
+
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+Sink = Callable[[bytes], Coroutine[Any, Any, None]]
+
+
+def _sql_literal(text: str) -> str:
+    return (
+        "E'"
+        + text.replace("\\", "\\\\")
+        .replace("'", "\\'")
+        .replace("\t", "\\t")
+        .replace("\r", "\\r")
+        .replace("\n", "\\n")
+        + "'"
+    )
+
+
+_TRIGGERS_SQL = ", ".join(_sql_literal(t) for t in FORMULA_TRIGGERS)
+
+
+def safe_text(expr: str) -> str:
+    """SQL that neutralises a leading formula trigger in a text column."""
+    return f"CASE WHEN left({expr}, 1) IN ({_TRIGGERS_SQL}) THEN '''' || {expr} ELSE {expr} END"
+
+
+def utc_timestamp(expr: str) -> str:
+    """SQL for ISO 8601 UTC text: 2026-11-26T09:30:00Z (needs DateStyle ISO)."""
+    return f"replace(({expr} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z'"
+
+
 # Column order and names of the export; documented in the README. Stable: users script on it.
 EXPORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("membership_id", "m.guid"),
     ("organization_id", "o.guid"),
-    ("organization_name", "o.name"),
-    ("plan", "m.plan"),
-    ("status", "m.status"),
-    ("role", "m.role"),
+    ("organization_name", safe_text("o.name")),
+    ("plan", safe_text("m.plan")),
+    ("status", safe_text("m.status")),
+    ("role", safe_text("m.role")),
     ("started_on", "m.started_on"),
     ("ends_on", "m.ends_on"),
-    ("auto_renew", "m.auto_renew"),
+    ("auto_renew", "m.auto_renew::text"),
     ("price", "m.price"),
     ("currency", "m.currency"),
-    ("created_at", "m.created_at"),
-    ("updated_at", "m.updated_at"),
+    ("created_at", utc_timestamp("m.created_at")),
+    ("updated_at", utc_timestamp("m.updated_at")),
 )
 EXPORT_HEADER: tuple[str, ...] = tuple(name for name, _ in EXPORT_COLUMNS)
 
-# Built from the constant column list above; no input reaches it.
-_EXPORT_QUERY = (
+# Built from the constant column list above; the user id is bound by asyncpg.
+EXPORT_QUERY = (
     "SELECT "  # noqa: S608
-    + ", ".join(expr for _, expr in EXPORT_COLUMNS)
+    + ", ".join(f"{expr} AS {name}" for name, expr in EXPORT_COLUMNS)
     + " FROM memberships m JOIN organizations o ON o.id = m.organization_id"
     + " WHERE m.user_id = $1 ORDER BY m.id"
 )
 
 
-Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+async def copy_memberships(conn: Conn, user_id: str, sink: Sink) -> int:
+    """Stream the user's memberships as CSV bytes (header first) into ``sink``; returns rows.
 
-
-async def stream_memberships(
-    conn: Conn, user_id: str, *, prefetch: int
-) -> AsyncIterator[Sequence[Sequence[object]]]:
-    """Yield the user's memberships in batches, in id order, from one snapshot.
-
-    A read-only REPEATABLE READ transaction pins one snapshot for the whole stream, and the
-    server-side cursor keeps at most ``prefetch`` rows on the client at a time.
+    A read-only REPEATABLE READ transaction pins one snapshot; COPY streams it without
+    ever holding more than a network buffer on the client.
     """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        cursor = await conn.cursor(_EXPORT_QUERY, user_id)
-        while True:
-            batch = await cursor.fetch(prefetch)
-            if not batch:
-                return
-            yield batch
-            if len(batch) < prefetch:
-                return
+        await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        status = await conn.copy_from_query(
+            EXPORT_QUERY, user_id, output=sink, format="csv", header=True
+        )
+    return int(status.split()[-1])
 
 
 async def count_memberships(conn: Conn, user_id: str) -> int:

@@ -40,17 +40,25 @@ async def ensure_organizations(conn: asyncpg.Connection[Any], count: int = 200) 
     )
 
 
-async def seed_memberships(conn: asyncpg.Connection[Any], user_id: str, count: int) -> int:
-    """Insert ``count`` memberships for ``user_id`` spread over the organizations."""
+async def seed_memberships(
+    conn: asyncpg.Connection[Any], user_id: str, count: int, *, others_per_row: int = 0
+) -> int:
+    """Insert ``count`` memberships for ``user_id`` spread over the organizations.
+
+    With ``others_per_row`` = k, k rows of other (random) users are interleaved after each
+    of the user's rows, so the user's rows are scattered through the table as in real life.
+    Returns the number of rows inserted for ``user_id``.
+    """
     if count <= 0:
         return 0
     await ensure_organizations(conn)
-    status = await conn.execute(
+    stride = others_per_row + 1
+    await conn.execute(
         """
         WITH orgs AS (SELECT array_agg(id ORDER BY id) AS ids FROM organizations)
         INSERT INTO memberships (user_id, organization_id, plan, status, role, started_on,
                                  ends_on, auto_renew, price, currency, created_at, updated_at)
-        SELECT $1::uuid,
+        SELECT CASE WHEN g % $3 = 0 THEN $1::uuid ELSE gen_random_uuid() END,
                orgs.ids[1 + (g % array_length(orgs.ids, 1))],
                (ARRAY['free', 'pro', 'team', 'enterprise', '=1+1'])[1 + g % 5],
                (ARRAY['active', 'trialing', 'past_due', 'cancelled', 'expired'])[1 + g % 5],
@@ -62,9 +70,11 @@ async def seed_memberships(conn: asyncpg.Connection[Any], user_id: str, count: i
                (ARRAY['EUR', 'USD', 'GBP', 'JPY'])[1 + g % 4],
                timestamptz '2020-01-01 00:00:00+00' + make_interval(secs => g * 37),
                timestamptz '2020-01-01 00:00:00+00' + make_interval(secs => g * 41)
-        FROM generate_series(1, $2) AS g, orgs
+        FROM generate_series(1, $2::int * $3::int) AS g, orgs
+        ORDER BY g
         """,
         user_id,
         count,
+        stride,
     )
-    return int(status.split()[-1])
+    return count

@@ -1,0 +1,216 @@
+"""Export engine benchmark: the project's export path against psql's own \\copy, same run.
+
+    python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--json]
+
+Creates its own database, seeds one user per size with N memberships scattered among
+other users' rows (two others after each of theirs), then alternates, at least ``--runs``
+times each: the floor (``psql \\copy (plain SELECT) to file``), the project's export
+(``write_export_file``, the function the worker calls, through to the finished file), the
+gzip floor (``\\copy … to program 'gzip -6 > file'``) and the project's ``csv.gz`` export.
+Reports medians (COPY on 2 cores is bimodal run to run), the peak RSS growth of this
+process while exporting (VmHWM after resetting it, minus VmRSS before), and client CPU.
+The last line is a JSON array with one object per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from exporter.jobs.export import write_export_file
+from exporter.models import ExportFormat
+from exporter.store.migrations import migrate
+from exporter.store.seed import seed_memberships
+
+ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB_NAME = "exporter_bench"
+# The floor: the same rows and columns, no formatting or escaping, straight to a file.
+PLAIN_QUERY = (
+    "SELECT m.guid, o.guid, o.name, m.plan, m.status, m.role, m.started_on, m.ends_on,"
+    " m.auto_renew, m.price, m.currency, m.created_at, m.updated_at"
+    " FROM memberships m JOIN organizations o ON o.id = m.organization_id"
+    " WHERE m.user_id = '{user}' ORDER BY m.id"
+)
+
+
+def _status_kb(name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise LookupError(name)
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 resets VmHWM to the current RSS (Linux >= 4.0).
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Series:
+    times: list[float] = field(default_factory=list)
+    rss_delta_mb: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+async def _seed(dsn: str, sizes: list[int]) -> dict[int, str]:
+    users = {n: str(uuid.uuid4()) for n in sizes}
+    conn = await asyncpg.connect(dsn)
+    try:
+        for n, user in users.items():
+            started = time.perf_counter()
+            await seed_memberships(conn, user, n, others_per_row=2)
+            print(
+                f"seeded {n:>9,} rows for one user (+{2 * n:,} others) "
+                f"in {time.perf_counter() - started:.1f}s",
+                flush=True,
+            )
+        await conn.execute("VACUUM ANALYZE memberships")
+    finally:
+        await conn.close()
+    return users
+
+
+async def _recreate_db() -> str:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await admin.close()
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{DB_NAME}"
+    await asyncio.to_thread(migrate, dsn)
+    return dsn
+
+
+def _psql(dsn: str, command: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(["psql", dsn, "-q", "-c", command], check=True)
+    return time.perf_counter() - started
+
+
+async def _ours(
+    pool: asyncpg.Pool[Any], user: str, path: Path, fmt: ExportFormat, series: Series
+) -> None:
+    _reset_peak_rss()
+    idle_kb = _status_kb("VmRSS")
+    cpu0 = _cpu_s()
+    started = time.perf_counter()
+    with path.open("wb") as out:
+        written = await write_export_file(pool, user, out, fmt=fmt, bom=False)
+    series.times.append(time.perf_counter() - started)
+    series.cpu_s.append(_cpu_s() - cpu0)
+    series.rss_delta_mb.append((_status_kb("VmHWM") - idle_kb) / 1024)
+    series.size = written.file_bytes
+
+
+async def bench_size(
+    dsn: str, pool: asyncpg.Pool[Any], user: str, n: int, runs: int, workdir: Path
+) -> dict[str, Any]:
+    floor, ours, gz_floor, gz_ours = Series(), Series(), Series(), Series()
+    plain = PLAIN_QUERY.format(user=user)
+    floor_file, ours_file = workdir / "floor.csv", workdir / "ours.csv"
+
+    async def run_floor() -> None:
+        floor.times.append(_psql(dsn, f"\\copy ({plain}) to '{floor_file}' csv header"))
+        floor.size = floor_file.stat().st_size
+
+    async def run_gz_floor() -> None:
+        target = workdir / "floor.csv.gz"
+        gz_floor.times.append(
+            _psql(dsn, f"\\copy ({plain}) to program 'gzip -6 > {target}' csv header")
+        )
+        gz_floor.size = target.stat().st_size
+
+    async def run_ours() -> None:
+        await _ours(pool, user, ours_file, ExportFormat.CSV, ours)
+
+    async def run_gz_ours() -> None:
+        await _ours(pool, user, workdir / "ours.csv.gz", ExportFormat.CSV_GZ, gz_ours)
+
+    for i in range(runs):
+        # Alternate the order so neither side always runs on a warmer cache.
+        pair = [run_floor, run_ours] if i % 2 == 0 else [run_ours, run_floor]
+        gz_pair = [run_gz_floor, run_gz_ours] if i % 2 == 0 else [run_gz_ours, run_gz_floor]
+        for step in pair + gz_pair:
+            await step()
+    return {
+        "rows": n,
+        "median_s": round(ours.median, 3),
+        "floor_median_s": round(floor.median, 3),
+        "ratio": round(ours.median / floor.median, 3),
+        "gz_median_s": round(gz_ours.median, 3),
+        "gz_floor_median_s": round(gz_floor.median, 3),
+        "gz_ratio": round(gz_ours.median / gz_floor.median, 3),
+        "gz_size_ratio": round(gz_ours.size / gz_floor.size, 3),
+        "csv_mb": round(ours.size / 1e6, 1),
+        "peak_rss_delta_mb": round(max(ours.rss_delta_mb + gz_ours.rss_delta_mb), 1),
+        "client_cpu_s": round(statistics.median(ours.cpu_s), 3),
+        "client_cpu_s_per_million_rows": round(statistics.median(ours.cpu_s) * 1e6 / n, 2),
+        "gz_client_cpu_s": round(statistics.median(gz_ours.cpu_s), 3),
+    }
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 100_000, 10_000])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = parser.parse_args(argv)
+    dsn = await _recreate_db()
+    users = await _seed(dsn, args.rows)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    assert pool is not None
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
+            for n in args.rows:
+                results.append(await bench_size(dsn, pool, users[n], n, args.runs, Path(tmp)))
+    finally:
+        await pool.close()
+    if not args.json:
+        print(
+            f"\n{time.strftime('%Y-%m-%d')} · {platform.node()} · {os.cpu_count()} cores · "
+            f"Python {platform.python_version()} · medians of {args.runs} alternating runs"
+        )
+        header = (
+            f"{'rows':>9} {'floor s':>8} {'ours s':>7} {'ratio':>6} {'gz floor':>9} "
+            f"{'gz ours':>8} {'gz ratio':>8} {'gz size':>8} {'RSS +MB':>8} {'CPU s':>6}"
+        )
+        print(header)
+        for r in results:
+            print(
+                f"{r['rows']:>9,} {r['floor_median_s']:>8.3f} {r['median_s']:>7.3f} "
+                f"{r['ratio']:>6.2f} {r['gz_floor_median_s']:>9.3f} {r['gz_median_s']:>8.3f} "
+                f"{r['gz_ratio']:>8.2f} {r['gz_size_ratio']:>8.2f} "
+                f"{r['peak_rss_delta_mb']:>8.1f} {r['client_cpu_s']:>6.2f}"
+            )
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
