@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 from exporter import __version__
 from exporter.api import setup_routes
 from exporter.api.openapi import Handler
+from exporter.api.security import security_headers_middleware
 from exporter.auth import TokenService, build_token_service
 from exporter.config import Settings
 from exporter.errors import (
@@ -175,6 +176,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
         middlewares=[
+            security_headers_middleware,
             request_context_middleware,
             errors_middleware,
             json_body_middleware,
