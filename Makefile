@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint typecheck format pytest bench clean
+.PHONY: help venv run demo test lint typecheck format pytest fuzz bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,6 +35,9 @@ pytest: venv deploy-tools  ## the test suite (starts DynamoDB Local and an SMTP 
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest  ## everything CI runs
+
+fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
+	$(VENV)/bin/pytest tests/test_fuzz.py
 
 format: venv
 	$(VENV)/bin/ruff format src tests docs

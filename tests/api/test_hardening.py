@@ -146,3 +146,23 @@ async def test_an_unexpected_error_is_a_500_problem_without_internals(
         assert leak not in text
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Request-ID"]  # what support asks for instead
+
+
+async def test_the_document_shows_errors_and_security_for_every_route(client: Client) -> None:
+    spec = await (await client.get("/api/docs/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            responses = operation["responses"]
+            assert "500" in responses, where
+            for code, response in responses.items():
+                content = response.get("content", {})
+                if int(code) >= 400 and path != "/readyz":  # readyz: a health report
+                    assert list(content) == ["application/problem+json"], (where, code)
+            if path.startswith("/v1/exports"):
+                assert operation["security"] == [{"bearerAuth": []}], where
+                assert {"401", "403"} <= set(responses), where
+            if "requestBody" in operation:
+                assert {"400", "413", "415", "422"} <= set(responses), where
+    assert spec["paths"]["/v1/auth/token"]["post"]["requestBody"]["required"] is True
+    assert "429" in spec["paths"]["/v1/auth/token"]["post"]["responses"]
