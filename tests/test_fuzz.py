@@ -131,11 +131,11 @@ async def test_the_live_api_keeps_its_documented_contract(
         "--report-dir",
         str(tmp_path / "report"),
     ]
-    result = await _run(command)
+    result = await _run(command, cwd=tmp_path)  # its caches stay out of the work tree
     assert result.returncode == 0, result.stdout[-20000:]
 
 
-async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+async def _run(command: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
     import asyncio
 
     return await asyncio.to_thread(
@@ -145,5 +145,6 @@ async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=MAX_TIME_S + 60,
         check=False,
+        cwd=cwd,
         env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false", "NO_COLOR": "1"},
     )
