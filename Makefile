@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint typecheck format pytest bench clean
+.PHONY: help venv run demo test lint typecheck format pytest fuzz bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -38,6 +38,9 @@ test: lint typecheck pytest  ## everything CI runs
 
 bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see docs/benchmarks.md
 	$(PY) -m bench.export
+
+fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
+	$(VENV)/bin/pytest tests/test_fuzz.py
 
 format: venv
 	$(VENV)/bin/ruff format src tests docs

@@ -16,7 +16,8 @@ from marshmallow import ValidationError
 
 from exporter import __version__
 from exporter.api import setup_routes
-from exporter.api.openapi import Handler
+from exporter.api.openapi import Handler, document_problems
+from exporter.api.security import security_headers_middleware
 from exporter.auth import TokenService, build_token_service
 from exporter.config import Settings
 from exporter.errors import (
@@ -39,6 +40,7 @@ DOCS_PATH = "/api/docs"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request ids we accept from callers: short and printable, so they are safe in logs.
 _MAX_REQUEST_ID = 128
+MAX_REQUEST_LINE = 16 * 1024
 
 
 def problem_response(error: ApiError) -> web.Response:
@@ -174,7 +176,11 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
     """Build the API. Clients open on startup and close on cleanup (``cleanup_ctx``)."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
+        # Room for the longest valid query (a 1024-character cursor, percent-encoded), so
+        # such requests reach validation and get a problem, not the parser's plain 400.
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
         middlewares=[
+            security_headers_middleware,
             request_context_middleware,
             errors_middleware,
             json_body_middleware,
@@ -226,6 +232,7 @@ def _setup_openapi(app: web.Application) -> None:
         },
     )
     _fix_swagger2_leftovers(app["swagger_dict"])
+    document_problems(app["swagger_dict"])
 
 
 def _fix_swagger2_leftovers(spec: dict[str, Any]) -> None:

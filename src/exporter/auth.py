@@ -4,6 +4,10 @@ Verification pins the algorithm to ES256, picks the key by ``kid`` from our own 
 (never from anything the token says beyond the kid), and requires ``iss``, ``aud``, ``exp``,
 ``iat``, ``sub``, ``jti`` and the token type. Every failure becomes ``TokenError``; the
 client only ever learns "invalid token".
+
+Key rotation: one key signs (the newest); every key in the JWKS verifies. The JWKS holds the
+signing key plus ``jwt.verification_keys`` (public keys only), so a key can be published
+before it signs and kept after it stops, for as long as tokens it signed may live.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -63,11 +68,68 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    # When the refresh token expires (epoch seconds): its stored record lives as long.
+    refresh_expires_at: int = 0
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
+    """RFC 7638 JWK thumbprint: the key's ``kid``, the same wherever it is computed."""
+    if not isinstance(public_key.curve, ec.SECP256R1):
+        raise ValueError("JWT keys must be EC P-256 keys for ES256")
+    jwk = _public_jwk_fields(public_key)
+    canonical = json.dumps(
+        {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
+    )
+    return _b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A P-256 public key that verifies tokens and is published in the JWKS."""
+
+    public_key: ec.EllipticCurvePublicKey
+    kid: str
+
+    @classmethod
+    def from_public_key(cls, key: ec.EllipticCurvePublicKey) -> VerificationKey:
+        return cls(public_key=key, kid=_thumbprint(key))
+
+    def public_jwk(self) -> dict[str, str]:
+        return {
+            **_public_jwk_fields(self.public_key),
+            "kid": self.kid,
+            "use": "sig",
+            "alg": ALGORITHM,
+        }
+
+    def public_pem(self) -> str:
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
+
+
+def load_verification_keys(bundle: str) -> list[VerificationKey]:
+    """Every ``PUBLIC KEY`` PEM block in ``bundle``. Private keys are refused: only the signing
+    key's holder needs one, so they must not spread through this setting."""
+    keys: list[VerificationKey] = []
+    for match in _PEM_BLOCK.finditer(bundle):
+        if match.group(1) != "PUBLIC KEY":
+            raise ValueError(f"jwt.verification_keys takes PUBLIC KEY blocks, not {match.group(1)}")
+        key = serialization.load_pem_public_key(match.group(0).encode())
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError("jwt.verification_keys must be EC P-256 public keys")
+        keys.append(VerificationKey.from_public_key(key))
+    if bundle.strip() and not keys:
+        raise ValueError("jwt.verification_keys holds no PEM public key")
+    return keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +143,7 @@ class SigningKey:
     def from_private_key(cls, key: ec.EllipticCurvePrivateKey) -> SigningKey:
         if not isinstance(key.curve, ec.SECP256R1):
             raise ValueError("JWT signing key must be an EC P-256 key for ES256")
-        jwk = _public_jwk_fields(key.public_key())
-        canonical = json.dumps(
-            {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
-        )
-        return cls(private_key=key, kid=_b64url(hashlib.sha256(canonical.encode()).digest()))
+        return cls(private_key=key, kid=_thumbprint(key.public_key()))
 
     @classmethod
     def from_pem(cls, pem: str) -> SigningKey:
@@ -105,13 +163,11 @@ class SigningKey:
             serialization.NoEncryption(),
         ).decode()
 
+    def verification_key(self) -> VerificationKey:
+        return VerificationKey(public_key=self.private_key.public_key(), kid=self.kid)
+
     def public_jwk(self) -> dict[str, str]:
-        return {
-            **_public_jwk_fields(self.private_key.public_key()),
-            "kid": self.kid,
-            "use": "sig",
-            "alg": ALGORITHM,
-        }
+        return self.verification_key().public_jwk()
 
 
 def _public_jwk_fields(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
@@ -132,11 +188,18 @@ class TokenService:
         settings: JwtSettings,
         signing_key: SigningKey,
         *,
-        verification_keys: Iterable[SigningKey] = (),
+        verification_keys: Iterable[SigningKey | VerificationKey] = (),
     ) -> None:
         self._settings = settings
         self._signing_key = signing_key
-        self._keys = {k.kid: k for k in (signing_key, *verification_keys)}
+        self._keys: dict[str, VerificationKey] = {signing_key.kid: signing_key.verification_key()}
+        for key in verification_keys:
+            public = key.verification_key() if isinstance(key, SigningKey) else key
+            self._keys.setdefault(public.kid, public)
+
+    @property
+    def signing_kid(self) -> str:
+        return self._signing_key.kid
 
     @property
     def access_ttl_s(self) -> int:
@@ -148,6 +211,7 @@ class TokenService:
     def issue_pair(self, subject: str, scopes: Iterable[str], *, now: datetime) -> TokenPair:
         scope_list = sorted(set(scopes))
         return TokenPair(
+            refresh_expires_at=int(now.timestamp()) + self._settings.refresh_ttl_s,
             access_token=self._issue(
                 subject, TokenType.ACCESS, scope_list, now, self._settings.access_ttl_s
             ),
@@ -195,7 +259,7 @@ class TokenService:
         try:
             payload: Mapping[str, Any] = jwt.decode(
                 token,
-                key.private_key.public_key(),
+                key.public_key,
                 algorithms=[ALGORITHM],
                 audience=self._settings.audience,
                 issuer=self._settings.issuer,
@@ -232,4 +296,5 @@ def build_token_service(settings: JwtSettings, *, allow_ephemeral: bool) -> Toke
         key = SigningKey.generate()
     else:
         raise ValueError("jwt.private_key is required outside local and test")
-    return TokenService(settings, key)
+    extra = load_verification_keys(settings.verification_keys or "")
+    return TokenService(settings, key, verification_keys=extra)

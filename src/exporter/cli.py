@@ -140,7 +140,8 @@ async def create_user(
         email=normalise_email(email),
         password_hash=Passwords().hash(password),
         active=True,
-        scopes=tuple(scopes or DEFAULT_SCOPES),
+        # An explicit empty list means no scopes, not the defaults.
+        scopes=tuple(DEFAULT_SCOPES if scopes is None else scopes),
         created_at=utcnow(),
     )
     async with open_dynamo(settings.dynamo) as client:

@@ -78,6 +78,10 @@ class DynamoSettings(BaseModel):
     def jobs_table(self) -> str:
         return f"{self.table_prefix}export-jobs"
 
+    @property
+    def refresh_tokens_table(self) -> str:
+        return f"{self.table_prefix}refresh-tokens"
+
 
 class SmtpSettings(BaseModel):
     host: str = "127.0.0.1"
@@ -99,9 +103,28 @@ class JwtSettings(BaseModel):
     # PEM-encoded EC P-256 private key. Unset in local/test: an ephemeral key is generated
     # per process, which is fine for a single local API process and nothing else.
     private_key: SecretStr | None = None
-    access_ttl_s: int = Field(default=300, gt=0)
+    # Key rotation: PEM public keys (one or more blocks, concatenated) that verify tokens and
+    # are published in the JWKS besides the signing key's own: the next key before a rotation,
+    # the previous one after it. See docs/security.md.
+    verification_keys: str | None = None
+    # Access tokens are not revocable; their lifetime bounds how long a disabled account
+    # keeps access, so it is capped at 15 minutes.
+    access_ttl_s: int = Field(default=300, gt=0, le=900)
     refresh_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
     leeway_s: int = Field(default=10, ge=0)
+
+
+class AuthSettings(BaseModel):
+    """Sign-in throttling (Redis fixed windows) and how to find the client's address."""
+
+    # Failed sign-ins per account (normalised e-mail, known or not) per window.
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    # Sign-in attempts, good or bad, per client address per window.
+    login_max_attempts_per_address: int = Field(default=30, ge=1)
+    login_window_s: int = Field(default=300, ge=1)
+    # Proxies in front of the API that append to X-Forwarded-For (the ALB: 1). 0 trusts no
+    # header and uses the TCP peer address.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
 
 
 class ExportSettings(BaseModel):
@@ -136,6 +159,8 @@ class ApiSettings(BaseModel):
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = Field(default=16 * 1024, ge=256)
     page_size_default: int = Field(default=20, ge=1, le=100)
+    # Browser origins allowed to call the API (CORS). Empty: no CORS headers at all.
+    cors_origins: list[str] = []
 
 
 class Settings(BaseSettings):
@@ -157,6 +182,7 @@ class Settings(BaseSettings):
     dynamo: DynamoSettings = DynamoSettings()
     smtp: SmtpSettings = SmtpSettings()
     jwt: JwtSettings = JwtSettings()
+    auth: AuthSettings = AuthSettings()
     exports: ExportSettings = ExportSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()

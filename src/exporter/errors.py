@@ -11,6 +11,7 @@
     │   ├── Conflict (409)
     │   ├── PayloadTooLarge (413)
     │   ├── UnsupportedMediaType (415)
+    │   ├── TooManyRequests (429)     carries Retry-After
     │   └── ServiceUnavailable (503)  a dependency failed; safe to retry
     ├── StoreError                    DynamoDB / PostgreSQL trouble
     │   ├── StoreUnavailable          transient: timeouts, throttling, connection loss
@@ -107,6 +108,14 @@ class UnsupportedMediaType(ApiError):
     status, code, title = 415, "unsupported_media_type", "Unsupported Media Type"
 
 
+class TooManyRequests(ApiError):
+    status, code, title = 429, "too_many_requests", "Too Many Requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after_s: int, code: str | None = None):
+        super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after_s))})
+        self.retry_after_s = max(1, retry_after_s)
+
+
 class ServiceUnavailable(ApiError):
     status, code, title = 503, "service_unavailable", "Service Unavailable"
 
@@ -128,6 +137,10 @@ class ConditionFailed(StoreError):
 
 class TokenError(ExporterError):
     """A token failed verification. The reason is for logs, never for the client."""
+
+
+class RefreshTokenReused(TokenError):
+    """A refresh token was presented after it had been used: its family is now revoked."""
 
 
 class ExportFailed(ExporterError):

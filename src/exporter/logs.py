@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from exporter.config import Settings
+from exporter.redact import redact_secrets
 
 
 def configure_logging(settings: Settings) -> None:
@@ -22,7 +23,10 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.StackInfoRenderer(),
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if as_json
+        # Plain tracebacks: rich's would print local variables, passwords and tokens included.
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -35,6 +39,7 @@ def configure_logging(settings: Settings) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if as_json else _identity,
+            redact_secrets,
             renderer,
         ],
     )

@@ -50,9 +50,16 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         r["Properties"]["TableName"]["Fn::Sub"].split("}-", 1)[1]: r
         for r in _of_type(resources, "AWS::DynamoDB::Table").values()
     }
-    assert set(tables) == {"users", "user-emails", "export-jobs"}
+    assert set(tables) == {"users", "user-emails", "export-jobs", "refresh-tokens"}
     keys = {name: t["Properties"]["KeySchema"][0]["AttributeName"] for name, t in tables.items()}
-    assert keys == {"users": "user_id", "user-emails": "email", "export-jobs": "job_id"}
+    assert keys == {
+        "users": "user_id",
+        "user-emails": "email",
+        "export-jobs": "job_id",
+        "refresh-tokens": "pk",
+    }
+    ttl = {"AttributeName": "expires_at", "Enabled": True}
+    assert tables["refresh-tokens"]["Properties"]["TimeToLiveSpecification"] == ttl
     jobs = tables["export-jobs"]["Properties"]
     (index,) = jobs["GlobalSecondaryIndexes"]
     assert index["IndexName"] == "user-created-index"

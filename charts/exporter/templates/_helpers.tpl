@@ -123,6 +123,11 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $c.api.port | quote }}
 - name: EXPORTER_API__PUBLIC_URL
   value: {{ $c.api.publicUrl | quote }}
+{{- if .Values.ingress.enabled }}
+# The ALB appends the client's address to X-Forwarded-For: sign-in throttling keys on it.
+- name: EXPORTER_AUTH__TRUSTED_PROXY_HOPS
+  value: "1"
+{{- end }}
 - name: EXPORTER_WORKER__MAX_JOBS
   value: {{ $c.worker.maxJobs | quote }}
 - name: EXPORTER_WORKER__JOB_TIMEOUT_S

@@ -13,6 +13,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/jwks.json", tokens.jwks, name="jwks", allow_head=False)
     app.router.add_post("/v1/auth/token", tokens.issue_token, name="issue_token")
     app.router.add_post("/v1/auth/refresh", tokens.refresh_token, name="refresh_token")
+    app.router.add_post("/v1/auth/logout", tokens.logout, name="logout")
     app.router.add_post("/v1/exports", exports.create_export, name="create_export")
     app.router.add_get("/v1/exports", exports.list_exports, name="list_exports", allow_head=False)
     app.router.add_get(

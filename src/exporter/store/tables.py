@@ -52,11 +52,23 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
             ],
             **on_demand,
         },
+        {
+            # Refresh tokens (as hashes) and their families; see store/refresh_tokens.py.
+            "TableName": settings.refresh_tokens_table,
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+            **on_demand,
+        },
     ]
 
 
+def ttl_tables(settings: DynamoSettings) -> list[str]:
+    """Tables whose items expire by themselves through ``TTL_ATTRIBUTE``."""
+    return [settings.jobs_table, settings.refresh_tokens_table]
+
+
 async def create_tables(client: Any, settings: DynamoSettings) -> list[str]:
-    """Create missing tables and enable TTL on jobs; returns the names it created."""
+    """Create missing tables and enable TTL where items expire; returns the names it created."""
     with dynamo_errors("list_tables"):
         existing: set[str] = set()
         paginator = client.get_paginator("list_tables")
@@ -71,11 +83,13 @@ async def create_tables(client: Any, settings: DynamoSettings) -> list[str]:
             waiter = client.get_waiter("table_exists")
             await waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
         created.append(spec["TableName"])
-    with dynamo_errors("update_time_to_live"):
-        ttl = await client.describe_time_to_live(TableName=settings.jobs_table)
-        if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-            await client.update_time_to_live(
-                TableName=settings.jobs_table,
-                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-            )
+    for table in ttl_tables(settings):
+        with dynamo_errors("update_time_to_live"):
+            ttl = await client.describe_time_to_live(TableName=table)
+            status = ttl["TimeToLiveDescription"].get("TimeToLiveStatus")
+            if status not in ("ENABLED", "ENABLING"):
+                await client.update_time_to_live(
+                    TableName=table,
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+                )
     return created

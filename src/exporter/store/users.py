@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from exporter.config import DynamoSettings
@@ -77,6 +78,8 @@ class UserStore:
         return None if item is None else _item_to_user(item)
 
     async def get_by_email(self, email: str) -> User | None:
+        """The user with this address. Two reads whether or not it exists, so the answer's
+        timing does not tell a registered address from an unknown one."""
         with dynamo_errors("get_user_by_email"):
             response = await self._client.get_item(
                 TableName=self._emails,
@@ -85,5 +88,17 @@ class UserStore:
             )
         item = response.get("Item")
         if item is None:
+            await self.get(f"absent-{uuid.uuid4()}")
             return None
         return await self.get(str(get_s(item, "user_id")))
+
+    async def set_active(self, user_id: str, *, active: bool) -> None:
+        """Enable or disable sign-in; a disabled user's refresh tokens stop working at once."""
+        with dynamo_errors("set_user_active"):
+            await self._client.update_item(
+                TableName=self._users,
+                Key={"user_id": s(user_id)},
+                UpdateExpression="SET active = :active",
+                ConditionExpression="attribute_exists(user_id)",
+                ExpressionAttributeValues={":active": {"BOOL": active}},
+            )

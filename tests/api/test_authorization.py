@@ -1,0 +1,117 @@
+"""Authorisation over the whole route table: every route that is not public wants a bearer
+token (401 with a challenge), its scope (403), and never shows or touches another user's
+export (404, as for a missing one). Routes are read from the router, so a route added later
+is covered without touching this file."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from exporter.auth import Scope
+from exporter.keys import RESOURCES
+from tests.conftest import MakeUser
+from tests.helpers import login
+
+Client = TestClient[Any, Any]
+
+# Reachable without a token, on purpose.
+PUBLIC = {
+    "healthz",
+    "readyz",
+    "jwks",
+    "issue_token",
+    "refresh_token",
+    "logout",
+    "swagger.docs",
+    "swagger.spec",
+    "swagger.static",
+}
+
+
+def protected_routes(app: web.Application) -> list[tuple[str, str]]:
+    """(method, path template) of every route that needs a token."""
+    routes = []
+    for route in app.router.routes():
+        if route.method == "HEAD" or route.name in PUBLIC:
+            continue
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("formatter") or info.get("path")
+        assert path, f"route {route.name} has no path"
+        routes.append((route.method, str(path)))
+    return routes
+
+
+def fill(template: str, export_id: str) -> str:
+    return template.replace("{export_id}", export_id)
+
+
+async def call(client: Client, method: str, path: str, headers: dict[str, str]) -> Any:
+    kwargs: dict[str, Any] = {"headers": headers}
+    if method in ("POST", "PUT", "PATCH"):
+        kwargs["json"] = {}
+    return await client.request(method, path, **kwargs)
+
+
+async def test_the_route_table_is_what_this_file_expects(client: Client) -> None:
+    routes = protected_routes(client.app)
+    assert ("GET", "/v1/exports/{export_id}") in routes
+    assert ("POST", "/v1/exports") in routes
+    # Every path parameter is an export id, so the IDOR test below reaches every such route.
+    for _, path in routes:
+        assert "{" not in path.replace("{export_id}", ""), f"add a case for {path}"
+
+
+async def test_every_protected_route_wants_a_bearer_token(client: Client) -> None:
+    for method, template in protected_routes(client.app):
+        response = await call(client, method, fill(template, str(uuid.uuid4())), {})
+        assert response.status == 401, (method, template)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.content_type == "application/problem+json"
+
+
+async def test_every_protected_route_wants_a_scope(client: Client, make_user: MakeUser) -> None:
+    nobody = await login(client, await make_user(scopes=[]))
+    for method, template in protected_routes(client.app):
+        response = await call(client, method, fill(template, str(uuid.uuid4())), nobody)
+        assert response.status == 403, (method, template, await response.text())
+        assert (await response.json())["code"] == "insufficient_scope"
+
+
+async def test_no_route_reaches_another_users_export(client: Client, make_user: MakeUser) -> None:
+    owner = await login(client, await make_user())
+    intruder = await login(client, await make_user(scopes=list(Scope)))
+    created = await client.post("/v1/exports", headers=owner)
+    assert created.status == 202
+    export_id = (await created.json())["id"]
+    jobs = client.app[RESOURCES].jobs
+    before = await jobs.get(export_id)
+
+    routes = [(m, t) for m, t in protected_routes(client.app) if "{export_id}" in t]
+    assert routes
+    for method, template in routes:
+        path = fill(template, export_id)
+        response = await call(client, method, path, intruder)
+        assert response.status == 404, (method, template, await response.text())
+        # The same answer as for an id that does not exist: nothing is confirmed.
+        missing = await call(client, method, fill(template, str(uuid.uuid4())), intruder)
+        assert (await response.json())["code"] == (await missing.json())["code"]
+        assert export_id not in await response.text()
+
+    assert await jobs.get(export_id) == before  # nothing was changed either
+    listing = await (await client.get("/v1/exports", headers=intruder)).json()
+    assert all(item["id"] != export_id for item in listing["items"])
+
+
+async def test_path_ids_must_be_well_formed(client: Client, make_user: MakeUser) -> None:
+    headers = await login(client, await make_user())
+    for method, template in protected_routes(client.app):
+        if "{export_id}" not in template:
+            continue
+        for bad in ("not-a-uuid", "..%2f..%2fetc", "1" * 200):
+            response = await call(client, method, fill(template, bad), headers)
+            assert response.status in (404, 422), (method, template, bad)
+            assert response.content_type == "application/problem+json"
