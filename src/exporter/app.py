@@ -29,6 +29,7 @@ from exporter.errors import (
     ValidationFailed,
 )
 from exporter.keys import PASSWORDS, RESOURCES, SETTINGS, TOKENS
+from exporter.metrics import metrics_middleware
 from exporter.passwords import Passwords
 from exporter.resources import open_resources
 
@@ -175,6 +176,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
         middlewares=[
+            metrics_middleware,  # outermost: sees the status the client gets
             request_context_middleware,
             errors_middleware,
             json_body_middleware,
