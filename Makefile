@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint typecheck format pytest bench clean
+.PHONY: help venv run demo test lint typecheck format pytest bench loadtest clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -25,8 +25,8 @@ demo: venv  ## one export end to end on the local stack; last line is a JSON sum
 	$(VENV)/bin/exporter dev demo
 
 lint: venv lint-deploy  ## ruff (lint + format check), plus image, chart and infra linters
-	$(VENV)/bin/ruff check src tests docs
-	$(VENV)/bin/ruff format --check src tests docs
+	$(VENV)/bin/ruff check src tests docs bench
+	$(VENV)/bin/ruff format --check src tests docs bench
 
 typecheck: venv  ## mypy --strict
 	$(VENV)/bin/mypy
@@ -36,9 +36,12 @@ pytest: venv deploy-tools  ## the test suite (starts DynamoDB Local and an SMTP 
 
 test: lint typecheck pytest  ## everything CI runs
 
+loadtest: venv  ## bounded load on a local stack (loopback, ~6 min); see docs/benchmarks.md
+	$(PY) bench/loadtest.py
+
 format: venv
-	$(VENV)/bin/ruff format src tests docs
-	$(VENV)/bin/ruff check --fix src tests docs
+	$(VENV)/bin/ruff format src tests docs bench
+	$(VENV)/bin/ruff check --fix src tests docs bench
 
 include mk/deploy.mk
 
