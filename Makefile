@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint typecheck format pytest fuzz bench clean
+.PHONY: help venv run demo test lint typecheck format pytest fuzz bench loadtest clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,9 +42,12 @@ bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see d
 fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
 	$(VENV)/bin/pytest tests/test_fuzz.py
 
+loadtest: venv  ## bounded load on a local stack (loopback, ~6 min); see docs/benchmarks.md
+	$(PY) bench/loadtest.py
+
 format: venv
-	$(VENV)/bin/ruff format src tests docs
-	$(VENV)/bin/ruff check --fix src tests docs
+	$(VENV)/bin/ruff format src tests docs bench
+	$(VENV)/bin/ruff check --fix src tests docs bench
 
 include mk/deploy.mk
 

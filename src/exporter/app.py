@@ -30,6 +30,7 @@ from exporter.errors import (
     ValidationFailed,
 )
 from exporter.keys import PASSWORDS, RESOURCES, SETTINGS, TOKENS
+from exporter.metrics import metrics_middleware
 from exporter.passwords import Passwords
 from exporter.resources import open_resources
 
@@ -180,6 +181,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
         # such requests reach validation and get a problem, not the parser's plain 400.
         handler_args={"max_line_size": MAX_REQUEST_LINE},
         middlewares=[
+            metrics_middleware,  # outermost: sees the status the client gets
             security_headers_middleware,
             request_context_middleware,
             errors_middleware,

@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--password-stdin", action="store_true")
     seed.set_defaults(func=cmd_demo_seed)
 
+    from exporter.ops import add_ops_parsers  # jobs list|show|retry|cancel, queue stats
+
+    add_ops_parsers(sub)
+
     dev = sub.add_parser("dev", help="the local stack").add_subparsers(
         dest="dev_command", required=True
     )

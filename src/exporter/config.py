@@ -150,6 +150,10 @@ class WorkerSettings(BaseModel):
     # Time given to running jobs on SIGTERM; keep below the pod's terminationGracePeriodSeconds.
     shutdown_grace_s: int = Field(default=60, ge=0)
     expire_cron_minute: int = Field(default=17, ge=0, le=59)
+    # Prometheus metrics of this worker process on http://metrics_host:metrics_port/metrics;
+    # 0 turns them off (several local workers would fight over one port). The chart sets 9100.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class ApiSettings(BaseModel):

@@ -93,18 +93,40 @@ class ExportJob:
 
 
 MESSAGE_VERSION = 1
+# Request ids travel with the message only for logs; anything longer or unprintable is dropped.
+MAX_REQUEST_ID = 128
+
+
+def clean_request_id(value: object) -> str | None:
+    """``value`` if it is a request id safe to put in a log line, else None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID and value.isprintable():
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class ExportMessageV1:
-    """The queue payload. Versioned so old and new workers can coexist during a deploy."""
+    """The queue payload. Versioned so old and new workers can coexist during a deploy.
+
+    ``request_id`` (optional, added within version 1) is the API request that created the
+    export, so its logs can be followed into the worker. Workers that predate it ignore it;
+    messages without it parse as before.
+    """
 
     export_id: str
     user_id: str
     v: int = field(default=MESSAGE_VERSION)
+    request_id: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"v": self.v, "export_id": self.export_id, "user_id": self.user_id}
+        payload: dict[str, Any] = {
+            "v": self.v,
+            "export_id": self.export_id,
+            "user_id": self.user_id,
+        }
+        if self.request_id is not None:
+            payload["request_id"] = self.request_id
+        return payload
 
     @classmethod
     def from_payload(cls, payload: object) -> ExportMessageV1:
@@ -127,7 +149,9 @@ class ExportMessageV1:
         if canonical != export_id:
             # Job ids are stored canonical; any other spelling would miss the record.
             raise ExportFailed("bad_message", "export_id is not a canonical UUID")
-        return cls(export_id=export_id, user_id=user_id)
+        # Only a log aid: a bad one is dropped, never a reason to fail the export.
+        request_id = clean_request_id(payload.get("request_id"))
+        return cls(export_id=export_id, user_id=user_id, request_id=request_id)
 
 
 @dataclass(frozen=True, slots=True)

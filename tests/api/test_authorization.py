@@ -29,6 +29,7 @@ PUBLIC = {
     "swagger.docs",
     "swagger.spec",
     "swagger.static",
+    "metrics",  # Prometheus scrapes it; the ingress must not route it (README)
 }
 
 

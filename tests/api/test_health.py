@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from arq.connections import ArqRedis
 
+from exporter.api.health import PROBE_TIMEOUT_S
 from exporter.dev.ports import free_port
 from exporter.keys import RESOURCES
 from exporter.queue import ExportQueue
@@ -41,3 +44,39 @@ async def test_readyz_names_the_dependency_that_failed(client: TestClient[Any, A
     body = await response.json()
     assert body["checks"]["redis"].startswith("failed")
     assert body["checks"]["postgres"] == "ok"
+
+
+async def test_readyz_answers_within_its_timeout_when_a_dependency_hangs(
+    client: TestClient[Any, Any],
+) -> None:
+    """A Redis that accepts connections but never answers must not hang the probe."""
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # hold the connection open, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    resources = client.app[RESOURCES]
+    hung = ArqRedis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    client.app._state[RESOURCES] = dataclasses.replace(
+        resources, queue=ExportQueue(hung, queue_name="unused")
+    )
+    started = time.monotonic()
+    try:
+        response = await client.get("/readyz")
+    finally:
+        client.app._state[RESOURCES] = resources
+        await hung.aclose()
+        for writer in held:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    elapsed = time.monotonic() - started
+    assert response.status == 503
+    body = await response.json()
+    assert body["checks"]["redis"] == "failed: TimeoutError"
+    assert body["checks"]["dynamodb"] == "ok"
+    assert elapsed < PROBE_TIMEOUT_S + 1.5

@@ -324,3 +324,24 @@ def test_schema_rejects_bad_values(helm_template: Render, bad: str) -> None:
 
 def test_production_values_file_exists() -> None:
     assert PRODUCTION_VALUES.is_file()
+
+
+def test_worker_metrics_port_reaches_the_settings_when_enabled(
+    production: list[Manifest], helm_template: Render
+) -> None:
+    worker = one(production, "Deployment", "worker")["spec"]["template"]
+    container = _container(worker, "worker")
+    (port,) = container["ports"]
+    env = _env(container)
+    assert env["EXPORTER_WORKER__METRICS_PORT"]["value"] == str(port["containerPort"])
+    assert env["EXPORTER_WORKER__METRICS_HOST"]["value"] == "0.0.0.0"  # noqa: S104 - pod IP
+    default = one(helm_template(), "Deployment", "worker")["spec"]["template"]
+    assert "EXPORTER_WORKER__METRICS_PORT" not in _env(_container(default, "worker"))
+
+
+def test_keda_reads_the_queue_gauge_once_however_many_pods_report_it(
+    production: list[Manifest],
+) -> None:
+    (scaled,) = by_kind(production, "ScaledObject")
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert query.startswith("max(exporter_queue_ready_jobs{")

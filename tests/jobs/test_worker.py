@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
+import aiohttp
+import pytest
+from arq import Retry
 from arq.worker import Worker
 
 from exporter.config import Settings
-from exporter.jobs.worker import build_worker_settings, health_check_key, worker_is_healthy
+from exporter.dev.ports import free_port, port_open
+from exporter.jobs.worker import (
+    build_worker_settings,
+    health_check_key,
+    run_export_task,
+    worker_is_healthy,
+)
+from exporter.mail import Mailer
+from exporter.metrics import sample_value
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
+from exporter.resources import Resources
+from tests.conftest import MakeUser, SeedRows
 
 
 async def test_health_key_is_live_while_the_worker_runs_and_gone_after(
@@ -38,3 +53,52 @@ def test_worker_settings_follow_our_settings(settings: Settings) -> None:
     assert kwargs["job_completion_wait"] == settings.worker.shutdown_grace_s
     assert kwargs["health_check_key"] == health_check_key(settings)
     assert health_check_key(settings).startswith(settings.redis.queue_name + ":health-check:")
+
+
+async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settings) -> None:
+    port = free_port()
+    with_metrics = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"metrics_port": port})}
+    )
+    worker = Worker(**build_worker_settings(with_metrics, handle_signals=False, poll_delay=0.05))
+    task = asyncio.create_task(worker.main())
+    text = ""
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        text = await response.text()
+                if "exporter_queue_jobs{" in text:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+    assert f'exporter_queue_jobs{{queue="{settings.redis.queue_name}"}}' in text
+    assert "exporter_export_duration_seconds_bucket" in text
+    assert not port_open(port)  # closed with the worker
+
+
+async def test_transient_failure_is_counted_as_a_retry_with_its_reason(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, settings: Settings
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 3)
+    job = ExportJob.new(user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=60)
+    await resources.jobs.create(job)
+    dead_smtp = settings.smtp.model_copy(update={"port": free_port(), "timeout_s": 2})
+    ctx = {
+        "settings": settings,
+        "resources": dataclasses.replace(resources, mailer=Mailer(dead_smtp)),
+        "job_try": 1,
+    }
+    labels = {"reason": "smtp_unavailable"}
+    before = sample_value("exporter_export_retries_total", labels)
+
+    with pytest.raises(Retry):
+        await run_export_task(ctx, ExportMessageV1(job.job_id, user.user_id).to_payload())
+
+    assert sample_value("exporter_export_retries_total", labels) == before + 1

@@ -147,3 +147,34 @@ async def test_expiry_deletes_only_records_past_retention(resources: Resources) 
     assert deleted >= 1
     assert await store.get(old.job_id) is None
     assert await store.get(fresh.job_id) == fresh
+
+
+async def test_operator_requeue_leaves_failed_only_and_clears_the_last_run(
+    resources: Resources,
+) -> None:
+    jobs = resources.jobs
+    job = new_job()
+    await jobs.create(job)
+    with pytest.raises(ConditionFailed):  # queued is not failed
+        await jobs.requeue_failed(job.job_id, now=utcnow())
+    await jobs.transition(
+        job.job_id, to=JobState.IN_PROGRESS, now=utcnow(), increment_attempts=True
+    )
+    now = utcnow()
+    await jobs.transition(
+        job.job_id,
+        to=JobState.FAILED,
+        now=now,
+        fields={"finished_at": now, "error_code": "smtp_unavailable", "error_message": "x"},
+    )
+
+    requeued = await jobs.requeue_failed(job.job_id, now=utcnow())
+
+    assert requeued.status is JobState.QUEUED
+    assert requeued.error_code is None and requeued.error_message is None
+    assert requeued.started_at is None and requeued.finished_at is None
+    assert requeued.attempts == 1  # history of attempts is kept
+    with pytest.raises(ConditionFailed):  # and only once
+        await jobs.requeue_failed(job.job_id, now=utcnow())
+    with pytest.raises(ConditionFailed):
+        await jobs.requeue_failed(str(uuid.uuid4()), now=utcnow())

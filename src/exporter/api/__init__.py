@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exporter.api import exports, health, tokens
+from exporter.api import exports, health, metrics, tokens
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
     app.router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
+    app.router.add_get("/metrics", metrics.serve_metrics, name="metrics", allow_head=False)
     app.router.add_get("/.well-known/jwks.json", tokens.jwks, name="jwks", allow_head=False)
     app.router.add_post("/v1/auth/token", tokens.issue_token, name="issue_token")
     app.router.add_post("/v1/auth/refresh", tokens.refresh_token, name="refresh_token")

@@ -23,6 +23,7 @@ from exporter.api.openapi import (
 from exporter.auth import Scope
 from exporter.errors import NotFound, ServiceUnavailable, StoreError
 from exporter.keys import RESOURCES, SETTINGS
+from exporter.metrics import observe_export_created, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.queue import QueueUnavailable
 
@@ -100,7 +101,13 @@ async def create_export(request: web.Request) -> web.Response:
             code="store_unavailable",
         ) from None
     structlog.contextvars.bind_contextvars(export_id=job.job_id)
-    message = ExportMessageV1(export_id=job.job_id, user_id=job.user_id)
+    # The request id rides along so the worker's log lines for this export carry it too.
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    message = ExportMessageV1(
+        export_id=job.job_id,
+        user_id=job.user_id,
+        request_id=request_id if isinstance(request_id, str) else None,
+    )
     try:
         await resources.queue.enqueue_export(message)
     except QueueUnavailable as exc:
@@ -109,6 +116,7 @@ async def create_export(request: web.Request) -> web.Response:
             "The export could not be queued. Please retry.", code="queue_unavailable"
         ) from None
     log.info("export.created", format=job.format.value)
+    observe_export_created(job.format.value)
     return web.json_response(
         job_body(job), status=202, headers={"Location": export_path(job.job_id)}
     )
@@ -135,6 +143,7 @@ async def _abandon(request: web.Request, job: ExportJob, reason: str) -> None:
         log.error("export.abandon_failed", error=str(exc), reason=reason)
     else:
         log.error("export.enqueue_failed", reason=reason)
+        observe_export_finished("failed", "enqueue_failed")
 
 
 @docs(

@@ -96,6 +96,7 @@ def _env_for(settings: Settings) -> dict[str, str]:
             "EXPORTER_API__HOST": settings.api.host,
             "EXPORTER_API__PORT": str(settings.api.port),
             "EXPORTER_API__PUBLIC_URL": settings.api.public_url,
+            "EXPORTER_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -127,6 +128,10 @@ def local_stack(
                 "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
                 "api": settings.api.model_copy(
                     update={"port": port, "public_url": f"http://127.0.0.1:{port}"}
+                ),
+                # The worker's metrics too, so `make run` shows every endpoint of the issue.
+                "worker": settings.worker.model_copy(
+                    update={"metrics_port": settings.worker.metrics_port or _pick(9100)}
                 ),
             }
         )
@@ -197,6 +202,7 @@ def run_interactive(settings: Settings, *, memberships: int) -> int:
             f"""
 exporter is running.
   Swagger UI:  {s.api_url}/api/docs
+  Metrics:     {s.api_url}/metrics  (worker: http://127.0.0.1:{s.settings.worker.metrics_port}/metrics)
   Demo user:   {s.email}  password: {s.password}  ({s.rows} memberships)
   Emails land in {s.outbox}/
 

@@ -21,6 +21,8 @@ from exporter.config import Settings
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.export import RetryLater, run_export
 from exporter.logs import configure_logging
+from exporter.metrics import observe_export_retry, serve_worker_metrics
+from exporter.models import clean_request_id
 from exporter.queue import RUN_EXPORT, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
 
@@ -36,9 +38,20 @@ def resources_of(ctx: dict[str, Any]) -> Resources:
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx[_SETTINGS]
     stack = AsyncExitStack()
-    ctx[_RESOURCES] = await stack.enter_async_context(open_resources(ctx[_SETTINGS]))
+    resources = await stack.enter_async_context(open_resources(settings))
+    ctx[_RESOURCES] = resources
     ctx[_EXIT_STACK] = stack
+    if settings.worker.metrics_port:
+        await stack.enter_async_context(
+            serve_worker_metrics(
+                resources.queue.redis,
+                settings.redis.queue_name,
+                host=settings.worker.metrics_host,
+                port=settings.worker.metrics_port,
+            )
+        )
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
@@ -54,6 +67,10 @@ async def on_job_start(ctx: dict[str, Any]) -> None:
 
 async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any] | None:
     settings: Settings = ctx[_SETTINGS]
+    # The API request that asked for this export: its id on every line this job logs.
+    request_id = clean_request_id(payload.get("request_id") if isinstance(payload, dict) else None)
+    if request_id is not None:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         outcome = await run_export(
             resources_of(ctx),
@@ -62,10 +79,18 @@ async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any
             max_attempts=settings.worker.max_tries,
         )
     except RetryLater as exc:
+        observe_export_retry(_retry_reason(exc))
         raise Retry(defer=exc.delay_s) from exc
     if outcome is None:
         return None
     return {"status": outcome.status.value, "rows": outcome.row_count, "bytes": outcome.byte_size}
+
+
+def _retry_reason(exc: RetryLater) -> str:
+    """The short code of what made the export retry (its cause), for the retries metric."""
+    cause = exc.__cause__
+    code = getattr(cause, "code", None)
+    return code if isinstance(code, str) else type(cause).__name__ if cause else "unknown"
 
 
 async def expire_jobs_task(ctx: dict[str, Any]) -> int:

@@ -24,6 +24,17 @@ from exporter.store.tables import USER_CREATED_INDEX
 _TIMESTAMP_FIELDS = ("started_at", "finished_at", "updated_at")
 _INT_FIELDS = ("attempts", "row_count", "byte_size")
 _STR_FIELDS = ("file_name", "delivery", "error_code", "error_message")
+# What one run leaves on the record; a requeued job starts without it.
+_RUN_OUTCOME_FIELDS = (
+    "started_at",
+    "finished_at",
+    "row_count",
+    "byte_size",
+    "file_name",
+    "delivery",
+    "error_code",
+    "error_message",
+)
 
 
 def format_ts(value: datetime) -> str:
@@ -200,6 +211,48 @@ class JobStore:
                 ReturnValues="ALL_NEW",
             )
         return item_to_job(response["Attributes"])
+
+    async def requeue_failed(self, job_id: str, *, now: datetime) -> ExportJob:
+        """Operator path out of a final state: ``failed`` back to ``queued``, clearing the
+        previous run's outcome. Workers never call this; their transitions stay one-way.
+
+        Raises ``ConditionFailed`` unless the job exists and is ``failed``.
+        """
+        with dynamo_errors("requeue_job"):
+            response = await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression=(
+                    "SET #status = :queued, updated_at = :now REMOVE "
+                    + ", ".join(_RUN_OUTCOME_FIELDS)
+                ),
+                ConditionExpression="attribute_exists(job_id) AND #status = :failed",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":queued": s(JobState.QUEUED.value),
+                    ":failed": s(JobState.FAILED.value),
+                    ":now": s(format_ts(now)),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        return item_to_job(response["Attributes"])
+
+    async def scan(self, *, status: JobState | None = None, limit: int) -> list[ExportJob]:
+        """Up to ``limit`` jobs of any user, optionally in one state (operators only: this
+        reads the whole table, page by page, until it has ``limit`` matches)."""
+        query: dict[str, Any] = {"TableName": self._table}
+        if status is not None:
+            query["FilterExpression"] = "#status = :status"
+            query["ExpressionAttributeNames"] = {"#status": "status"}
+            query["ExpressionAttributeValues"] = {":status": s(status.value)}
+        found: list[ExportJob] = []
+        paginator = self._client.get_paginator("scan")
+        with dynamo_errors("scan_jobs"):
+            async for page in paginator.paginate(**query):
+                found.extend(item_to_job(i) for i in page.get("Items", []))
+                if len(found) >= limit:
+                    break
+        return found[:limit]
 
     async def delete_expired(self, *, now: datetime, max_items: int = 10_000) -> int:
         """Delete job records whose retention has passed; returns how many.

@@ -1,0 +1,334 @@
+"""Prometheus metrics: every metric the service exports is defined here, and only here.
+
+Names follow the Prometheus conventions (``exporter_`` namespace, base units, ``_total`` on
+counters, ``_seconds`` / ``_bytes`` on histograms). Metrics live in prometheus-client's
+default registry, one per process: the API serves them at ``/metrics``; a worker serves its
+own on ``worker.metrics_port`` (off when 0).
+
+Label values are bounded: routes are templates (``/v1/exports/{export_id}``), never raw
+paths; unmatched paths are one ``route="unmatched"`` series; failure reasons are the short
+stable error codes of ``ExportFailed``.
+
+The queue gauges describe Redis, not this process, so every process that refreshes them
+reports the same numbers: aggregate them with ``max()``, not ``sum()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from redis.exceptions import RedisError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = structlog.stdlib.get_logger("exporter.metrics")
+
+NAMESPACE = "exporter"
+
+# --- HTTP API -------------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "http_requests",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+    namespace=NAMESPACE,
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request to response, by method, route template and status.",
+    ["method", "route", "status"],
+    namespace=NAMESPACE,
+    # Most answers take a few DynamoDB round trips (milliseconds); the tail is timeouts.
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+# --- exports --------------------------------------------------------------------------------
+
+EXPORTS_CREATED = Counter(
+    "exports_created",
+    "Exports recorded and queued by the API.",
+    ["format"],
+    namespace=NAMESPACE,
+)
+EXPORTS_FINISHED = Counter(
+    "exports_finished",
+    "Exports that reached a final state, by status (succeeded, failed, cancelled) and reason "
+    "(the error code; empty when succeeded).",
+    ["status", "reason"],
+    namespace=NAMESPACE,
+)
+EXPORT_DURATION = Histogram(
+    "export_duration_seconds",
+    "Time one export attempt took from pick-up to its final state, by status.",
+    ["status"],
+    namespace=NAMESPACE,
+    # Small exports take well under a second; the job timeout (30 min) bounds the top.
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0),
+)
+EXPORT_ROWS = Histogram(
+    "export_rows",
+    "Rows in each successful export.",
+    namespace=NAMESPACE,
+    buckets=(0, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000),
+)
+EXPORT_SIZE = Histogram(
+    "export_size_bytes",
+    "Size of each successful export file.",
+    namespace=NAMESPACE,
+    # 1 KiB .. 1 GiB by powers of 4; the e-mail attachment limit (10 MiB) sits inside.
+    buckets=tuple(float(1024 * 4**i) for i in range(11)),
+)
+EXPORT_RETRIES = Counter(
+    "export_retries",
+    "Export attempts that failed transiently and were put back on the queue, by reason.",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+EMAIL_SEND_DURATION = Histogram(
+    "email_send_duration_seconds",
+    "Time to hand one export e-mail to the SMTP server (successful or not).",
+    namespace=NAMESPACE,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+EMAIL_SEND_FAILURES = Counter(
+    "email_send_failures",
+    "E-mail sends that the SMTP server refused or that could not reach it.",
+    namespace=NAMESPACE,
+)
+
+# Series that exist from the start, so rates and ratios do not begin as "no data".
+EXPORTS_FINISHED.labels("succeeded", "")
+for _status in ("succeeded", "failed"):
+    EXPORT_DURATION.labels(_status)
+
+# --- queue (refreshed from Redis; see the module docstring) --------------------------------
+
+QUEUE_JOBS = Gauge(
+    "queue_jobs",
+    "Jobs in the arq queue: ready, running and deferred (retries waiting for their time).",
+    ["queue"],
+    namespace=NAMESPACE,
+)
+QUEUE_READY = Gauge(
+    "queue_ready_jobs",
+    "Jobs due now that no worker has started: the backlog to scale workers on.",
+    ["queue"],
+    namespace=NAMESPACE,
+)
+QUEUE_IN_PROGRESS = Gauge(
+    "queue_in_progress_jobs",
+    "Jobs a worker is running.",
+    ["queue"],
+    namespace=NAMESPACE,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "queue_oldest_ready_age_seconds",
+    "How long the oldest ready job has waited to be started (0 when none waits).",
+    ["queue"],
+    namespace=NAMESPACE,
+)
+
+# Bound on the work a refresh does: jobs due now that are inspected one by one. Past this
+# the counts are lower bounds (a backlog that large needs no finer number to act on).
+QUEUE_SCAN_LIMIT = 10_000
+# How often a worker re-reads the queue for its gauges: finer than a typical 15-30 s scrape.
+QUEUE_REFRESH_S = 5.0
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by method, route template and final status."""
+    started = time.perf_counter()
+    status = 500  # an exception that escapes every other middleware becomes a 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        labels = (request.method, route, str(status))
+        HTTP_REQUESTS.labels(*labels).inc()
+        HTTP_REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+
+
+def observe_export_created(fmt: str) -> None:
+    """The API recorded and queued an export."""
+    EXPORTS_CREATED.labels(fmt).inc()
+
+
+def observe_export_finished(
+    status: str,
+    reason: str | None = None,
+    *,
+    duration_s: float | None = None,
+    rows: int | None = None,
+    size_bytes: int | None = None,
+) -> None:
+    """An export reached a final state.
+
+    :param status: ``succeeded``, ``failed`` or ``cancelled``.
+    :param reason: the error code for failed/cancelled (``too_large``); None when succeeded.
+    :param duration_s: pick-up to final state for this attempt, if a worker ran it.
+    """
+    EXPORTS_FINISHED.labels(status, reason or "").inc()
+    if duration_s is not None:
+        EXPORT_DURATION.labels(status).observe(duration_s)
+    if status == "succeeded":
+        if rows is not None:
+            EXPORT_ROWS.observe(rows)
+        if size_bytes is not None:
+            EXPORT_SIZE.observe(size_bytes)
+
+
+def observe_export_retry(reason: str) -> None:
+    """A transient failure sent the export back to the queue."""
+    EXPORT_RETRIES.labels(reason).inc()
+
+
+def observe_email(duration_s: float, *, ok: bool) -> None:
+    """One attempt to send an export e-mail."""
+    EMAIL_SEND_DURATION.observe(duration_s)
+    if not ok:
+        EMAIL_SEND_FAILURES.inc()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """What is in an arq queue right now."""
+
+    queue: str
+    jobs: int  # everything in the sorted set
+    ready: int  # due, not started
+    in_progress: int  # started by a worker, not finished
+    deferred: int  # due later (retries in backoff, deferred enqueues)
+    oldest_ready_age_s: float  # 0.0 when nothing is ready
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "jobs": self.jobs,
+            "ready": self.ready,
+            "in_progress": self.in_progress,
+            "deferred": self.deferred,
+            "oldest_ready_age_s": round(self.oldest_ready_age_s, 3),
+        }
+
+
+async def queue_snapshot(
+    redis: ArqRedis, queue: str, *, now_ms: int | None = None, limit: int = QUEUE_SCAN_LIMIT
+) -> QueueSnapshot:
+    """Read an arq queue: a sorted set of job ids scored by when each may run (ms).
+
+    arq leaves a job in the set while it runs (it removes it when the job finishes) and marks
+    it running with an ``arq:in-progress:<id>`` key, so "ready" is "due and not marked".
+    """
+    # arq scores with round(time * 1000); truncating here would see a job enqueued this
+    # very millisecond as not yet due.
+    now_ms = timestamp_ms() if now_ms is None else now_ms
+    total = int(await redis.zcard(queue))
+    due: list[tuple[bytes, float]] = await redis.zrangebyscore(
+        queue, "-inf", now_ms, start=0, num=limit, withscores=True
+    )
+    running: list[int] = []
+    if due:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id, _ in due:
+                pipe.exists(in_progress_key_prefix + job_id.decode())
+            running = await pipe.execute()
+    in_progress = sum(1 for r in running if r)
+    ready_scores = [score for (_, score), r in zip(due, running, strict=True) if not r]
+    oldest = max(0.0, (now_ms - min(ready_scores)) / 1000) if ready_scores else 0.0
+    due_total = int(await redis.zcount(queue, "-inf", now_ms)) if len(due) >= limit else len(due)
+    ready = len(ready_scores) + max(0, due_total - len(due))
+    return QueueSnapshot(
+        queue=queue,
+        jobs=total,
+        ready=ready,
+        in_progress=in_progress,
+        deferred=max(0, total - due_total),
+        oldest_ready_age_s=oldest,
+    )
+
+
+def publish_queue_snapshot(snapshot: QueueSnapshot) -> None:
+    QUEUE_JOBS.labels(snapshot.queue).set(snapshot.jobs)
+    QUEUE_READY.labels(snapshot.queue).set(snapshot.ready)
+    QUEUE_IN_PROGRESS.labels(snapshot.queue).set(snapshot.in_progress)
+    QUEUE_OLDEST_AGE.labels(snapshot.queue).set(snapshot.oldest_ready_age_s)
+
+
+async def refresh_queue_metrics(redis: ArqRedis, queue: str) -> QueueSnapshot:
+    """Read the queue and set the queue gauges from it."""
+    snapshot = await queue_snapshot(redis, queue)
+    publish_queue_snapshot(snapshot)
+    return snapshot
+
+
+async def _refresh_queue_forever(redis: ArqRedis, queue: str, interval_s: float) -> None:
+    while True:
+        try:
+            await asyncio.wait_for(refresh_queue_metrics(redis, queue), interval_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("metrics.queue_read_failed", error=type(exc).__name__)
+        await asyncio.sleep(interval_s)
+
+
+@contextlib.asynccontextmanager
+async def serve_worker_metrics(
+    redis: ArqRedis,
+    queue: str,
+    *,
+    host: str,
+    port: int,
+    refresh_s: float = QUEUE_REFRESH_S,
+) -> AsyncIterator[int]:
+    """Serve this process's metrics on ``host:port`` (a thread) and keep the queue gauges
+    fresh (a task) until the block ends. Yields the bound port (``port=0`` picks one)."""
+    server, thread = start_http_server(port, addr=host)
+    refresher = asyncio.create_task(_refresh_queue_forever(redis, queue, refresh_s))
+    bound = int(server.server_address[1])
+    log.info("metrics.serving", host=host, port=bound)
+    try:
+        yield bound
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await asyncio.to_thread(server.shutdown)  # waits out serve_forever's poll
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The text exposition of this process's metrics and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def sample_value(name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The current value of one sample (0.0 if absent): for tests and the ops CLI."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, dict(labels or {}))
+    return 0.0 if value is None else float(value)
