@@ -257,3 +257,33 @@ async def test_smtp_outage_is_retried_then_recorded_as_failed(
     assert failed is not None and failed.status is JobState.FAILED
     assert failed.error_code == "smtp_unavailable"
     assert failed.attempts == 2
+
+
+async def test_a_delivered_export_is_counted_and_audited(
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from exporter.metrics import EMAIL_SEND_DURATION, EXPORTS_FINISHED
+
+    user = await make_user()
+    await seed_rows(user.user_id, 4)
+    job = await new_job(resources, user.user_id)
+    succeeded = EXPORTS_FINISHED.labels("succeeded", "")
+    before, emails_before = succeeded._value.get(), EMAIL_SEND_DURATION._sum.get()
+
+    with capture_logs() as logs:
+        await run_export(
+            resources,
+            ExportMessageV1(job.job_id, user.user_id).to_payload(),
+            attempt=1,
+            max_attempts=3,
+        )
+
+    assert succeeded._value.get() == before + 1
+    assert EMAIL_SEND_DURATION._sum.get() > emails_before
+    (audit,) = [e for e in logs if e["event"] == "audit.export_delivered"]
+    assert audit["export_id"] == job.job_id and audit["rows"] == 4
+    assert audit["delivery"] == "email_attachment"

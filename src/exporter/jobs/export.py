@@ -21,9 +21,11 @@ from typing import IO, Any
 import asyncpg
 import structlog
 
+from exporter import audit
 from exporter.csvstream import ExportEncoder
 from exporter.errors import ConditionFailed, ExportFailed, StoreUnavailable
 from exporter.mail import ExportAttachment, build_export_message
+from exporter.metrics import observe_email, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from exporter.store.memberships import copy_memberships
@@ -153,8 +155,14 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
                 byte_size=byte_size,
             ),
         )
-    await resources.mailer.send(message)
+    mail_started = time.monotonic()
+    try:
+        await resources.mailer.send(message)
+    except Exception:
+        observe_email(time.monotonic() - mail_started, ok=False)
+        raise
     mailed = time.monotonic()
+    observe_email(mailed - mail_started, ok=True)
     now = utcnow()
     job = await resources.jobs.transition(
         job.job_id,
@@ -168,6 +176,19 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
             "file_name": file_name,
             "delivery": "email_attachment",
         },
+    )
+    # After the conditional transition: a re-delivered run that lost the race logs nothing.
+    observe_export_finished(
+        "succeeded", duration_s=mailed - started, rows=row_count, size_bytes=byte_size
+    )
+    audit.export_delivered(
+        user_id=job.user_id,
+        export_id=job.job_id,
+        rows=row_count,
+        byte_size=byte_size,
+        delivery="email_attachment",
+        requested_at=job.created_at,
+        at=now,
     )
     log.info(
         "export.succeeded",
@@ -223,6 +244,7 @@ async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportO
     except ConditionFailed:
         log.info("export.fail_superseded", error_code=exc.code)
         return None
+    observe_export_finished("failed", exc.code)
     log.warning("export.failed", error_code=exc.code, error=exc.message)
     return ExportOutcome(job.job_id, job.status)
 
