@@ -19,6 +19,7 @@ class ExportAttachment:
     file_name: str
     row_count: int
     byte_size: int
+    content_type: tuple[str, str] = ("text", "csv")
 
 
 def human_size(size: int) -> str:
@@ -55,10 +56,10 @@ def build_export_message(
     )
     message.add_attachment(
         attachment.content,
-        maintype="text",
-        subtype="csv",
+        maintype=attachment.content_type[0],
+        subtype=attachment.content_type[1],
         filename=attachment.file_name,
-        params={"charset": "utf-8"},
+        params={"charset": "utf-8"} if attachment.content_type[0] == "text" else {},
     )
     return message
 

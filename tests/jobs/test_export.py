@@ -287,3 +287,33 @@ async def test_a_delivered_export_is_counted_and_audited(
     (audit,) = [e for e in logs if e["event"] == "audit.export_delivered"]
     assert audit["export_id"] == job.job_id and audit["rows"] == 4
     assert audit["delivery"] == "email_attachment"
+
+
+async def test_csv_gz_export_arrives_gzipped_and_decompresses_to_the_same_rows(
+    client: TestClient[Any, Any],
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    run_worker: RunWorker,
+    smtp_sink: SmtpSink,
+    pg: asyncpg.Connection[Any],
+) -> None:
+    import gzip
+
+    user = await make_user()
+    await seed_rows(user.user_id, 1200)
+    headers = await login(client, user)
+    created = await client.post("/v1/exports", json={"format": "csv.gz"}, headers=headers)
+    assert created.status == 202
+    export_id = (await created.json())["id"]
+
+    await run_worker()
+
+    (message,) = emails_for(smtp_sink, export_id)
+    (part,) = list(message.iter_attachments())
+    assert part.get_content_type() == "application/gzip"
+    assert part.get_filename() == f"memberships-{utcnow():%Y-%m-%d}.csv.gz"
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    rows = list(csv.reader(io.StringIO(gzip.decompress(payload).decode(), newline="")))
+    assert rows[0] == list(EXPORT_HEADER)
+    assert rows[1:] == await expected_rows(pg, user.user_id)

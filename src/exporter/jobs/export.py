@@ -69,7 +69,7 @@ class ExportOutcome:
 
 
 def export_file_name(job: ExportJob) -> str:
-    return f"memberships-{job.created_at:%Y-%m-%d}.csv"
+    return f"memberships-{job.created_at:%Y-%m-%d}.{job.format.value}"
 
 
 async def run_export(
@@ -153,6 +153,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
                 file_name=file_name,
                 row_count=row_count,
                 byte_size=byte_size,
+                content_type=job.format.content_type,
             ),
         )
     mail_started = time.monotonic()
