@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.dev.smtp import SmtpSink
-from exporter.jobs.export import RetryLater, run_export
+from exporter.jobs.export import ExportOutcome, RetryLater, run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from exporter.store.memberships import EXPORT_HEADER
@@ -35,6 +35,14 @@ def attachment_rows(message: EmailMessage) -> list[list[str]]:
 async def expected_rows(pg: asyncpg.Connection[Any], user_id: str) -> list[list[str]]:
     """The user's memberships straight from PostgreSQL, rendered the way the CSV promises."""
     return [reference_row(r) for r in await pg.fetch(RAW_EXPORT_QUERY, user_id)]
+
+
+async def deliver(
+    resources: Resources, job_id: str, user_id: str, *, attempt: int = 1
+) -> ExportOutcome | None:
+    """One delivery of the job's queue message, as the worker would run it."""
+    payload = ExportMessageV1(job_id, user_id).to_payload()
+    return await run_export(resources, payload, attempt=attempt, max_attempts=3)
 
 
 async def new_job(resources: Resources, user_id: str) -> ExportJob:
@@ -124,12 +132,7 @@ async def test_job_left_in_progress_by_a_dead_worker_is_run_again(
     job = await new_job(resources, user.user_id)
     await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
 
-    outcome = await run_export(
-        resources,
-        ExportMessageV1(job.job_id, user.user_id).to_payload(),
-        attempt=2,
-        max_attempts=3,
-    )
+    outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     assert outcome.row_count == 5
@@ -180,12 +183,7 @@ async def test_message_for_another_users_job_is_refused(
     await seed_rows(owner.user_id, 3)
     job = await new_job(resources, owner.user_id)
 
-    await run_export(
-        resources,
-        ExportMessageV1(job.job_id, intruder.user_id).to_payload(),
-        attempt=1,
-        max_attempts=3,
-    )
+    await deliver(resources, job.job_id, intruder.user_id, attempt=1)
 
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.status is JobState.FAILED
@@ -197,12 +195,7 @@ async def test_export_for_a_deleted_user_fails_without_email(
 ) -> None:
     job = await new_job(resources, "00000000-0000-4000-8000-000000000000")
 
-    await run_export(
-        resources,
-        ExportMessageV1(job.job_id, job.user_id).to_payload(),
-        attempt=1,
-        max_attempts=3,
-    )
+    await deliver(resources, job.job_id, job.user_id, attempt=1)
 
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.status is JobState.FAILED
@@ -223,12 +216,7 @@ async def test_export_over_the_attachment_limit_fails_with_a_clear_reason(
     limited = dataclasses.replace(resources, settings=small)
     job = await new_job(resources, user.user_id)
 
-    await run_export(
-        limited,
-        ExportMessageV1(job.job_id, user.user_id).to_payload(),
-        attempt=1,
-        max_attempts=3,
-    )
+    await deliver(limited, job.job_id, user.user_id, attempt=1)
 
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.error_code == "too_large"
@@ -275,12 +263,7 @@ async def test_a_delivered_export_is_counted_and_audited(
     before, emails_before = succeeded._value.get(), EMAIL_SEND_DURATION._sum.get()
 
     with capture_logs() as logs:
-        await run_export(
-            resources,
-            ExportMessageV1(job.job_id, user.user_id).to_payload(),
-            attempt=1,
-            max_attempts=3,
-        )
+        await deliver(resources, job.job_id, user.user_id, attempt=1)
 
     assert succeeded._value.get() == before + 1
     assert EMAIL_SEND_DURATION._sum.get() > emails_before
