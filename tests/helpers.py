@@ -20,14 +20,19 @@ class TestUser:
     password: str
 
 
-async def login(client: TestClient[Any, Any], user: TestUser) -> dict[str, str]:
-    """Authorization headers for ``user``, obtained through the real token endpoint."""
+async def sign_in(client: TestClient[Any, Any], user: TestUser) -> dict[str, Any]:
+    """The token pair for ``user``, from the real token endpoint."""
     response = await client.post(
         "/v1/auth/token", json={"email": user.email, "password": user.password}
     )
     assert response.status == 200, await response.text()
-    token = (await response.json())["access_token"]
-    return {"Authorization": f"Bearer {token}"}
+    pair: dict[str, Any] = await response.json()
+    return pair
+
+
+async def login(client: TestClient[Any, Any], user: TestUser) -> dict[str, str]:
+    """Authorization headers for ``user``, obtained through the real token endpoint."""
+    return {"Authorization": f"Bearer {(await sign_in(client, user))['access_token']}"}
 
 
 # --- the CSV contract, written independently of the SQL that implements it ---------------

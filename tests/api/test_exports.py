@@ -19,7 +19,7 @@ from exporter.queue import ExportQueue
 from exporter.resources import open_dynamo
 from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser
-from tests.helpers import login
+from tests.helpers import login, sign_in
 
 PROBLEM = "application/problem+json"
 
@@ -243,9 +243,7 @@ async def test_refresh_token_is_not_an_access_token(
     client: TestClient[Any, Any], make_user: MakeUser
 ) -> None:
     user = await make_user()
-    pair = await (
-        await client.post("/v1/auth/token", json={"email": user.email, "password": user.password})
-    ).json()
+    pair = await sign_in(client, user)
     response = await client.get(
         "/v1/exports", headers={"Authorization": f"Bearer {pair['refresh_token']}"}
     )

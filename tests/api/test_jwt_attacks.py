@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from exporter.auth import SigningKey
 from exporter.config import Settings
 from tests.conftest import MakeUser
+from tests.helpers import sign_in
 
 Forge = Callable[[SigningKey, Settings, str], str]
 # Verification fails before any lookup, so the subject need not exist (the control test
@@ -236,9 +237,7 @@ async def test_access_token_as_refresh_and_refresh_as_access_are_401(
     client: TestClient[Any, Any], make_user: MakeUser
 ) -> None:
     user = await make_user()
-    pair = await (
-        await client.post("/v1/auth/token", json={"email": user.email, "password": user.password})
-    ).json()
+    pair = await sign_in(client, user)
     await assert_401(
         await client.post("/v1/auth/refresh", json={"refresh_token": pair["access_token"]})
     )

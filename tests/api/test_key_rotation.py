@@ -16,7 +16,7 @@ from exporter.app import create_app
 from exporter.auth import SigningKey, load_verification_keys
 from exporter.config import Settings
 from tests.conftest import MakeUser
-from tests.helpers import TestUser
+from tests.helpers import sign_in
 
 Client = TestClient[Any, Any]
 Stage = Callable[..., AbstractAsyncContextManager[Client]]
@@ -40,15 +40,6 @@ def _fix_stage(settings: Settings) -> Stage:
             yield client
 
     return stage
-
-
-async def sign_in(client: Client, user: TestUser) -> dict[str, str]:
-    response = await client.post(
-        "/v1/auth/token", json={"email": user.email, "password": user.password}
-    )
-    assert response.status == 200
-    body: dict[str, str] = await response.json()
-    return body
 
 
 async def kids(client: Client) -> set[str]:

@@ -15,18 +15,9 @@ from exporter.keys import RESOURCES, TOKENS
 from exporter.models import utcnow
 from exporter.store.refresh_tokens import token_hash
 from tests.conftest import MakeUser
-from tests.helpers import TestUser
+from tests.helpers import sign_in
 
 Pair = dict[str, Any]
-
-
-async def sign_in(client: TestClient[Any, Any], user: TestUser) -> Pair:
-    response = await client.post(
-        "/v1/auth/token", json={"email": user.email, "password": user.password}
-    )
-    assert response.status == 200, await response.text()
-    pair: Pair = await response.json()
-    return pair
 
 
 async def refresh(client: TestClient[Any, Any], token: str) -> tuple[int, Pair]:

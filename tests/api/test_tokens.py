@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from exporter.auth import TokenService
 from tests.conftest import MakeUser
+from tests.helpers import sign_in
 
 
 async def test_sign_in_returns_a_bearer_pair_with_a_five_minute_access_token(
@@ -70,9 +71,7 @@ async def test_refresh_swaps_a_refresh_token_for_a_working_pair(
     client: TestClient[Any, Any], make_user: MakeUser
 ) -> None:
     user = await make_user()
-    first = await (
-        await client.post("/v1/auth/token", json={"email": user.email, "password": user.password})
-    ).json()
+    first = await sign_in(client, user)
 
     response = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
 
@@ -89,9 +88,7 @@ async def test_refresh_refuses_access_tokens_and_garbage(
     client: TestClient[Any, Any], make_user: MakeUser
 ) -> None:
     user = await make_user()
-    pair = await (
-        await client.post("/v1/auth/token", json={"email": user.email, "password": user.password})
-    ).json()
+    pair = await sign_in(client, user)
     for token in (pair["access_token"], "garbage", pair["refresh_token"][:-4]):
         response = await client.post("/v1/auth/refresh", json={"refresh_token": token})
         assert response.status == 401
