@@ -84,7 +84,7 @@ async def test_one_request_id_follows_an_export_from_request_to_email(
     assert done["rows"] == 25
     assert done["logger"] == "exporter.jobs.export"
     # ... and the email it describes was delivered.
-    assert [m for m in smtp_sink.messages() if m["X-Exporter-Export-Id"] == export_id]
+    assert smtp_sink.for_export(export_id)
 
 
 async def test_a_generated_request_id_is_returned_and_carried_to_the_worker(

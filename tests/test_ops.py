@@ -130,7 +130,7 @@ async def test_retry_runs_a_failed_export_again_to_the_email(
     assert worker.jobs_complete == 1
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.status is JobState.SUCCEEDED and done.row_count == 7
-    (message,) = [m for m in smtp_sink.messages() if m["X-Exporter-Export-Id"] == job.job_id]
+    (message,) = smtp_sink.for_export(job.job_id)
     assert message["To"] == email
 
 
@@ -170,7 +170,7 @@ async def test_cancel_fails_a_queued_export_and_withdraws_its_message(
     assert job["error"]["code"] == CANCELLED_BY_OPERATOR
     worker = await run_worker()
     assert worker.jobs_complete == 0
-    assert not [m for m in smtp_sink.messages() if m["X-Exporter-Export-Id"] == export_id]
+    assert not smtp_sink.for_export(export_id)
 
     # Final now: a second cancel is refused and says why.
     assert await exporter_cli(settings, "jobs", "cancel", export_id) == 2

@@ -12,6 +12,9 @@ from exporter.config import SmtpSettings
 from exporter.errors import MailError
 from exporter.models import utcnow
 
+# Lets the recipient's mail rules, support and our tests tie a message to its export.
+EXPORT_ID_HEADER = "X-Exporter-Export-Id"
+
 
 @dataclass(frozen=True, slots=True)
 class ExportAttachment:
@@ -41,7 +44,7 @@ def build_export_message(
     message["Subject"] = f"Your memberships export is ready ({attachment.row_count:,} rows)"
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid(domain="exporter.local")
-    message["X-Exporter-Export-Id"] = export_id
+    message[EXPORT_ID_HEADER] = export_id
     message.set_content(
         "Hello,\n\n"
         "Attached is the export of your memberships that you asked for.\n\n"

@@ -21,10 +21,6 @@ from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import RAW_EXPORT_QUERY, login, reference_row
 
 
-def emails_for(sink: SmtpSink, export_id: str) -> list[EmailMessage]:
-    return [m for m in sink.messages() if m["X-Exporter-Export-Id"] == export_id]
-
-
 def attachment_rows(message: EmailMessage) -> list[list[str]]:
     (part,) = list(message.iter_attachments())
     payload = part.get_payload(decode=True)
@@ -77,7 +73,7 @@ async def test_requested_export_is_emailed_with_exactly_the_users_rows(
     assert job["started_at"] and job["finished_at"] and job["error"] is None
     assert job["delivery"] == "email_attachment"
 
-    (message,) = emails_for(smtp_sink, export_id)
+    (message,) = smtp_sink.for_export(export_id)
     assert message["To"] == owner.email
     assert "2,500 rows" in message["Subject"]
     (part,) = list(message.iter_attachments())
@@ -104,7 +100,7 @@ async def test_export_of_a_user_without_memberships_is_header_only(
     finished = await resources.jobs.get(job.job_id)
     assert finished is not None and finished.status is JobState.SUCCEEDED
     assert finished.row_count == 0
-    (message,) = emails_for(smtp_sink, job.job_id)
+    (message,) = smtp_sink.for_export(job.job_id)
     assert attachment_rows(message) == [list(EXPORT_HEADER)]
 
 
@@ -121,7 +117,7 @@ async def test_redelivered_finished_job_sends_no_second_email(
 
     assert first is not None and first.status is JobState.SUCCEEDED
     assert again is not None and again.status is JobState.SUCCEEDED
-    assert len(emails_for(smtp_sink, job.job_id)) == 1
+    assert len(smtp_sink.for_export(job.job_id)) == 1
 
 
 async def test_job_left_in_progress_by_a_dead_worker_is_run_again(
@@ -136,7 +132,7 @@ async def test_job_left_in_progress_by_a_dead_worker_is_run_again(
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     assert outcome.row_count == 5
-    assert len(emails_for(smtp_sink, job.job_id)) == 1
+    assert len(smtp_sink.for_export(job.job_id)) == 1
 
 
 @pytest.mark.parametrize(
@@ -187,7 +183,7 @@ async def test_message_for_another_users_job_is_refused(
 
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.status is JobState.FAILED
-    assert emails_for(smtp_sink, job.job_id) == []
+    assert smtp_sink.for_export(job.job_id) == []
 
 
 async def test_export_for_a_deleted_user_fails_without_email(
@@ -200,7 +196,7 @@ async def test_export_for_a_deleted_user_fails_without_email(
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.status is JobState.FAILED
     assert failed.error_code == "user_unavailable"
-    assert emails_for(smtp_sink, job.job_id) == []
+    assert smtp_sink.for_export(job.job_id) == []
 
 
 async def test_export_over_the_attachment_limit_fails_with_a_clear_reason(
@@ -291,7 +287,7 @@ async def test_csv_gz_export_arrives_gzipped_and_decompresses_to_the_same_rows(
 
     await run_worker()
 
-    (message,) = emails_for(smtp_sink, export_id)
+    (message,) = smtp_sink.for_export(export_id)
     (part,) = list(message.iter_attachments())
     assert part.get_content_type() == "application/gzip"
     assert part.get_filename() == f"memberships-{utcnow():%Y-%m-%d}.csv.gz"

@@ -14,6 +14,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from exporter.dev.ports import free_port
+from exporter.mail import EXPORT_ID_HEADER
 
 
 class OutboxHandler:
@@ -41,12 +42,21 @@ class SmtpSink:
 
     def messages(self) -> list[EmailMessage]:
         """Every message received so far, oldest first."""
-        found = []
-        for path in sorted(self.outbox.glob("*.eml")):
-            msg = message_from_bytes(path.read_bytes(), policy=policy.default)
-            assert isinstance(msg, EmailMessage)
-            found.append(msg)
-        return found
+        return [message for _, message in read_outbox(self.outbox)]
+
+    def for_export(self, export_id: str) -> list[EmailMessage]:
+        """The messages that carry one export."""
+        return [m for m in self.messages() if m[EXPORT_ID_HEADER] == export_id]
+
+
+def read_outbox(outbox: Path) -> list[tuple[Path, EmailMessage]]:
+    """Every stored message with its file, oldest first."""
+    found = []
+    for path in sorted(outbox.glob("*.eml")):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        found.append((path, message))
+    return found
 
 
 def start_smtp_sink(outbox: Path, port: int | None = None) -> SmtpSink:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from exporter.cli import DEMO_EMAIL, seed_demo
 from exporter.config import Settings
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port, port_open
-from exporter.dev.smtp import start_smtp_sink
+from exporter.dev.smtp import read_outbox, start_smtp_sink
+from exporter.mail import EXPORT_ID_HEADER
 from exporter.queue import open_arq_redis
 from exporter.resources import open_dynamo
 from exporter.store.migrations import migrate
@@ -285,10 +285,8 @@ async def _demo_flow(s: LocalStack) -> dict[str, Any]:
 
 
 def find_export_email(outbox: Path, export_id: str) -> tuple[Path, EmailMessage] | None:
-    for path in sorted(outbox.glob("*.eml")):
-        message = message_from_bytes(path.read_bytes(), policy=policy.default)
-        if message["X-Exporter-Export-Id"] == export_id:
-            assert isinstance(message, EmailMessage)
+    for path, message in read_outbox(outbox):
+        if message[EXPORT_ID_HEADER] == export_id:
             return path, message
     return None
 
