@@ -196,7 +196,19 @@ def _wait_ready(api_url: str, processes: list[subprocess.Popen[bytes]]) -> None:
     asyncio.run(poll())
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop the stack cleanly (children included), even when the
+    shell started us with SIGINT ignored (a background job)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_interactive(settings: Settings, *, memberships: int) -> int:
+    _stop_on_signals()
     with local_stack(settings, memberships=memberships) as s:
         print(
             f"""
