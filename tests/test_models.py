@@ -37,16 +37,26 @@ def test_transitions_only_lead_to_known_states() -> None:
         assert targets <= set(JobState)
 
 
-@pytest.mark.parametrize("state", sorted(TERMINAL_STATES))
-def test_terminal_states_have_no_exits(state: JobState) -> None:
+@pytest.mark.parametrize("state", sorted(TERMINAL_STATES - {JobState.SUCCEEDED}))
+def test_final_states_have_no_exits(state: JobState) -> None:
     assert state.is_terminal
     assert ALLOWED_TRANSITIONS[state] == frozenset()
 
 
-def test_terminal_states_are_succeeded_and_failed() -> None:
-    assert {JobState.SUCCEEDED, JobState.FAILED} == TERMINAL_STATES
-    assert not JobState.QUEUED.is_terminal
-    assert not JobState.IN_PROGRESS.is_terminal
+def test_a_succeeded_export_can_only_expire() -> None:
+    assert JobState.SUCCEEDED.is_terminal
+    assert ALLOWED_TRANSITIONS[JobState.SUCCEEDED] == {JobState.EXPIRED}
+
+
+def test_terminal_and_active_states_split_all_states() -> None:
+    assert {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.EXPIRED,
+    } == TERMINAL_STATES
+    assert {s for s in JobState if s.is_active} == {JobState.QUEUED, JobState.IN_PROGRESS}
+    assert all(s.is_active != s.is_terminal for s in JobState)
 
 
 @pytest.mark.parametrize(
@@ -60,6 +70,14 @@ def test_terminal_states_are_succeeded_and_failed() -> None:
         (JobState.IN_PROGRESS, JobState.SUCCEEDED, True),
         (JobState.IN_PROGRESS, JobState.FAILED, True),
         (JobState.IN_PROGRESS, JobState.QUEUED, False),
+        (JobState.QUEUED, JobState.CANCELLED, True),
+        (JobState.IN_PROGRESS, JobState.CANCELLED, True),
+        (JobState.SUCCEEDED, JobState.CANCELLED, False),
+        (JobState.FAILED, JobState.CANCELLED, False),
+        (JobState.SUCCEEDED, JobState.EXPIRED, True),
+        (JobState.QUEUED, JobState.EXPIRED, False),
+        (JobState.FAILED, JobState.EXPIRED, False),
+        (JobState.CANCELLED, JobState.IN_PROGRESS, False),
         (JobState.SUCCEEDED, JobState.FAILED, False),
         (JobState.SUCCEEDED, JobState.IN_PROGRESS, False),
         (JobState.FAILED, JobState.QUEUED, False),
@@ -81,6 +99,8 @@ def test_nothing_returns_to_queued() -> None:
         (JobState.IN_PROGRESS, {JobState.QUEUED, JobState.IN_PROGRESS}),
         (JobState.SUCCEEDED, {JobState.IN_PROGRESS}),
         (JobState.FAILED, {JobState.QUEUED, JobState.IN_PROGRESS}),
+        (JobState.CANCELLED, {JobState.QUEUED, JobState.IN_PROGRESS}),
+        (JobState.EXPIRED, {JobState.SUCCEEDED}),
     ],
 )
 def test_sources_of(target: JobState, sources: set[JobState]) -> None:
@@ -94,7 +114,14 @@ def test_sources_of_is_the_inverse_of_allowed_transitions() -> None:
 
 
 def test_job_states_serialise_as_their_lowercase_names() -> None:
-    assert [s.value for s in JobState] == ["queued", "in_progress", "succeeded", "failed"]
+    assert [s.value for s in JobState] == [
+        "queued",
+        "in_progress",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "expired",
+    ]
     assert JobState("in_progress") is JobState.IN_PROGRESS
 
 
@@ -363,3 +390,25 @@ def test_a_bad_request_id_is_dropped_not_fatal(bad: object) -> None:
 def test_the_version_stays_strict() -> None:
     with pytest.raises(ExportFailed):
         ExportMessageV1.from_payload({"v": 2, "export_id": str(uuid.uuid4()), "user_id": "u"})
+
+
+@pytest.mark.parametrize(
+    ("status", "rows", "total", "expected"),
+    [
+        (JobState.QUEUED, None, None, None),
+        (JobState.IN_PROGRESS, 0, None, None),
+        (JobState.IN_PROGRESS, 250, 1000, 0.25),
+        (JobState.IN_PROGRESS, 1200, 1000, 1.0),  # rows added since the count: never above 1
+        (JobState.IN_PROGRESS, 0, 0, 0.0),
+        (JobState.SUCCEEDED, 1000, 1000, 1.0),
+        (JobState.SUCCEEDED, None, None, 1.0),
+    ],
+)
+def test_progress_is_a_bounded_fraction_of_the_known_total(
+    status: JobState, rows: int | None, total: int | None, expected: float | None
+) -> None:
+    job = ExportJob.new(user_id="u", fmt=ExportFormat.CSV, now=NOW, retention_s=60).replace(
+        status=status, rows_exported=rows, total_rows=total
+    )
+
+    assert job.progress == expected

@@ -18,21 +18,38 @@ class JobState(StrEnum):
     IN_PROGRESS = "in_progress"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
     @property
     def is_terminal(self) -> bool:
+        """No more work will happen for this job."""
         return self in TERMINAL_STATES
 
+    @property
+    def is_active(self) -> bool:
+        """Queued or running: counts as the user's one active export."""
+        return self in ACTIVE_STATES
 
-TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
+)
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.IN_PROGRESS})
 
 # Which state may follow which. in_progress -> in_progress is a re-delivery after a worker
-# died mid-run: the job starts again from the beginning. Terminal states never move.
+# died mid-run: the job starts again from the beginning. The outcome (succeeded, failed,
+# cancelled) never changes; the one move after it is succeeded -> expired, when the
+# delivered file's retention ends and the file is deleted.
 ALLOWED_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.IN_PROGRESS, JobState.FAILED}),
-    JobState.IN_PROGRESS: frozenset({JobState.IN_PROGRESS, JobState.SUCCEEDED, JobState.FAILED}),
-    JobState.SUCCEEDED: frozenset(),
+    JobState.QUEUED: frozenset({JobState.IN_PROGRESS, JobState.FAILED, JobState.CANCELLED}),
+    JobState.IN_PROGRESS: frozenset(
+        {JobState.IN_PROGRESS, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.SUCCEEDED: frozenset({JobState.EXPIRED}),
     JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.EXPIRED: frozenset(),
 }
 
 
@@ -75,14 +92,45 @@ class ExportJob:
     error_code: str | None = None
     error_message: str | None = None
     updated_at: datetime | None = None
+    # Request option: start the CSV with a UTF-8 byte order mark (Excel on Windows).
+    bom: bool = False
+    # Progress while running, written at a bounded rate; the write doubles as the heartbeat.
+    rows_exported: int | None = None
+    total_rows: int | None = None
+    heartbeat_at: datetime | None = None
+    # Set, conditionally, once the email went out: a re-run never sends it twice.
+    email_sent_at: datetime | None = None
+    # Where a file too large to attach lives (object key, never a URL) and until when.
+    file_key: str | None = None
+    file_expires_at: datetime | None = None
+
+    @property
+    def progress(self) -> float | None:
+        """0..1 while the total is known; 1 once succeeded."""
+        if self.status is JobState.SUCCEEDED:
+            return 1.0
+        if self.total_rows is None or self.rows_exported is None:
+            return None
+        if self.total_rows == 0:
+            return 0.0
+        return min(1.0, self.rows_exported / self.total_rows)
 
     @classmethod
-    def new(cls, *, user_id: str, fmt: ExportFormat, now: datetime, retention_s: int) -> ExportJob:
+    def new(
+        cls,
+        *,
+        user_id: str,
+        fmt: ExportFormat,
+        now: datetime,
+        retention_s: int,
+        bom: bool = False,
+    ) -> ExportJob:
         return cls(
             job_id=str(uuid.uuid4()),
             user_id=user_id,
             status=JobState.QUEUED,
             format=fmt,
+            bom=bom,
             created_at=now,
             updated_at=now,
             expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),

@@ -28,6 +28,29 @@ async def test_created_job_reads_back_identically(resources: Resources) -> None:
     assert await resources.jobs.get(job.job_id) == job
 
 
+async def test_every_optional_field_reads_back_identically(resources: Resources) -> None:
+    now = utcnow().replace(microsecond=123456)
+    job = new_job().replace(
+        bom=True,
+        status=JobState.SUCCEEDED,
+        started_at=now,
+        finished_at=now,
+        attempts=2,
+        row_count=10,
+        byte_size=2048,
+        file_name="memberships.csv",
+        delivery="download_link",
+        rows_exported=10,
+        total_rows=10,
+        heartbeat_at=now,
+        email_sent_at=now,
+        file_key="exports/abc.csv",
+        file_expires_at=now + timedelta(days=7),
+    )
+    await resources.jobs.create(job)
+    assert await resources.jobs.get(job.job_id) == job
+
+
 async def test_creating_the_same_id_twice_is_refused(resources: Resources) -> None:
     job = new_job()
     await resources.jobs.create(job)

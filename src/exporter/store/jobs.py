@@ -21,9 +21,17 @@ from exporter.store.dynamo import Item, dynamo_errors, get_n, get_s, n, s
 from exporter.store.tables import USER_CREATED_INDEX
 
 # Optional attributes written by transitions: name -> how to encode
-_TIMESTAMP_FIELDS = ("started_at", "finished_at", "updated_at")
-_INT_FIELDS = ("attempts", "row_count", "byte_size")
-_STR_FIELDS = ("file_name", "delivery", "error_code", "error_message")
+_TIMESTAMP_FIELDS = (
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "heartbeat_at",
+    "email_sent_at",
+    "file_expires_at",
+)
+_INT_FIELDS = ("attempts", "row_count", "byte_size", "rows_exported", "total_rows")
+_STR_FIELDS = ("file_name", "delivery", "error_code", "error_message", "file_key")
+_BOOL_FIELDS = ("bom",)
 # What one run leaves on the record; a requeued job starts without it.
 _RUN_OUTCOME_FIELDS = (
     "started_at",
@@ -34,6 +42,12 @@ _RUN_OUTCOME_FIELDS = (
     "delivery",
     "error_code",
     "error_message",
+    "rows_exported",
+    "total_rows",
+    "heartbeat_at",
+    "email_sent_at",
+    "file_key",
+    "file_expires_at",
 )
 
 
@@ -61,8 +75,9 @@ def job_to_item(job: ExportJob) -> Item:
 
 
 def job_fields(job: ExportJob) -> dict[str, Any]:
-    fields = {f: getattr(job, f) for f in (*_TIMESTAMP_FIELDS, *_INT_FIELDS, *_STR_FIELDS)}
-    return {k: v for k, v in fields.items() if v is not None}
+    names = (*_TIMESTAMP_FIELDS, *_INT_FIELDS, *_STR_FIELDS, *_BOOL_FIELDS)
+    fields = {f: getattr(job, f) for f in names}
+    return {k: v for k, v in fields.items() if v is not None and v is not False}
 
 
 def _encode_fields(fields: Mapping[str, Any]) -> Item:
@@ -74,6 +89,8 @@ def _encode_fields(fields: Mapping[str, Any]) -> Item:
             item[name] = n(int(value))
         elif name in _STR_FIELDS:
             item[name] = s(str(value))
+        elif name in _BOOL_FIELDS:
+            item[name] = {"BOOL": bool(value)}
         else:
             raise ValueError(f"unknown job field {name!r}")
     return item
@@ -101,6 +118,13 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         delivery=get_s(item, "delivery"),
         error_code=get_s(item, "error_code"),
         error_message=get_s(item, "error_message"),
+        bom=bool(item.get("bom", {}).get("BOOL", False)),
+        rows_exported=get_n(item, "rows_exported"),
+        total_rows=get_n(item, "total_rows"),
+        heartbeat_at=ts("heartbeat_at"),
+        email_sent_at=ts("email_sent_at"),
+        file_key=get_s(item, "file_key"),
+        file_expires_at=ts("file_expires_at"),
     )
 
 
