@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -46,6 +46,9 @@ class RedisSettings(BaseModel):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     queue_name: str = "exporter:queue"
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Bound on any one command (arq only polls; nothing blocks server-side), so a hung Redis
+    # turns into an error instead of a request or job that never returns.
+    command_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class DynamoSettings(BaseModel):
@@ -150,6 +153,33 @@ class WorkerSettings(BaseModel):
     # Time given to running jobs on SIGTERM; keep below the pod's terminationGracePeriodSeconds.
     shutdown_grace_s: int = Field(default=60, ge=0)
     expire_cron_minute: int = Field(default=17, ge=0, le=59)
+    # Transient failures retry with exponential backoff and full jitter (base * 2^n, capped),
+    # at most max_tries runs and never past retry_budget_s after the export was requested.
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_cap_s: float = Field(default=120.0, gt=0)
+    retry_budget_s: int = Field(default=1800, gt=0)
+    # A running export refreshes heartbeat_at this often (besides progress writes), so the
+    # sweeper can tell a live run from one whose worker died.
+    heartbeat_s: int = Field(default=30, ge=1)
+    # Recovery sweeper (an arq cron, unique across workers): how often it runs (seconds,
+    # dividing 60 or a multiple of 60), how long a queued job may be missing from the queue,
+    # how old a heartbeat means the run is dead, and when an active job is given up.
+    sweep_every_s: int = Field(default=60, ge=1, le=3600)
+    sweep_queued_grace_s: int = Field(default=120, ge=1)
+    stale_after_s: int = Field(default=180, ge=1)
+    max_job_age_s: int = Field(default=6 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> WorkerSettings:
+        if self.sweep_every_s < 60 and 60 % self.sweep_every_s:
+            raise ValueError("sweep_every_s below 60 must divide 60")
+        if self.sweep_every_s >= 60 and self.sweep_every_s % 60:
+            raise ValueError("sweep_every_s of 60 or more must be whole minutes")
+        if self.stale_after_s < 3 * self.heartbeat_s:
+            # One late or lost heartbeat write must not make a live run look dead.
+            raise ValueError("stale_after_s must be at least 3 x heartbeat_s")
+        return self
+
     # Prometheus metrics of this worker process on http://metrics_host:metrics_port/metrics;
     # 0 turns them off (several local workers would fight over one port). The chart sets 9100.
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -165,6 +195,9 @@ class ApiSettings(BaseModel):
     page_size_default: int = Field(default=20, ge=1, le=100)
     # Browser origins allowed to call the API (CORS). Empty: no CORS headers at all.
     cors_origins: list[str] = []
+    # On SIGTERM: stop accepting, give in-flight requests this long, then close the pools.
+    # Keep it below the pod's terminationGracePeriodSeconds minus its preStop sleep.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
 
 
 class Settings(BaseSettings):

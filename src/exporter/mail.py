@@ -109,3 +109,28 @@ class Mailer:
             raise MailError(
                 "smtp_unavailable", f"SMTP unavailable: {type(exc).__name__}", transient=True
             ) from exc
+
+
+def build_failure_message(
+    *, sender: str, recipient: str, export_id: str, reason: str
+) -> EmailMessage:
+    """The notice that an export failed: what went wrong in plain words, and what to do.
+
+    ``reason`` is one sentence from our own table of error codes, never an exception text.
+    """
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = "Your memberships export could not be completed"
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = make_msgid(domain="exporter.local")
+    message[EXPORT_ID_HEADER] = export_id
+    message.set_content(
+        "Hello,\n\n"
+        "We could not complete the export of your memberships that you asked for.\n\n"
+        f"  What went wrong: {reason}\n"
+        f"  Export id: {export_id}\n\n"
+        "No file was sent, and nothing in your account changed. You can ask for the export\n"
+        "again at any time; if it fails again, contact support and quote the export id.\n"
+    )
+    return message

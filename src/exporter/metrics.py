@@ -214,6 +214,55 @@ def observe_email(duration_s: float, *, ok: bool) -> None:
         EMAIL_SEND_FAILURES.inc()
 
 
+# --- recovery (the sweeper and failure notices) --------------------------------------------
+
+SWEEPER_ACTIONS = Counter(
+    "sweeper_actions",
+    "What the recovery sweeper did to a job: requeued_lost (queued in DynamoDB but absent "
+    "from the queue), requeued_stale (in progress with a stale heartbeat), failed_too_old.",
+    ["action"],
+    namespace=NAMESPACE,
+)
+SWEEPER_RUNS = Counter(
+    "sweeper_runs",
+    "Sweeper runs, by outcome (ok, error).",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+SWEEPER_ACTIVE_JOBS = Gauge(
+    "sweeper_active_jobs",
+    "Queued and in-progress jobs the last sweep saw, by status.",
+    ["status"],
+    namespace=NAMESPACE,
+)
+FAILURE_NOTICES = Counter(
+    "failure_notices",
+    "Failure notice emails, by outcome (sent, failed, skipped).",
+    ["outcome"],
+    namespace=NAMESPACE,
+)
+for _action in ("requeued_lost", "requeued_stale", "failed_too_old"):
+    SWEEPER_ACTIONS.labels(_action)
+
+
+def observe_sweeper_action(action: str) -> None:
+    """The sweeper requeued or gave up on one job."""
+    SWEEPER_ACTIONS.labels(action).inc()
+
+
+def observe_sweep(*, ok: bool, queued: int = 0, in_progress: int = 0) -> None:
+    """One sweeper run finished (or failed) having seen these active jobs."""
+    SWEEPER_RUNS.labels("ok" if ok else "error").inc()
+    if ok:
+        SWEEPER_ACTIVE_JOBS.labels("queued").set(queued)
+        SWEEPER_ACTIVE_JOBS.labels("in_progress").set(in_progress)
+
+
+def observe_failure_notice(outcome: str) -> None:
+    """One failure notice was sent, could not be sent, or was not due."""
+    FAILURE_NOTICES.labels(outcome).inc()
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSnapshot:
     """What is in an arq queue right now."""

@@ -5,11 +5,21 @@ arq's own names appear only here and in ``jobs/worker.py``.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exporter.config import RedisSettings as RedisConfig
 from exporter.errors import ExporterError
@@ -29,11 +39,30 @@ def arq_redis_settings(config: RedisConfig) -> RedisSettings:
         conn_timeout=max(1, int(config.connect_timeout_s)),
         conn_retries=2,
         conn_retry_delay=1,
+        # A Redis restart or failover drops every connection; retrying each command a few
+        # times over ~3 s rides that out instead of failing the request or killing the
+        # worker's poll loop (arq lets a Redis error end the worker).
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 
 async def open_arq_redis(config: RedisConfig) -> ArqRedis:
-    return await create_pool(arq_redis_settings(config), default_queue_name=config.queue_name)
+    redis = await create_pool(arq_redis_settings(config), default_queue_name=config.queue_name)
+    # arq's settings have no command timeout; new connections of this pool get one (the
+    # pool opened only the connection it pinged, dropped here so none lacks the bound).
+    redis.connection_pool.connection_kwargs["socket_timeout"] = config.command_timeout_s
+    await redis.connection_pool.disconnect()
+    return redis
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A message for the export is in the queue (ready, deferred for a retry, or running),
+    and whether a worker has marked it running (a marker that outlives a killed worker)."""
+
+    queued: bool
+    running: bool
 
 
 class ExportQueue:
@@ -59,6 +88,50 @@ class ExportQueue:
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"enqueue failed: {type(exc).__name__}") from exc
         return job is not None
+
+    async def probe(self, export_id: str) -> QueueEntry:
+        """What arq holds for this export right now."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zscore(self._queue_name, export_id)
+                pipe.exists(in_progress_key_prefix + export_id)
+                score, running = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"queue lookup: {type(exc).__name__}") from exc
+        return QueueEntry(queued=score is not None, running=bool(running))
+
+    async def requeue_export(self, message: ExportMessageV1) -> bool:
+        """Put an export on the queue again, dropping what arq still keeps from an earlier
+        delivery of the same id: after a ``kill -9`` arq holds the in-progress marker until
+        ``job_timeout`` + 10 s and refuses the id while the job or its result exists.
+
+        Only for a job the caller has established is not running (the sweeper claims it in
+        DynamoDB first); on a healthy run this would start a second copy.
+        """
+        export_id = message.export_id
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._queue_name, export_id)
+                pipe.delete(
+                    job_key_prefix + export_id,
+                    in_progress_key_prefix + export_id,
+                    result_key_prefix + export_id,
+                    retry_key_prefix + export_id,
+                )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"requeue failed: {type(exc).__name__}") from exc
+        return await self.enqueue_export(message)
+
+    async def withdraw(self, export_id: str) -> None:
+        """Remove a message that must not run (its record is final); a no-op if absent."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._queue_name, export_id)
+                pipe.delete(job_key_prefix + export_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"withdraw failed: {type(exc).__name__}") from exc
 
     async def depth(self) -> int:
         try:

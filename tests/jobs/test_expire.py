@@ -30,7 +30,9 @@ async def test_expire_removes_old_records_and_keeps_current_ones(resources: Reso
 
 
 def test_expiry_is_a_unique_cron_job(settings: Settings) -> None:
-    (cron_job,) = build_worker_settings(settings)["cron_jobs"]
+    (cron_job,) = [
+        c for c in build_worker_settings(settings)["cron_jobs"] if c.name == "expire_jobs"
+    ]
     assert cron_job.name == "expire_jobs"
     assert cron_job.unique is True
     assert cron_job.minute == {settings.worker.expire_cron_minute}

@@ -2,11 +2,13 @@
 
 queued ──▶ in_progress ──▶ succeeded
    │            │
-   └────────────┴──────▶ failed
+   └────────────┴──────▶ failed  (+ a failure notice to the user, best effort)
 
 A re-delivered message finds the record terminal and does nothing, or finds it
 ``in_progress`` (the previous worker died) and starts over from the beginning; the
 conditional transitions in ``JobStore`` make sure only one run can finish the record.
+``email_sent_at``, written with a condition right after the SMTP server accepted the
+message, keeps a re-run from mailing the file twice (docs/reliability.md: the one window).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import structlog
 
 from exporter import audit
 from exporter.csvstream import ExportEncoder
-from exporter.errors import ConditionFailed, ExportFailed, StoreUnavailable
+from exporter.errors import ConditionFailed, ExportFailed, StoreError, StoreUnavailable
+from exporter.jobs.notice import send_failure_notice
 from exporter.mail import ExportAttachment, build_export_message
 from exporter.metrics import observe_email, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
@@ -45,6 +48,9 @@ _TRANSIENT_PG = (
     ConnectionError,
     TimeoutError,
 )
+# Waiting longer than this for a pool connection means the pool is wedged, not busy (a
+# worker runs fewer exports at once than the pool has connections): retry later instead.
+POOL_ACQUIRE_TIMEOUT_S = 30.0
 
 
 class RetryLater(Exception):
@@ -94,20 +100,39 @@ async def run_export(
         return await _export(resources, job)
     except ExportFailed as exc:
         if exc.transient and attempt < max_attempts:
-            return _retry(exc, attempt)
+            _retry_within_budget(resources, job, exc, attempt)
         return await _fail(resources, job.job_id, exc)
     except StoreUnavailable as exc:
         if attempt < max_attempts:
-            return _retry(exc, attempt)
+            _retry_within_budget(resources, job, exc, attempt)
         return await _fail(resources, job.job_id, ExportFailed("store_unavailable", str(exc)))
     except ConditionFailed:
         # Someone else moved the record on (a parallel delivery finished it): nothing to do.
         log.info("export.superseded")
         return None
+    except StoreError as exc:
+        # DynamoDB refused the request itself (validation, permissions): a retry repeats it.
+        return await _fail(resources, job.job_id, ExportFailed("store_error", str(exc)))
+    except Exception as exc:
+        # A bug or a failure nobody classified: it would happen again, so fail now (with the
+        # traceback in the log) rather than let the sweeper re-run it until it is too old.
+        log.exception("export.unexpected_error")
+        return await _fail(
+            resources, job.job_id, ExportFailed("internal_error", type(exc).__name__)
+        )
 
 
-def _retry(exc: Exception, attempt: int) -> ExportOutcome:
-    delay = backoff_delay(attempt)
+def _retry_within_budget(
+    resources: Resources, job: ExportJob, exc: Exception, attempt: int
+) -> None:
+    """Raise ``RetryLater`` unless the next try would start past the retry budget (counted
+    from the request, so a job cannot hop between transient errors for hours)."""
+    worker = resources.settings.worker
+    delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
+    elapsed = (utcnow() - job.created_at).total_seconds()
+    if elapsed + delay > worker.retry_budget_s:
+        log.warning("export.retry_budget_spent", error=str(exc), attempt=attempt)
+        return
     log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
     raise RetryLater(delay) from exc
 
@@ -123,6 +148,8 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         clear=("error_code", "error_message"),
         increment_attempts=True,
     )
+    if job.email_sent_at is not None:
+        return await _finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
@@ -156,6 +183,10 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
                 content_type=job.format.content_type,
             ),
         )
+    current = await resources.jobs.get(job.job_id)
+    if current is not None and current.email_sent_at is not None:
+        # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
+        return await _finish_already_sent(resources, current)
     mail_started = time.monotonic()
     try:
         await resources.mailer.send(message)
@@ -164,6 +195,14 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         raise
     mailed = time.monotonic()
     observe_email(mailed - mail_started, ok=True)
+    # The guard first, then the outcome: a crash between them leaves a re-run that only
+    # finishes the record. A crash before the guard is the one window for a second email.
+    await resources.jobs.mark_email_sent(
+        job.job_id,
+        status=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={"row_count": row_count, "byte_size": byte_size, "file_name": file_name},
+    )
     now = utcnow()
     job = await resources.jobs.transition(
         job.job_id,
@@ -220,7 +259,7 @@ async def write_export_file(
         out.write(encoder.encode(chunk))
 
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as conn:
             rows = await copy_memberships(conn, user_id, sink)
     except _TRANSIENT_PG as exc:
         raise ExportFailed(
@@ -247,7 +286,25 @@ async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportO
         return None
     observe_export_finished("failed", exc.code)
     log.warning("export.failed", error_code=exc.code, error=exc.message)
+    # Only the run that made the record failed gets here, so one notice per export.
+    await send_failure_notice(resources, job)
     return ExportOutcome(job.job_id, job.status)
+
+
+async def _finish_already_sent(resources: Resources, job: ExportJob) -> ExportOutcome:
+    """A run that died after mailing the file left ``email_sent_at`` (with the row count and
+    size): record the success without producing or sending anything again."""
+    now = utcnow()
+    job = await resources.jobs.transition(
+        job.job_id,
+        to=JobState.SUCCEEDED,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={"finished_at": now, "delivery": "email_attachment"},
+    )
+    observe_export_finished("succeeded", rows=job.row_count, size_bytes=job.byte_size)
+    log.info("export.succeeded", rows=job.row_count, bytes=job.byte_size, resumed=True)
+    return ExportOutcome(job.job_id, job.status, job.row_count, job.byte_size)
 
 
 async def _fail_unreadable(

@@ -8,8 +8,10 @@ import time and tests can build a worker with their own settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -18,13 +20,17 @@ from arq import Retry, cron
 from arq.worker import Function, func
 
 from exporter.config import Settings
+from exporter.errors import ExporterError
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.export import RetryLater, run_export
+from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry, serve_worker_metrics
-from exporter.models import clean_request_id
+from exporter.models import clean_request_id, utcnow
 from exporter.queue import RUN_EXPORT, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
+
+log = structlog.stdlib.get_logger("exporter.jobs.worker")
 
 _RESOURCES = "resources"
 _EXIT_STACK = "exit_stack"
@@ -71,13 +77,16 @@ async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any
     request_id = clean_request_id(payload.get("request_id") if isinstance(payload, dict) else None)
     if request_id is not None:
         structlog.contextvars.bind_contextvars(request_id=request_id)
+    resources = resources_of(ctx)
+    export_id = payload.get("export_id") if isinstance(payload, dict) else None
     try:
-        outcome = await run_export(
-            resources_of(ctx),
-            payload,
-            attempt=int(ctx.get("job_try", 1)),
-            max_attempts=settings.worker.max_tries,
-        )
+        async with keep_alive(resources, export_id, every_s=settings.worker.heartbeat_s):
+            outcome = await run_export(
+                resources,
+                payload,
+                attempt=int(ctx.get("job_try", 1)),
+                max_attempts=settings.worker.max_tries,
+            )
     except RetryLater as exc:
         observe_export_retry(_retry_reason(exc))
         raise Retry(defer=exc.delay_s) from exc
@@ -93,8 +102,48 @@ def _retry_reason(exc: RetryLater) -> str:
     return code if isinstance(code, str) else type(cause).__name__ if cause else "unknown"
 
 
+@contextlib.asynccontextmanager
+async def keep_alive(
+    resources: Resources, export_id: object, *, every_s: float
+) -> AsyncIterator[None]:
+    """Refresh the job's ``heartbeat_at`` every ``every_s`` while the block runs, whatever
+    phase it is in (reading, mailing, uploading), so the sweeper can tell this run is alive.
+    Best effort: a missed beat is logged; the staleness threshold allows for several."""
+
+    async def beat() -> None:
+        assert isinstance(export_id, str)
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await resources.jobs.heartbeat(export_id, now=utcnow())
+            except ExporterError as exc:
+                log.warning("export.heartbeat_failed", error=str(exc))
+
+    if not isinstance(export_id, str):
+        yield  # an unreadable message: run_export fails it at once
+        return
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def expire_jobs_task(ctx: dict[str, Any]) -> int:
     return await expire_jobs(resources_of(ctx))
+
+
+async def sweep_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:
+    return (await sweep_jobs(resources_of(ctx))).as_dict()
+
+
+def sweep_schedule(every_s: int) -> dict[str, Any]:
+    """arq cron fields for "every ``every_s`` seconds" (a divisor of 60, or whole minutes)."""
+    if every_s < 60:
+        return {"second": set(range(0, 60, every_s))}
+    return {"minute": set(range(0, 60, every_s // 60)), "second": {0}}
 
 
 def health_check_key(settings: Settings) -> str:
@@ -123,7 +172,17 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
                 unique=True,
                 run_at_startup=False,
                 timeout=300,
-            )
+            ),
+            cron(
+                sweep_jobs_task,
+                name="sweep_jobs",
+                unique=True,
+                run_at_startup=False,
+                # About one interval: a sweep that overlaps the next is safe (every repair
+                # is a conditional claim), one that hangs is not.
+                timeout=max(10, min(worker.sweep_every_s, 300)),
+                **sweep_schedule(worker.sweep_every_s),
+            ),
         ],
         "queue_name": settings.redis.queue_name,
         "redis_settings": arq_redis_settings(settings.redis),

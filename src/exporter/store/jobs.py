@@ -9,16 +9,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
-from exporter.errors import BadRequest
+from exporter.errors import BadRequest, ConditionFailed
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
 from exporter.store.dynamo import Item, dynamo_errors, get_n, get_s, n, s
-from exporter.store.tables import USER_CREATED_INDEX
+from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, USER_CREATED_INDEX
 
 # Optional attributes written by transitions: name -> how to encode
 _TIMESTAMP_FIELDS = (
@@ -71,6 +71,8 @@ def job_to_item(job: ExportJob) -> Item:
         "expires_at": n(int(job.expires_at.timestamp())),
     }
     item.update(_encode_fields(job_fields(job)))
+    if job.status.is_active:
+        item[ACTIVE_ATTRIBUTE] = s(job.status.value)
     return item
 
 
@@ -203,8 +205,14 @@ class JobStore:
         if not allowed:
             raise ValueError(f"no state may move to {to}")
         values: dict[str, Any] = {":to": s(to.value)}
-        names = {"#status": "status"}
+        names = {"#status": "status", "#active": ACTIVE_ATTRIBUTE}
         sets = ["#status = :to"]
+        removes = []
+        # The sparse active index holds a job exactly while it is queued or in progress.
+        if to.is_active:
+            sets.append("#active = :to")
+        else:
+            removes.append("#active")
         encoded = _encode_fields({"updated_at": now, **(fields or {})})
         for i, (name, value) in enumerate(encoded.items()):
             names[f"#f{i}"] = name
@@ -218,10 +226,11 @@ class JobStore:
             values[f":from{i}"] = s(state.value)
             placeholders.append(f":from{i}")
         update = "SET " + ", ".join(sets)
-        if clear:
-            for i, name in enumerate(clear):
-                names[f"#c{i}"] = name
-            update += " REMOVE " + ", ".join(f"#c{i}" for i in range(len(clear)))
+        for i, name in enumerate(clear):
+            names[f"#c{i}"] = name
+            removes.append(f"#c{i}")
+        if removes:
+            update += " REMOVE " + ", ".join(removes)
         with dynamo_errors("transition_job"):
             response = await self._client.update_item(
                 TableName=self._table,
@@ -247,16 +256,129 @@ class JobStore:
                 TableName=self._table,
                 Key={"job_id": s(job_id)},
                 UpdateExpression=(
-                    "SET #status = :queued, updated_at = :now REMOVE "
+                    "SET #status = :queued, #active = :queued, updated_at = :now REMOVE "
                     + ", ".join(_RUN_OUTCOME_FIELDS)
                 ),
                 ConditionExpression="attribute_exists(job_id) AND #status = :failed",
-                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeNames={"#status": "status", "#active": ACTIVE_ATTRIBUTE},
                 ExpressionAttributeValues={
                     ":queued": s(JobState.QUEUED.value),
                     ":failed": s(JobState.FAILED.value),
                     ":now": s(format_ts(now)),
                 },
+                ReturnValues="ALL_NEW",
+            )
+        return item_to_job(response["Attributes"])
+
+    async def active(
+        self, status: JobState, *, created_before: datetime | None = None
+    ) -> AsyncIterator[ExportJob]:
+        """Jobs in ``status`` (queued or in_progress), oldest first, from the sparse active
+        index: its size is the number of live jobs, not the size of the table."""
+        if not status.is_active:
+            raise ValueError(f"{status} is not an active state")
+        condition = "#active = :status"
+        values: dict[str, Any] = {":status": s(status.value)}
+        if created_before is not None:
+            condition += " AND created_at < :before"
+            values[":before"] = s(format_ts(created_before))
+        paginator = self._client.get_paginator("query")
+        with dynamo_errors("active_jobs"):
+            async for page in paginator.paginate(
+                TableName=self._table,
+                IndexName=ACTIVE_INDEX,
+                KeyConditionExpression=condition,
+                ExpressionAttributeNames={"#active": ACTIVE_ATTRIBUTE},
+                ExpressionAttributeValues=values,
+            ):
+                for item in page.get("Items", []):
+                    yield item_to_job(item)
+
+    async def heartbeat(self, job_id: str, *, now: datetime) -> bool:
+        """Mark a running job alive; False (and no write) unless it is in progress."""
+        try:
+            with dynamo_errors("heartbeat_job"):
+                await self._client.update_item(
+                    TableName=self._table,
+                    Key={"job_id": s(job_id)},
+                    UpdateExpression="SET heartbeat_at = :now",
+                    ConditionExpression="#status = :running",
+                    ExpressionAttributeNames={"#status": "status"},
+                    ExpressionAttributeValues={
+                        ":now": s(format_ts(now)),
+                        ":running": s(JobState.IN_PROGRESS.value),
+                    },
+                )
+        except ConditionFailed:
+            return False
+        return True
+
+    async def mark_email_sent(
+        self,
+        job_id: str,
+        *,
+        status: JobState,
+        now: datetime,
+        fields: Mapping[str, Any] | None = None,
+    ) -> ExportJob:
+        """Record that the job's email went out, once: a re-run that finds ``email_sent_at``
+        does not send again. ``fields`` (row count, size, file name) are stored with it so
+        such a re-run can finish the record without producing the file again.
+
+        Raises ``ConditionFailed`` unless the job is in ``status`` without ``email_sent_at``.
+        """
+        encoded = _encode_fields({"email_sent_at": now, "updated_at": now, **(fields or {})})
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":status": s(status.value)}
+        sets = []
+        for i, (name, value) in enumerate(encoded.items()):
+            names[f"#f{i}"] = name
+            values[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        with dynamo_errors("mark_email_sent"):
+            response = await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="#status = :status AND attribute_not_exists(email_sent_at)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        return item_to_job(response["Attributes"])
+
+    async def claim_stale(self, seen: ExportJob, *, now: datetime) -> ExportJob:
+        """Take over a job the sweeper found stale, if nothing touched it since ``seen``.
+
+        Succeeds only while the record is exactly as read (same status, attempts and
+        heartbeat), so a run that started or beat meanwhile keeps the job; the write sets
+        ``heartbeat_at`` so the next sweep waits a full staleness period for the new run.
+        Raises ``ConditionFailed`` otherwise.
+        """
+        values: dict[str, Any] = {
+            ":now": s(format_ts(now)),
+            ":status": s(seen.status.value),
+            ":attempts": n(seen.attempts),
+        }
+        condition = "#status = :status AND "
+        condition += "attempts = :attempts" if seen.attempts else "attribute_not_exists(attempts)"
+        if seen.heartbeat_at is None:
+            condition += " AND attribute_not_exists(heartbeat_at)"
+        else:
+            condition += " AND heartbeat_at = :seen_heartbeat"
+            values[":seen_heartbeat"] = s(format_ts(seen.heartbeat_at))
+        if not seen.attempts:
+            del values[":attempts"]
+        with dynamo_errors("claim_stale_job"):
+            response = await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(seen.job_id)},
+                # Not updated_at: for a queued job that is when it entered the queue, which
+                # the sweeper's age limit counts from.
+                UpdateExpression="SET heartbeat_at = :now",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
         return item_to_job(response["Attributes"])

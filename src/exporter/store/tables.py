@@ -11,6 +11,11 @@ from exporter.config import DynamoSettings
 from exporter.store.dynamo import dynamo_errors
 
 USER_CREATED_INDEX = "user-created-index"
+# Sparse index of the jobs still to finish: ``active_status`` (the status while it is queued or
+# in_progress) is removed by every move to a final state, so the recovery sweeper reads only
+# live jobs instead of scanning the table each minute.
+ACTIVE_INDEX = "active-created-index"
+ACTIVE_ATTRIBUTE = "active_status"
 TTL_ATTRIBUTE = "expires_at"
 
 
@@ -39,6 +44,7 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
                 {"AttributeName": "job_id", "AttributeType": "S"},
                 {"AttributeName": "user_id", "AttributeType": "S"},
                 {"AttributeName": "created_at", "AttributeType": "S"},
+                {"AttributeName": ACTIVE_ATTRIBUTE, "AttributeType": "S"},
             ],
             "GlobalSecondaryIndexes": [
                 {
@@ -48,7 +54,15 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
                         {"AttributeName": "created_at", "KeyType": "RANGE"},
                     ],
                     "Projection": {"ProjectionType": "ALL"},
-                }
+                },
+                {
+                    "IndexName": ACTIVE_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": ACTIVE_ATTRIBUTE, "KeyType": "HASH"},
+                        {"AttributeName": "created_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
             ],
             **on_demand,
         },

@@ -1,0 +1,68 @@
+"""The failure notice: one short, honest email when an export ends ``failed``.
+
+Best effort and at most once. Only the run that won the conditional move to ``failed`` calls
+this (so one process per export), it tries once, and it records ``email_sent_at`` after the
+server accepted. A failure to send is logged and counted, never retried: it must not change
+the job's state or start a retry storm against a mail service that is already failing.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from exporter.errors import ExporterError
+from exporter.mail import build_failure_message
+from exporter.metrics import observe_failure_notice
+from exporter.models import ExportJob, JobState, utcnow
+from exporter.resources import Resources
+
+log = structlog.stdlib.get_logger("exporter.jobs.notice")
+
+# What each error code means to the person who asked, in plain words. Codes not listed get
+# the generic sentence; nothing from an exception ever reaches the email.
+REASONS = {
+    "database_unavailable": "our membership database was unavailable for too long.",
+    "database_error": "reading your memberships from our database failed.",
+    "store_unavailable": "our export records were unavailable for too long.",
+    "too_large": "the file is larger than we can send by email.",
+    "smtp_unavailable": "our mail service could not send the file.",
+    "smtp_rejected": "our mail service could not send the file.",
+    "timed_out": "it took longer than we allow for an export.",
+    "worker_lost": "the server preparing it stopped several times.",
+}
+GENERIC_REASON = "an internal error on our side."
+# No notice for these: the account is gone or disabled, the address refuses our mail (a
+# notice would bounce too), or the message did not come from the job's owner.
+NO_NOTICE = frozenset({"user_unavailable", "recipient_refused", "bad_message"})
+
+
+async def send_failure_notice(resources: Resources, job: ExportJob) -> bool:
+    """Email the owner of a failed export; True if the mail server accepted the notice."""
+    code = job.error_code or ""
+    if job.status is not JobState.FAILED or code in NO_NOTICE or job.email_sent_at is not None:
+        observe_failure_notice("skipped")
+        return False
+    try:
+        user = await resources.users.get(job.user_id)
+        if user is None or not user.active:
+            observe_failure_notice("skipped")
+            return False
+        message = build_failure_message(
+            sender=resources.mailer.sender,
+            recipient=user.email,
+            export_id=job.job_id,
+            reason=REASONS.get(code, GENERIC_REASON),
+        )
+        await resources.mailer.send(message)
+    except ExporterError as exc:
+        observe_failure_notice("failed")
+        log.warning("export.notice_failed", error_code=code, error=str(exc))
+        return False
+    observe_failure_notice("sent")
+    try:
+        await resources.jobs.mark_email_sent(job.job_id, status=JobState.FAILED, now=utcnow())
+    except ExporterError as exc:
+        # Sent, but not recorded: nothing re-sends notices, so this only loses the timestamp.
+        log.warning("export.notice_unrecorded", error=str(exc))
+    log.info("export.notice_sent", error_code=code)
+    return True

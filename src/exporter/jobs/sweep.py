@@ -1,0 +1,160 @@
+"""Cron: the recovery sweeper. DynamoDB says what must happen; Redis only delivers it.
+
+Each run reads the live jobs from the sparse active index (never the whole table) and
+repairs what the queue lost:
+
+- ``queued`` for longer than a grace period but absent from the arq queue (Redis restarted
+  empty, failed over before replicating, or the API died between writing the record and
+  enqueuing): enqueue it again.
+- ``in_progress`` with a stale heartbeat while arq either lost the message or still marks it
+  running (after ``kill -9`` arq keeps that marker until ``job_timeout`` + 10 s): clear arq's
+  leftovers and enqueue it again, so another worker starts over within minutes.
+- too old (``worker.max_job_age_s``), or stale after ``worker.max_tries`` runs: ``failed``
+  with a reason, and the user gets the failure notice.
+
+A live run is never started twice: it refreshes ``heartbeat_at`` every ``heartbeat_s``, and
+every requeue first *claims* the record with a conditional write on exactly the status,
+attempts and heartbeat the sweep read, so a run that started or beat meanwhile wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from exporter.errors import ConditionFailed
+from exporter.jobs.notice import send_failure_notice
+from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
+from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.resources import Resources
+
+log = structlog.stdlib.get_logger("exporter.jobs.sweep")
+
+TIMED_OUT = "timed_out"
+WORKER_LOST = "worker_lost"
+
+
+@dataclass
+class SweepReport:
+    """What one sweep saw and did (also the cron job's result in arq)."""
+
+    queued: int = 0
+    in_progress: int = 0
+    requeued_lost: list[str] = field(default_factory=list)
+    requeued_stale: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "queued": self.queued,
+            "in_progress": self.in_progress,
+            "requeued_lost": len(self.requeued_lost),
+            "requeued_stale": len(self.requeued_stale),
+            "failed": len(self.failed),
+        }
+
+
+async def sweep_jobs(resources: Resources, *, now: datetime | None = None) -> SweepReport:
+    """One pass over the active jobs; safe to run concurrently with workers and itself."""
+    now = now or utcnow()
+    report = SweepReport()
+    try:
+        await _sweep_queued(resources, now, report)
+        await _sweep_in_progress(resources, now, report)
+    except Exception:
+        observe_sweep(ok=False)
+        log.exception("sweep.failed", **report.as_dict())
+        raise
+    observe_sweep(ok=True, queued=report.queued, in_progress=report.in_progress)
+    log.info("sweep.done", **report.as_dict())
+    return report
+
+
+async def _sweep_queued(resources: Resources, now: datetime, report: SweepReport) -> None:
+    worker = resources.settings.worker
+    grace = timedelta(seconds=worker.sweep_queued_grace_s)
+    too_old = now - timedelta(seconds=worker.max_job_age_s)
+    async for job in resources.jobs.active(JobState.QUEUED):
+        report.queued += 1
+        # updated_at is when it entered the queue (created, or retried by an operator).
+        queued_at = job.updated_at or job.created_at
+        if queued_at < too_old:
+            await _give_up(resources, job, TIMED_OUT, "the export waited too long to start")
+            report.failed.append(job.job_id)
+            continue
+        if queued_at > now - grace:
+            continue  # the API may be between writing the record and enqueuing it
+        if (await resources.queue.probe(job.job_id)).queued:
+            continue  # waiting for a free worker, or deferred for a retry
+        if await _requeue(resources, job, now):
+            observe_sweeper_action("requeued_lost")
+            report.requeued_lost.append(job.job_id)
+
+
+async def _sweep_in_progress(resources: Resources, now: datetime, report: SweepReport) -> None:
+    worker = resources.settings.worker
+    stale_before = now - timedelta(seconds=worker.stale_after_s)
+    too_old = now - timedelta(seconds=worker.max_job_age_s)
+    async for job in resources.jobs.active(JobState.IN_PROGRESS):
+        report.in_progress += 1
+        last_sign = job.heartbeat_at or job.started_at or job.updated_at or job.created_at
+        if last_sign > stale_before:
+            continue  # alive
+        entry = await resources.queue.probe(job.job_id)
+        if entry.queued and not entry.running:
+            # Deferred for a retry (no heartbeat while it waits) or cancelled by a worker's
+            # shutdown and ready for the next one: arq will run it; nothing to repair.
+            continue
+        if job.created_at < too_old:
+            await _give_up(resources, job, TIMED_OUT, "the export did not finish in time")
+            report.failed.append(job.job_id)
+        elif job.attempts >= worker.max_tries:
+            await _give_up(
+                resources,
+                job,
+                WORKER_LOST,
+                f"the worker stopped during each of {job.attempts} attempts",
+            )
+            report.failed.append(job.job_id)
+        elif await _requeue(resources, job, now):
+            observe_sweeper_action("requeued_stale")
+            report.requeued_stale.append(job.job_id)
+
+
+async def _requeue(resources: Resources, job: ExportJob, now: datetime) -> bool:
+    """Claim the record as read, then put the job back on the queue from a clean slate."""
+    try:
+        await resources.jobs.claim_stale(job, now=now)
+    except ConditionFailed:
+        log.info("sweep.claim_lost", export_id=job.job_id, status=job.status.value)
+        return False
+    await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id))
+    log.warning(
+        "sweep.requeued",
+        export_id=job.job_id,
+        user_id=job.user_id,
+        status=job.status.value,
+        attempts=job.attempts,
+    )
+    return True
+
+
+async def _give_up(resources: Resources, job: ExportJob, code: str, message: str) -> None:
+    now = utcnow()
+    try:
+        failed = await resources.jobs.transition(
+            job.job_id,
+            to=JobState.FAILED,
+            expected=(job.status,),
+            now=now,
+            fields={"finished_at": now, "error_code": code, "error_message": message},
+        )
+    except ConditionFailed:
+        return  # it moved on by itself meanwhile
+    await resources.queue.withdraw(job.job_id)
+    observe_sweeper_action("failed_too_old")
+    observe_export_finished("failed", code)
+    log.warning("export.failed", export_id=job.job_id, error_code=code, error=message)
+    await send_failure_notice(resources, failed)
