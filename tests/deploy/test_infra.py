@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.config import DynamoSettings
+from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, table_specs
+
 from .manifests import ROOT
 
 
@@ -61,12 +64,12 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
     ttl = {"AttributeName": "expires_at", "Enabled": True}
     assert tables["refresh-tokens"]["Properties"]["TimeToLiveSpecification"] == ttl
     jobs = tables["export-jobs"]["Properties"]
-    (index,) = jobs["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "user-created-index"
-    assert [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]] == [
-        ("user_id", "HASH"),
-        ("created_at", "RANGE"),
-    ]
+    indexes = {
+        index["IndexName"]: [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]]
+        for index in jobs["GlobalSecondaryIndexes"]
+    }
+    assert indexes == _app_job_indexes()
+    assert indexes[ACTIVE_INDEX] == [(ACTIVE_ATTRIBUTE, "HASH"), ("created_at", "RANGE")]
     assert jobs["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     for table in tables.values():
         props = table["Properties"]
@@ -74,6 +77,31 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
         assert table["DeletionPolicy"] == "Retain"
+
+
+def _app_job_indexes() -> dict[str, list[tuple[str, str]]]:
+    """The export-jobs indexes as the app creates them locally (store/tables.py)."""
+    (spec,) = [
+        s
+        for s in table_specs(DynamoSettings(table_prefix="x-"))
+        if s["TableName"] == "x-export-jobs"
+    ]
+    return {
+        index["IndexName"]: [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]]
+        for index in spec["GlobalSecondaryIndexes"]
+    }
+
+
+def test_the_worker_may_query_the_active_index(resources: dict[str, Any]) -> None:
+    role = resources["WorkerRole"]["Properties"]
+    granted = [
+        statement
+        for policy in role["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "dynamodb:Query" in statement["Action"]
+    ]
+    resources_named = [str(r) for statement in granted for r in statement["Resource"]]
+    assert any(f"/index/{ACTIVE_INDEX}" in r for r in resources_named)
 
 
 def test_bucket_is_private_encrypted_and_expiring(resources: dict[str, Any]) -> None:

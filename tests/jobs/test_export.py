@@ -296,3 +296,130 @@ async def test_csv_gz_export_arrives_gzipped_and_decompresses_to_the_same_rows(
     rows = list(csv.reader(io.StringIO(gzip.decompress(payload).decode(), newline="")))
     assert rows[0] == list(EXPORT_HEADER)
     assert rows[1:] == await expected_rows(pg, user.user_id)
+
+
+async def test_a_rerun_after_the_email_went_out_finishes_without_sending_again(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 6)
+    job = await new_job(resources, user.user_id)
+    # The previous run mailed the file, wrote the guard, and died before recording success.
+    await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
+    await resources.jobs.mark_email_sent(
+        job.job_id,
+        status=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={"row_count": 6, "byte_size": 999, "file_name": "memberships.csv"},
+    )
+
+    outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.row_count == 6 and done.byte_size == 999
+    assert smtp_sink.for_export(job.job_id) == []
+
+
+async def test_the_email_guard_is_written_once(resources: Resources, make_user: MakeUser) -> None:
+    from exporter.errors import ConditionFailed
+
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
+    await resources.jobs.mark_email_sent(job.job_id, status=JobState.IN_PROGRESS, now=utcnow())
+
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.mark_email_sent(job.job_id, status=JobState.IN_PROGRESS, now=utcnow())
+
+
+async def test_a_delivered_export_records_when_its_email_went_out(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 2)
+    job = await new_job(resources, user.user_id)
+
+    await deliver(resources, job.job_id, user.user_id)
+
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.email_sent_at is not None
+    assert done.finished_at is not None and done.email_sent_at <= done.finished_at
+
+
+async def test_a_failed_export_sends_one_plain_failure_notice(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 50)
+    small = resources.settings.model_copy(
+        update={
+            "exports": resources.settings.exports.model_copy(update={"attachment_max_bytes": 1024})
+        }
+    )
+    limited = dataclasses.replace(resources, settings=small)
+    job = await new_job(resources, user.user_id)
+
+    await deliver(limited, job.job_id, user.user_id)
+    await deliver(limited, job.job_id, user.user_id)  # a redelivery changes nothing
+
+    (notice,) = smtp_sink.for_export(job.job_id)
+    assert notice["To"] == user.email
+    assert notice["Subject"] == "Your memberships export could not be completed"
+    assert list(notice.iter_attachments()) == []
+    body = notice.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "larger than we can send by email" in text and job.job_id in text
+    assert "can ask for the export" in text
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.email_sent_at is not None
+
+
+async def test_a_notice_that_cannot_be_sent_leaves_the_failure_as_it_is(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    from exporter.dev.ports import free_port
+    from exporter.mail import Mailer
+
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    dead_smtp = resources.settings.smtp.model_copy(update={"port": free_port(), "timeout_s": 2})
+    down = dataclasses.replace(resources, mailer=Mailer(dead_smtp))
+    payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
+
+    outcome = await run_export(down, payload, attempt=3, max_attempts=3)
+
+    assert outcome is not None and outcome.status is JobState.FAILED
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.error_code == "smtp_unavailable"
+    assert failed.email_sent_at is None
+
+
+async def test_transient_errors_stop_retrying_once_the_time_budget_is_spent(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    from datetime import timedelta
+
+    from exporter.dev.ports import free_port
+    from exporter.mail import Mailer
+
+    user = await make_user()
+    job = ExportJob.new(
+        user_id=user.user_id,
+        fmt=ExportFormat.CSV,
+        now=utcnow() - timedelta(hours=1),
+        retention_s=7200,
+    )
+    await resources.jobs.create(job)
+    dead_smtp = resources.settings.smtp.model_copy(update={"port": free_port(), "timeout_s": 2})
+    budget = resources.settings.model_copy(
+        update={"worker": resources.settings.worker.model_copy(update={"retry_budget_s": 600})}
+    )
+    down = dataclasses.replace(resources, mailer=Mailer(dead_smtp), settings=budget)
+
+    outcome = await run_export(
+        down, ExportMessageV1(job.job_id, user.user_id).to_payload(), attempt=1, max_attempts=5
+    )
+
+    assert outcome is not None and outcome.status is JobState.FAILED

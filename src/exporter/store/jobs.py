@@ -360,15 +360,15 @@ class JobStore:
             ":status": s(seen.status.value),
             ":attempts": n(seen.attempts),
         }
-        condition = "#status = :status AND "
-        condition += "attempts = :attempts" if seen.attempts else "attribute_not_exists(attempts)"
+        # A record never run may predate the attempts counter: absent counts as 0.
+        condition = "#status = :status AND (attempts = :attempts" + (
+            " OR attribute_not_exists(attempts))" if seen.attempts == 0 else ")"
+        )
         if seen.heartbeat_at is None:
             condition += " AND attribute_not_exists(heartbeat_at)"
         else:
             condition += " AND heartbeat_at = :seen_heartbeat"
             values[":seen_heartbeat"] = s(format_ts(seen.heartbeat_at))
-        if not seen.attempts:
-            del values[":attempts"]
         with dynamo_errors("claim_stale_job"):
             response = await self._client.update_item(
                 TableName=self._table,

@@ -1,0 +1,199 @@
+"""The recovery sweeper against real DynamoDB Local, Redis and arq state."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from arq.constants import in_progress_key_prefix
+
+from exporter.dev.smtp import SmtpSink
+from exporter.errors import ConditionFailed
+from exporter.jobs.sweep import sweep_jobs
+from exporter.jobs.worker import build_worker_settings
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.resources import Resources
+from tests.conftest import MakeUser, RunWorker, SeedRows
+
+
+def tuned(resources: Resources, **worker: Any) -> Resources:
+    """The same clients with other worker settings (the sweeper reads only those)."""
+    defaults = {"sweep_queued_grace_s": 5, "heartbeat_s": 1, "stale_after_s": 5}
+    settings = resources.settings.model_copy(
+        update={"worker": resources.settings.worker.model_copy(update={**defaults, **worker})}
+    )
+    return dataclasses.replace(resources, settings=settings)
+
+
+async def new_job(resources: Resources, user_id: str, *, age_s: float = 0) -> ExportJob:
+    job = ExportJob.new(
+        user_id=user_id,
+        fmt=ExportFormat.CSV,
+        now=utcnow() - timedelta(seconds=age_s),
+        retention_s=3600,
+    )
+    await resources.jobs.create(job)
+    return job
+
+
+async def left_running_by_a_killed_worker(resources: Resources, job: ExportJob) -> None:
+    """What ``kill -9`` leaves: the record in progress, arq's message and running marker."""
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, job.user_id))
+    await resources.queue.redis.set(in_progress_key_prefix + job.job_id, b"1", px=600_000)
+    await resources.jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={"started_at": utcnow() - timedelta(seconds=60)},
+        increment_attempts=True,
+    )
+
+
+async def test_a_queued_job_redis_lost_is_enqueued_again_and_delivered(
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    run_worker: RunWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 7)
+    lost = await new_job(resources, user.user_id, age_s=30)  # never reached the queue
+    fresh = await new_job(resources, user.user_id)  # the API may be enqueuing it right now
+
+    report = await sweep_jobs(tuned(resources))
+
+    assert report.requeued_lost == [lost.job_id]
+    assert (await resources.queue.probe(lost.job_id)).queued
+    assert not (await resources.queue.probe(fresh.job_id)).queued
+    await run_worker()
+    done = await resources.jobs.get(lost.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED and done.row_count == 7
+    assert len(smtp_sink.for_export(lost.job_id)) == 1
+
+
+async def test_a_job_whose_worker_was_killed_is_started_again_at_once(
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    run_worker: RunWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 3)
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+
+    report = await sweep_jobs(tuned(resources))
+
+    assert report.requeued_stale == [job.job_id]
+    entry = await resources.queue.probe(job.job_id)
+    assert entry.queued and not entry.running  # arq's stale marker is gone
+    await run_worker()
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED and done.attempts == 2
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+async def test_a_live_run_is_never_requeued(resources: Resources, make_user: MakeUser) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+    assert await resources.jobs.heartbeat(job.job_id, now=utcnow())  # ...but it is alive
+
+    report = await sweep_jobs(tuned(resources))
+
+    assert report.requeued_stale == [] and report.in_progress >= 1
+    assert (await resources.queue.probe(job.job_id)).running
+
+
+async def test_a_job_deferred_for_a_retry_is_left_to_arq(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+    await resources.queue.redis.delete(in_progress_key_prefix + job.job_id)  # waiting, not running
+
+    report = await sweep_jobs(tuned(resources))
+
+    assert report.requeued_stale == []
+
+
+async def test_a_claim_loses_to_a_heartbeat_that_came_after_the_read(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+    seen = await resources.jobs.get(job.job_id)
+    assert seen is not None
+    await resources.jobs.heartbeat(job.job_id, now=utcnow())
+
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.claim_stale(seen, now=utcnow())
+
+
+async def test_a_job_past_the_age_limit_fails_and_its_owner_is_told(
+    resources: Resources, make_user: MakeUser, smtp_sink: SmtpSink
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id, age_s=7200)
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
+
+    report = await sweep_jobs(tuned(resources, max_job_age_s=3600))
+
+    assert job.job_id in report.failed
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "timed_out" and failed.email_sent_at is not None
+    assert not (await resources.queue.probe(job.job_id)).queued
+    (notice,) = smtp_sink.for_export(job.job_id)
+    assert notice["To"] == user.email
+    body = notice.get_body(("plain",))
+    assert body is not None and "took longer than we allow" in body.get_content()
+    assert job.job_id in body.get_content()
+
+
+async def test_a_job_that_keeps_losing_its_worker_is_given_up(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+
+    await sweep_jobs(tuned(resources, max_tries=1))
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.error_code == "worker_lost"
+
+
+async def test_only_active_jobs_are_in_the_active_index(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    ids = [j.job_id async for j in resources.jobs.active(JobState.QUEUED)]
+    assert job.job_id in ids
+
+    await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
+    assert job.job_id in [j.job_id async for j in resources.jobs.active(JobState.IN_PROGRESS)]
+    await resources.jobs.transition(job.job_id, to=JobState.FAILED, now=utcnow())
+
+    for state in (JobState.QUEUED, JobState.IN_PROGRESS):
+        assert job.job_id not in [j.job_id async for j in resources.jobs.active(state)]
+
+
+def test_the_sweeper_is_a_unique_cron_on_the_configured_interval(resources: Resources) -> None:
+    every_10s = tuned(resources, sweep_every_s=10).settings
+    (cron_job,) = [
+        c for c in build_worker_settings(every_10s)["cron_jobs"] if c.name == "sweep_jobs"
+    ]
+    assert cron_job.unique is True
+    assert cron_job.second == {0, 10, 20, 30, 40, 50}
+    (default,) = [
+        c for c in build_worker_settings(resources.settings)["cron_jobs"] if c.name == "sweep_jobs"
+    ]
+    assert default.second == {0} and default.minute == set(range(60))
