@@ -70,8 +70,14 @@ class LocalDynamo:
                 self.process.wait()
 
 
-def start_dynamodb(port: int | None = None, *, log_path: Path | None = None) -> LocalDynamo:
-    """Start DynamoDB Local (or moto's server if Java is missing) on 127.0.0.1."""
+def start_dynamodb(
+    port: int | None = None, *, log_path: Path | None = None, db_path: Path | None = None
+) -> LocalDynamo:
+    """Start DynamoDB Local (or moto's server if Java is missing) on 127.0.0.1.
+
+    With ``db_path`` the data lives in that folder and survives a restart (fault tests stop
+    and start the endpoint); otherwise it is in memory.
+    """
     port = port or free_port()
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     java = shutil.which("java")
@@ -82,7 +88,7 @@ def start_dynamodb(port: int | None = None, *, log_path: Path | None = None) -> 
             "-Djava.library.path=./DynamoDBLocal_lib",
             "-jar",
             "DynamoDBLocal.jar",
-            "-inMemory",
+            *(["-sharedDb", "-dbPath", str(db_path)] if db_path else ["-inMemory"]),
             "-port",
             str(port),
             "-disableTelemetry",
