@@ -145,6 +145,10 @@ class ExportSettings(BaseModel):
     temp_dir: Path | None = None
 
 
+# The expiry cron's bound (a scan of the jobs table: minutes at most).
+EXPIRE_TIMEOUT_S = 300
+
+
 class WorkerSettings(BaseModel):
     max_jobs: int = Field(default=4, ge=1)
     job_timeout_s: int = Field(default=1800, gt=0)
@@ -168,6 +172,17 @@ class WorkerSettings(BaseModel):
     sweep_queued_grace_s: int = Field(default=120, ge=1)
     stale_after_s: int = Field(default=180, ge=1)
     max_job_age_s: int = Field(default=6 * 3600, ge=60)
+
+    @property
+    def sweep_timeout_s(self) -> int:
+        """The sweeper's bound: about one interval (an overlap is safe, a hang is not)."""
+        return max(10, min(self.sweep_every_s, 300))
+
+    @property
+    def in_progress_marker_s(self) -> int:
+        """How long arq keeps a job marked running after its worker took it: the largest
+        function timeout on the worker + 10 s (arq's rule), kept even if the worker dies."""
+        return max(self.job_timeout_s, EXPIRE_TIMEOUT_S, self.sweep_timeout_s) + 10
 
     @model_validator(mode="after")
     def _coherent(self) -> WorkerSettings:

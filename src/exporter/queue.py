@@ -59,10 +59,12 @@ async def open_arq_redis(config: RedisConfig) -> ArqRedis:
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
     """A message for the export is in the queue (ready, deferred for a retry, or running),
-    and whether a worker has marked it running (a marker that outlives a killed worker)."""
+    and whether a worker has marked it running (a marker that outlives a killed worker), for
+    how long if the marker's lifetime is known."""
 
     queued: bool
     running: bool
+    running_for_s: float | None = None
 
 
 class ExportQueue:
@@ -89,16 +91,25 @@ class ExportQueue:
             raise QueueUnavailable(f"enqueue failed: {type(exc).__name__}") from exc
         return job is not None
 
-    async def probe(self, export_id: str) -> QueueEntry:
-        """What arq holds for this export right now."""
+    async def probe(self, export_id: str, *, marker_ttl_s: float | None = None) -> QueueEntry:
+        """What arq holds for this export right now.
+
+        :param marker_ttl_s: the lifetime workers give their running marker (arq: the
+            largest function timeout + 10 s); with it, ``running_for_s`` says how long ago
+            a worker took the job.
+        """
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zscore(self._queue_name, export_id)
-                pipe.exists(in_progress_key_prefix + export_id)
-                score, running = await pipe.execute()
+                pipe.pttl(in_progress_key_prefix + export_id)
+                score, ttl_ms = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"queue lookup: {type(exc).__name__}") from exc
-        return QueueEntry(queued=score is not None, running=bool(running))
+        running = ttl_ms != -2  # -2: no marker; -1: a marker without expiry
+        running_for = None
+        if running and ttl_ms >= 0 and marker_ttl_s is not None:
+            running_for = max(0.0, marker_ttl_s - ttl_ms / 1000)
+        return QueueEntry(queued=score is not None, running=running, running_for_s=running_for)
 
     async def requeue_export(self, message: ExportMessageV1) -> bool:
         """Put an export on the queue again, dropping what arq still keeps from an earlier

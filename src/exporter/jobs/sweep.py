@@ -5,7 +5,8 @@ repairs what the queue lost:
 
 - ``queued`` for longer than a grace period but absent from the arq queue (Redis restarted
   empty, failed over before replicating, or the API died between writing the record and
-  enqueuing): enqueue it again.
+  enqueuing), or marked running by arq for longer than ``stale_after_s`` although a live
+  run moves it to ``in_progress`` at once (its worker died in between): enqueue it again.
 - ``in_progress`` with a stale heartbeat while arq either lost the message or still marks it
   running (after ``kill -9`` arq keeps that marker until ``job_timeout`` + 10 s): clear arq's
   leftovers and enqueue it again, so another worker starts over within minutes.
@@ -86,8 +87,13 @@ async def _sweep_queued(resources: Resources, now: datetime, report: SweepReport
             continue
         if queued_at > now - grace:
             continue  # the API may be between writing the record and enqueuing it
-        if (await resources.queue.probe(job.job_id)).queued:
+        entry = await resources.queue.probe(job.job_id, marker_ttl_s=worker.in_progress_marker_s)
+        if entry.queued and not entry.running:
             continue  # waiting for a free worker, or deferred for a retry
+        if entry.running and (entry.running_for_s or 0) < worker.stale_after_s:
+            continue  # just taken: the run moves the record to in_progress at once
+        # Lost by Redis, or taken by a worker that died before its first write (arq would
+        # keep it marked running for job_timeout + 10 s).
         if await _requeue(resources, job, now):
             observe_sweeper_action("requeued_lost")
             report.requeued_lost.append(job.job_id)

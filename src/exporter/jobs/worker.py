@@ -19,7 +19,7 @@ import structlog
 from arq import Retry, cron
 from arq.worker import Function, func
 
-from exporter.config import Settings
+from exporter.config import EXPIRE_TIMEOUT_S, Settings
 from exporter.errors import ExporterError
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.export import RetryLater, run_export
@@ -171,16 +171,14 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
                 minute={worker.expire_cron_minute},
                 unique=True,
                 run_at_startup=False,
-                timeout=300,
+                timeout=EXPIRE_TIMEOUT_S,
             ),
             cron(
                 sweep_jobs_task,
                 name="sweep_jobs",
                 unique=True,
                 run_at_startup=False,
-                # About one interval: a sweep that overlaps the next is safe (every repair
-                # is a conditional claim), one that hangs is not.
-                timeout=max(10, min(worker.sweep_every_s, 300)),
+                timeout=worker.sweep_timeout_s,
                 **sweep_schedule(worker.sweep_every_s),
             ),
         ],
