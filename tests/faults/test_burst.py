@@ -16,12 +16,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from exporter.config import Settings
+from exporter.jobs.worker import worker_is_healthy
 from exporter.mail import EXPORT_ID_HEADER
-from exporter.models import ExportJob, JobState, User
+from exporter.models import ExportJob, JobState
 from exporter.resources import Resources
 from exporter.store.seed import seed_memberships
 from tests.faults.conftest import Api, MakeUsers
-from tests.faults.stack import FaultySmtp, Processes, kill_hard
+from tests.faults.stack import FaultySmtp, Processes, kill_hard, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -43,6 +45,7 @@ async def test_a_burst_through_two_worker_crashes_loses_and_duplicates_nothing(
     resources: Resources,
     make_users: MakeUsers,
     faulty_smtp: FaultySmtp,
+    fault_settings: Settings,
     pg: asyncpg.Connection[Any],
     artifacts: Path,
     capsys: pytest.CaptureFixture[str],
@@ -53,35 +56,39 @@ async def test_a_burst_through_two_worker_crashes_loses_and_duplicates_nothing(
     await procs.start_api()
     api.base = procs.api_url
     worker = procs.start_worker(EXPORTER_WORKER__MAX_JOBS=str(MAX_JOBS))
+
+    async def worker_up() -> bool:
+        return await worker_is_healthy(fault_settings)
+
+    await wait_until(worker_up, timeout_s=60)  # so the crashes come while requests arrive
     requests = [users[i % USERS] for i in range(REQUESTS)]
     random.shuffle(requests)
     started = time.monotonic()
-    # The crashes are timed by answered requests, so they strike while requests still arrive
-    # and at moments unrelated to what the worker is doing (timing them by emails sent would
-    # aim every kill right after a send, at the one window documented in reliability.md).
-    crash_points = {int(REQUESTS * 0.3): asyncio.Event(), int(REQUESTS * 0.7): asyncio.Event()}
-    answered = 0
 
-    async def create(user: User) -> tuple[int, dict[str, Any]]:
-        nonlocal answered
-        result = await api.create(user)
-        answered += 1
-        if answered in crash_points:
-            crash_points[answered].set()
-        return result
+    def emails() -> int:
+        return len(list(faulty_smtp.outbox.glob("*.eml")))
 
     async def crash_twice() -> list[float]:
+        """kill -9 each worker once it has sent 30 exports, plus a random moment: in the
+        middle of its work, but not aimed at the instant right after a send (the one
+        window in docs/reliability.md), which counting emails alone would do."""
         nonlocal worker
         kills = []
-        for reached in crash_points.values():
-            await reached.wait()
+        for _ in range(2):
+            before = emails()
+
+            async def busy(before: int = before) -> bool:
+                return emails() - before >= 30
+
+            await wait_until(busy, timeout_s=120, every_s=0.05)
+            await asyncio.sleep(random.uniform(0, 0.3))
             kill_hard(worker)
             kills.append(round(time.monotonic() - started, 1))
             worker = procs.start_worker(EXPORTER_WORKER__MAX_JOBS=str(MAX_JOBS))
         return kills
 
     crasher = asyncio.create_task(crash_twice())
-    responses = await asyncio.gather(*(create(user) for user in requests))
+    responses = await asyncio.gather(*(api.create(user) for user in requests))
     created_s = time.monotonic() - started
     statuses = Counter(status for status, _ in responses)
     accepted = {body["id"]: body for status, body in responses if status == 202}
@@ -138,7 +145,11 @@ async def test_a_burst_through_two_worker_crashes_loses_and_duplicates_nothing(
     assert all(job.status.is_terminal for job in jobs.values())
     assert outcome["succeeded"] == len(accepted), report
     assert missing == []
-    assert duplicates == 0, report
+    # A kill -9 after the SMTP server accepted a message and before the worker wrote
+    # email_sent_at is the one window docs/reliability.md documents: the re-run cannot know
+    # the email went out. Each crash can land there for a job it interrupts; a duplicate
+    # without a crash would be a bug (the other fault tests demand exactly one email).
+    assert duplicates <= len(kills), report
     if ONE_ACTIVE_EXPORT_ENFORCED:
         assert most_active_per_user <= 1
 
