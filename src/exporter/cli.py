@@ -84,7 +84,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host or settings.api.host,
         port=args.port or settings.api.port,
         access_log=None,
-        shutdown_timeout=30,
+        # SIGTERM: stop listening, let in-flight requests finish this long, then run the
+        # cleanup context (pools closed). The chart's grace period leaves room for it.
+        shutdown_timeout=settings.api.shutdown_timeout_s,
         print=None,
     )
     return 0
