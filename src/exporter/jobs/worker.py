@@ -45,6 +45,14 @@ def resources_of(ctx: dict[str, Any]) -> Resources:
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx[_SETTINGS]
+    arq_pool = ctx.get("redis")
+    if arq_pool is not None:
+        # arq opens its own pool without a command timeout: give its connections one, as
+        # open_arq_redis does, so a hung Redis fails the poll instead of freezing it.
+        arq_pool.connection_pool.connection_kwargs["socket_timeout"] = (
+            settings.redis.command_timeout_s
+        )
+        await arq_pool.connection_pool.disconnect()
     stack = AsyncExitStack()
     resources = await stack.enter_async_context(open_resources(settings))
     ctx[_RESOURCES] = resources
