@@ -86,7 +86,7 @@ class ExportFiles:
         return f"{self._settings.key_prefix}{export_id}/{file_name}"
 
     def _encryption(self) -> dict[str, str]:
-        args = {"ServerSideEncryption": self._settings.sse}
+        args: dict[str, str] = {"ServerSideEncryption": self._settings.sse}
         if self._settings.sse == "aws:kms" and self._settings.kms_key_id:
             args["SSEKMSKeyId"] = self._settings.kms_key_id
         return args
