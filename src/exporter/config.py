@@ -89,7 +89,8 @@ class S3Settings(BaseModel):
     # None means the real AWS endpoint for the region; local and tests point at moto's server.
     endpoint_url: str | None = "http://127.0.0.1:9000"
     region: str = "eu-west-1"
-    bucket: str = "exporter-local-exports"
+    # Empty is refused (the chart renders "" until infra's bucket name is filled in).
+    bucket: str = Field(default="exporter-local-exports", min_length=3, max_length=63)
     key_prefix: str = "exports/"
     # Leave unset in AWS (IRSA); against a local endpoint dummy keys are used.
     access_key_id: SecretStr | None = None
