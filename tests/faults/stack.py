@@ -53,6 +53,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
             "EXPORTER_REDIS__QUEUE_NAME": settings.redis.queue_name,
             "EXPORTER_DYNAMO__ENDPOINT_URL": str(settings.dynamo.endpoint_url),
             "EXPORTER_DYNAMO__TABLE_PREFIX": settings.dynamo.table_prefix,
+            "EXPORTER_S3__ENDPOINT_URL": str(settings.s3.endpoint_url),
+            "EXPORTER_S3__BUCKET": settings.s3.bucket,
             "EXPORTER_SMTP__HOST": settings.smtp.host,
             "EXPORTER_SMTP__PORT": str(settings.smtp.port),
             "EXPORTER_SMTP__TIMEOUT_S": "5",

@@ -139,8 +139,9 @@ async def keep_alive(
             await task
 
 
-async def expire_jobs_task(ctx: dict[str, Any]) -> int:
-    return await expire_jobs(resources_of(ctx))
+async def expire_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:
+    report = await expire_jobs(resources_of(ctx))
+    return {"files_deleted": report.files_deleted, "records_deleted": report.records_deleted}
 
 
 async def sweep_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:
