@@ -225,3 +225,19 @@ async def test_a_job_taken_by_a_worker_that_died_before_its_first_write_is_reque
     assert just_taken.job_id not in report.requeued_lost
     assert not (await resources.queue.probe(taken_long_ago.job_id)).running
     assert (await resources.queue.probe(just_taken.job_id)).running
+
+
+async def test_a_stale_record_just_taken_by_a_new_worker_is_left_to_it(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+    sweeping = tuned(resources)
+    # ...then requeued, and a worker took the new message half a second ago.
+    fresh_ms = int((sweeping.settings.worker.in_progress_marker_s - 0.5) * 1000)
+    await resources.queue.redis.set(in_progress_key_prefix + job.job_id, b"1", px=fresh_ms)
+
+    report = await sweep_jobs(sweeping)
+
+    assert job.job_id not in report.requeued_stale
