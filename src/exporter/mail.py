@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -77,20 +78,30 @@ class Mailer:
     def sender(self) -> str:
         return self._settings.from_address
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(
+        self, message: EmailMessage, *, on_accepted: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Send one message. ``on_accepted`` runs as soon as the server accepted it, before
+        the goodbye (QUIT): recording the send there keeps the window in which a crash
+        causes a second email as short as one write (docs/reliability.md)."""
         cfg = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            start_tls=cfg.start_tls,
+            use_tls=cfg.use_tls,
+            cert_bundle=str(cfg.ca_file) if cfg.ca_file else None,
+            timeout=cfg.timeout_s,
+        )
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=cfg.host,
-                port=cfg.port,
-                username=cfg.username.get_secret_value() if cfg.username else None,
-                password=cfg.password.get_secret_value() if cfg.password else None,
-                start_tls=cfg.start_tls,
-                use_tls=cfg.use_tls,
-                cert_bundle=str(cfg.ca_file) if cfg.ca_file else None,
-                timeout=cfg.timeout_s,
-            )
+            async with client:
+                if cfg.username and cfg.password:
+                    await client.login(
+                        cfg.username.get_secret_value(), cfg.password.get_secret_value()
+                    )
+                await client.send_message(message)
+                if on_accepted is not None:
+                    await on_accepted()
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             transient = all(400 <= c < 500 for c in codes)

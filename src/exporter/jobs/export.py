@@ -188,21 +188,28 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
         return await _finish_already_sent(resources, current)
     mail_started = time.monotonic()
+    accepted: list[float] = []
+
+    async def record_sent() -> None:
+        # The guard, written the moment the server accepted (before QUIT), then the outcome
+        # below: a crash between the two leaves a re-run that only finishes the record. A
+        # crash before this write is the one window for a second email.
+        accepted.append(time.monotonic())
+        await resources.jobs.mark_email_sent(
+            job.job_id,
+            status=JobState.IN_PROGRESS,
+            now=utcnow(),
+            fields={"row_count": row_count, "byte_size": byte_size, "file_name": file_name},
+        )
+
     try:
-        await resources.mailer.send(message)
+        await resources.mailer.send(message, on_accepted=record_sent)
     except Exception:
-        observe_email(time.monotonic() - mail_started, ok=False)
+        if not accepted:
+            observe_email(time.monotonic() - mail_started, ok=False)
         raise
-    mailed = time.monotonic()
+    mailed = accepted[0]
     observe_email(mailed - mail_started, ok=True)
-    # The guard first, then the outcome: a crash between them leaves a re-run that only
-    # finishes the record. A crash before the guard is the one window for a second email.
-    await resources.jobs.mark_email_sent(
-        job.job_id,
-        status=JobState.IN_PROGRESS,
-        now=utcnow(),
-        fields={"row_count": row_count, "byte_size": byte_size, "file_name": file_name},
-    )
     now = utcnow()
     job = await resources.jobs.transition(
         job.job_id,
