@@ -92,6 +92,25 @@ class ExportResponse(Schema):
     expires_at = fields.DateTime(required=True)
     attempts = fields.Integer(required=True)
     row_count = fields.Integer(allow_none=True)
+    rows_exported = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "Rows written so far while running (an estimate, at most "
+            "`total_rows`); `row_count` once finished. Updated every few seconds."
+        },
+    )
+    total_rows = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Rows the export will hold, counted when streaming started."},
+    )
+    progress = fields.Float(
+        allow_none=True,
+        validate=validate.Range(min=0, max=1),
+        metadata={
+            "description": "0 to 1 while running and the total is known; 1 once succeeded.",
+            "example": 0.42,
+        },
+    )
     byte_size = fields.Integer(allow_none=True)
     file_name = fields.String(allow_none=True)
     delivery = fields.String(allow_none=True, metadata={"example": "email_attachment"})
