@@ -155,6 +155,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         message = build_export_message(
             sender=resources.mailer.sender,
             recipient=user.email,
+            recipient_name=user.display_name,
             export_id=job.job_id,
             attachment=ExportAttachment(
                 content=spool.read(),
