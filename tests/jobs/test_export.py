@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from exporter.dev.smtp import SmtpSink
+from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.jobs.export import ExportOutcome, RetryLater, run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
@@ -502,3 +502,47 @@ async def test_a_run_superseded_mid_stream_discards_its_temp_file(
     taken = await resources.jobs.get(job.job_id)
     assert taken is not None and taken.attempts == 2 and taken.status is JobState.IN_PROGRESS
     assert smtp_sink.for_export(job.job_id) == []
+
+
+class SlowOutbox(OutboxHandler):
+    """An SMTP relay that takes its time over each message, like a congested one."""
+
+    def __init__(self, outbox: Path, delay_s: float) -> None:
+        super().__init__(outbox)
+        self.delay_s = delay_s
+        self.data_started: list[datetime] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.data_started.append(utcnow())
+        await asyncio.sleep(self.delay_s)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_the_heartbeat_goes_on_while_the_email_is_sent(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, tmp_path: Path
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    from exporter.dev.ports import free_port
+    from exporter.mail import Mailer
+
+    user = await make_user()
+    await seed_rows(user.user_id, 5)
+    job = await new_job(resources, user.user_id)
+    handler = SlowOutbox(tmp_path / "outbox", delay_s=0.5)
+    relay = Controller(handler, hostname="127.0.0.1", port=free_port())
+    relay.start()
+    try:
+        smtp = resources.settings.smtp.model_copy(update={"port": relay.port})
+        slow = dataclasses.replace(
+            with_exports(resources, progress_interval_s=0.02), mailer=Mailer(smtp)
+        )
+        outcome = await deliver(slow, job.job_id, user.user_id)
+    finally:
+        relay.stop()
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+    (data_started,) = handler.data_started
+    assert done is not None and done.heartbeat_at is not None
+    assert done.heartbeat_at > data_started

@@ -167,7 +167,8 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         )
     mail_started = time.monotonic()
     try:
-        await resources.mailer.send(message)
+        # The heartbeat goes on while the mail goes out (a slow relay is not a dead worker).
+        await progress.run(resources.mailer.send(message))
     except Exception:
         observe_email(time.monotonic() - mail_started, ok=False)
         raise

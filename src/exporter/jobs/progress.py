@@ -2,7 +2,7 @@
 
 Rows are counted from the CSV chunks COPY hands over (newlines, at C speed: nothing per row
 in Python), and a heartbeat task beside the COPY writes the count at most once per
-``interval_s``, plus once when streaming starts.
+``interval_s``, plus once when streaming starts; it keeps going while the file is delivered.
 
 The write is also the worker's **heartbeat**: it happens every interval whether or not rows
 advanced (a stalled query still has a live worker behind it), so a recovery sweep can treat
@@ -84,7 +84,8 @@ class ExportProgress:
         """Run ``work`` (a COPY that calls ``start``) with the heartbeat beside it.
 
         If a write raises (``ConditionFailed``: the job moved on), ``work`` is cancelled and
-        that error is raised here, even when the COPY is stalled and sends nothing.
+        that error is raised here, even when the COPY is stalled and sends nothing. Later
+        steps of the run (delivery) can go through ``run`` too, to keep the heartbeat going.
         """
         work_task = asyncio.ensure_future(work)
         beat_task = asyncio.create_task(self._beat())
