@@ -7,6 +7,8 @@ queued ──▶ in_progress ──▶ succeeded
 A re-delivered message finds the record terminal and does nothing, or finds it
 ``in_progress`` (the previous worker died) and starts over from the beginning; the
 conditional transitions in ``JobStore`` make sure only one run can finish the record.
+While it streams and delivers, a run writes progress and its heartbeat (``jobs/progress.py``);
+a refused write means the job was cancelled or taken over, and the run stops there.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ log = structlog.stdlib.get_logger("exporter.jobs.progress")
 
 T = TypeVar("T")
 # (rows_exported, total_rows) -> the write to the job record.
-ProgressWriter = Callable[[int, "int | None"], Awaitable[None]]
+ProgressWriter = Callable[[int, int | None], Awaitable[None]]
 
 
 class ExportProgress:
@@ -87,7 +87,7 @@ class ExportProgress:
         that error is raised here, even when the COPY is stalled and sends nothing. Later
         steps of the run (delivery) can go through ``run`` too, to keep the heartbeat going.
         """
-        work_task = asyncio.ensure_future(work)
+        work_task = asyncio.create_task(work)
         beat_task = asyncio.create_task(self._beat())
         try:
             await asyncio.wait((work_task, beat_task), return_when=asyncio.FIRST_COMPLETED)
