@@ -87,8 +87,9 @@ async def test_requested_export_is_emailed_with_exactly_the_users_rows(
     (part,) = list(message.iter_attachments())
     assert part.get_filename() == f"memberships-{utcnow():%Y-%m-%d}.csv"
     assert part.get_content_type() == "text/csv"
-    body = message.get_body(("plain",))
+    body, html = message.get_body(("plain",)), message.get_body(("html",))
     assert body is not None and "export of your memberships" in body.get_content()
+    assert html is not None and "2,500 (plus one header row)" in html.get_content()
 
     rows = attachment_rows(message)
     assert rows[0] == list(EXPORT_HEADER)
