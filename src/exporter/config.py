@@ -177,6 +177,10 @@ class ExportSettings(BaseModel):
     # Spooled temp files stay in memory up to this size, then move to disk.
     spool_max_bytes: int = Field(default=1024 * 1024, ge=0)
     temp_dir: Path | None = None
+    # While a job streams, its record gets rows_exported and heartbeat_at at most this often
+    # (plus once when streaming starts). The write is also the worker's heartbeat, so keep
+    # it well below the staleness after which a job counts as abandoned.
+    progress_interval_s: float = Field(default=2.0, gt=0, le=60)
 
 
 # The expiry cron's bound (a scan of the jobs table: minutes at most).
@@ -196,9 +200,6 @@ class WorkerSettings(BaseModel):
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_cap_s: float = Field(default=120.0, gt=0)
     retry_budget_s: int = Field(default=1800, gt=0)
-    # A running export refreshes heartbeat_at this often (besides progress writes), so the
-    # sweeper can tell a live run from one whose worker died.
-    heartbeat_s: int = Field(default=30, ge=1)
     # Recovery sweeper (an arq cron, unique across workers): how often it runs (seconds,
     # dividing 60 or a multiple of 60), how long a queued job may be missing from the queue,
     # how old a heartbeat means the run is dead, and when an active job is given up.
@@ -224,9 +225,6 @@ class WorkerSettings(BaseModel):
             raise ValueError("sweep_every_s below 60 must divide 60")
         if self.sweep_every_s >= 60 and self.sweep_every_s % 60:
             raise ValueError("sweep_every_s of 60 or more must be whole minutes")
-        if self.stale_after_s < 3 * self.heartbeat_s:
-            # One late or lost heartbeat write must not make a live run look dead.
-            raise ValueError("stale_after_s must be at least 3 x heartbeat_s")
         return self
 
     # Prometheus metrics of this worker process on http://metrics_host:metrics_port/metrics;
@@ -273,6 +271,16 @@ class Settings(BaseSettings):
     exports: ExportSettings = ExportSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+
+    @model_validator(mode="after")
+    def _heartbeat_well_inside_staleness(self) -> Settings:
+        # The progress write is the heartbeat: a late or lost one must not make a live run
+        # look dead to the sweeper.
+        if self.worker.stale_after_s < 3 * self.exports.progress_interval_s:
+            raise ValueError(
+                "worker.stale_after_s must be at least 3 x exports.progress_interval_s"
+            )
+        return self
 
     @property
     def is_deployed(self) -> bool:

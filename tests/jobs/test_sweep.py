@@ -23,7 +23,7 @@ from tests.conftest import MakeUser, RunWorker, SeedRows
 
 def tuned(resources: Resources, **worker: Any) -> Resources:
     """The same clients with other worker settings (the sweeper reads only those)."""
-    defaults = {"sweep_queued_grace_s": 5, "heartbeat_s": 1, "stale_after_s": 5}
+    defaults = {"sweep_queued_grace_s": 5, "stale_after_s": 5}
     settings = resources.settings.model_copy(
         update={"worker": resources.settings.worker.model_copy(update={**defaults, **worker})}
     )
@@ -39,6 +39,13 @@ async def new_job(resources: Resources, user_id: str, *, age_s: float = 0) -> Ex
     )
     await resources.jobs.create(job)
     return job
+
+
+async def beat(resources: Resources, job: ExportJob) -> None:
+    """The running export's progress write, which is its heartbeat (attempt 1)."""
+    await resources.jobs.record_progress(
+        job.job_id, attempt=1, rows_exported=1, total_rows=10, now=utcnow()
+    )
 
 
 async def left_running_by_a_killed_worker(resources: Resources, job: ExportJob) -> None:
@@ -105,7 +112,7 @@ async def test_a_live_run_is_never_requeued(resources: Resources, make_user: Mak
     user = await make_user()
     job = await new_job(resources, user.user_id)
     await left_running_by_a_killed_worker(resources, job)
-    assert await resources.jobs.heartbeat(job.job_id, now=utcnow())  # ...but it is alive
+    await beat(resources, job)  # ...but it is alive
 
     report = await sweep_jobs(tuned(resources))
 
@@ -134,7 +141,7 @@ async def test_a_claim_loses_to_a_heartbeat_that_came_after_the_read(
     await left_running_by_a_killed_worker(resources, job)
     seen = await resources.jobs.get(job.job_id)
     assert seen is not None
-    await resources.jobs.heartbeat(job.job_id, now=utcnow())
+    await beat(resources, job)
 
     with pytest.raises(ConditionFailed):
         await resources.jobs.claim_stale(seen, now=utcnow())

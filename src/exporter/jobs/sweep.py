@@ -13,7 +13,8 @@ repairs what the queue lost:
 - too old (``worker.max_job_age_s``), or stale after ``worker.max_tries`` runs: ``failed``
   with a reason, and the user gets the failure notice.
 
-A live run is never started twice: it refreshes ``heartbeat_at`` every ``heartbeat_s``, and
+A live run is never started twice: its progress write refreshes ``heartbeat_at`` every
+``exports.progress_interval_s`` while it streams and mails (``jobs/progress.py``), and
 every requeue first *claims* the record with a conditional write on exactly the status,
 attempts and heartbeat the sweep read, so a run that started or beat meanwhile wins.
 """

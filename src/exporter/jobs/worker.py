@@ -8,10 +8,8 @@ import time and tests can build a worker with their own settings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -20,13 +18,12 @@ from arq import Retry, cron
 from arq.worker import Function, func
 
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
-from exporter.errors import ExporterError
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.export import RetryLater, run_export
 from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry, serve_worker_metrics
-from exporter.models import clean_request_id, utcnow
+from exporter.models import clean_request_id
 from exporter.queue import RUN_EXPORT, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
 
@@ -85,16 +82,13 @@ async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any
     request_id = clean_request_id(payload.get("request_id") if isinstance(payload, dict) else None)
     if request_id is not None:
         structlog.contextvars.bind_contextvars(request_id=request_id)
-    resources = resources_of(ctx)
-    export_id = payload.get("export_id") if isinstance(payload, dict) else None
     try:
-        async with keep_alive(resources, export_id, every_s=settings.worker.heartbeat_s):
-            outcome = await run_export(
-                resources,
-                payload,
-                attempt=int(ctx.get("job_try", 1)),
-                max_attempts=settings.worker.max_tries,
-            )
+        outcome = await run_export(
+            resources_of(ctx),
+            payload,
+            attempt=int(ctx.get("job_try", 1)),
+            max_attempts=settings.worker.max_tries,
+        )
     except RetryLater as exc:
         observe_export_retry(_retry_reason(exc))
         raise Retry(defer=exc.delay_s) from exc
@@ -108,35 +102,6 @@ def _retry_reason(exc: RetryLater) -> str:
     cause = exc.__cause__
     code = getattr(cause, "code", None)
     return code if isinstance(code, str) else type(cause).__name__ if cause else "unknown"
-
-
-@contextlib.asynccontextmanager
-async def keep_alive(
-    resources: Resources, export_id: object, *, every_s: float
-) -> AsyncIterator[None]:
-    """Refresh the job's ``heartbeat_at`` every ``every_s`` while the block runs, whatever
-    phase it is in (reading, mailing, uploading), so the sweeper can tell this run is alive.
-    Best effort: a missed beat is logged; the staleness threshold allows for several."""
-
-    async def beat() -> None:
-        assert isinstance(export_id, str)
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                await resources.jobs.heartbeat(export_id, now=utcnow())
-            except ExporterError as exc:
-                log.warning("export.heartbeat_failed", error=str(exc))
-
-    if not isinstance(export_id, str):
-        yield  # an unreadable message: run_export fails it at once
-        return
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def expire_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
-from exporter.errors import BadRequest, ConditionFailed
+from exporter.errors import BadRequest
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
 from exporter.store.dynamo import Item, dynamo_errors, get_n, get_s, n, s
 from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, USER_CREATED_INDEX
@@ -245,6 +245,43 @@ class JobStore:
             )
         return item_to_job(response["Attributes"])
 
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        rows_exported: int,
+        total_rows: int | None,
+        now: datetime,
+    ) -> None:
+        """Write a running job's progress and heartbeat (``heartbeat_at`` = ``now``).
+
+        Only while the job is ``in_progress`` *and* still run by ``attempt`` (the record's
+        ``attempts`` when that run started): a run that was cancelled or taken over by a
+        newer attempt gets ``ConditionFailed`` and must stop.
+        """
+        sets = ["rows_exported = :rows", "heartbeat_at = :now", "updated_at = :now"]
+        values: dict[str, Any] = {
+            ":rows": n(rows_exported),
+            ":now": s(format_ts(now)),
+            ":running": s(JobState.IN_PROGRESS.value),
+            ":attempt": n(attempt),
+        }
+        if total_rows is not None:
+            sets.append("total_rows = :total")
+            values[":total"] = n(total_rows)
+        with dynamo_errors("record_progress"):
+            await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=(
+                    "attribute_exists(job_id) AND #status = :running AND attempts = :attempt"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+
     async def requeue_failed(self, job_id: str, *, now: datetime) -> ExportJob:
         """Operator path out of a final state: ``failed`` back to ``queued``, clearing the
         previous run's outcome. Workers never call this; their transitions stay one-way.
@@ -293,25 +330,6 @@ class JobStore:
             ):
                 for item in page.get("Items", []):
                     yield item_to_job(item)
-
-    async def heartbeat(self, job_id: str, *, now: datetime) -> bool:
-        """Mark a running job alive; False (and no write) unless it is in progress."""
-        try:
-            with dynamo_errors("heartbeat_job"):
-                await self._client.update_item(
-                    TableName=self._table,
-                    Key={"job_id": s(job_id)},
-                    UpdateExpression="SET heartbeat_at = :now",
-                    ConditionExpression="#status = :running",
-                    ExpressionAttributeNames={"#status": "status"},
-                    ExpressionAttributeValues={
-                        ":now": s(format_ts(now)),
-                        ":running": s(JobState.IN_PROGRESS.value),
-                    },
-                )
-        except ConditionFailed:
-            return False
-        return True
 
     async def mark_email_sent(
         self,
