@@ -15,11 +15,15 @@ message, keeps a re-run from mailing the file twice (docs/reliability.md: the on
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
+from email.message import EmailMessage
 from typing import IO, Any
 
 import asyncpg
@@ -30,9 +34,9 @@ from exporter.csvstream import ExportEncoder
 from exporter.errors import ConditionFailed, ExportFailed, StoreError, StoreUnavailable
 from exporter.jobs.notice import send_failure_notice
 from exporter.jobs.progress import ExportProgress, ProgressWriter
-from exporter.mail import ExportAttachment, build_export_message
+from exporter.mail import DownloadLink, ExportAttachment, build_export_message, download_url
 from exporter.metrics import observe_email, observe_export_finished
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, User, utcnow
 from exporter.resources import Resources
 from exporter.store.memberships import copy_memberships
 
@@ -114,8 +118,8 @@ async def run_export(
         log.info("export.superseded")
         return None
     except StoreError as exc:
-        # DynamoDB refused the request itself (validation, permissions): a retry repeats it.
-        return await _fail(resources, job.job_id, ExportFailed("store_error", str(exc)))
+        # A store refused for good (a missing bucket, no permission): retrying cannot help.
+        return await _fail(resources, job.job_id, ExportFailed("storage_error", str(exc)))
     except Exception as exc:
         # A bug or a failure nobody classified: it would happen again, so fail now (with the
         # traceback in the log) rather than let the sweeper re-run it until it is too old.
@@ -169,31 +173,13 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         # ConditionFailed from a progress write (the job moved on) leaves this block, so
         # the spooled file is discarded with it.
         written = await write_export_file(
-            resources.pg_export, job.user_id, spool, fmt=job.format, bom=False, progress=progress
+            resources.pg_export, job.user_id, spool, fmt=job.format, bom=job.bom, progress=progress
         )
         row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
-        if byte_size > settings.attachment_max_bytes:
-            raise ExportFailed(
-                "too_large",
-                f"the export is {byte_size} bytes, above the {settings.attachment_max_bytes}"
-                " byte attachment limit",
-            )
         spool.seek(0)
-        file_name = export_file_name(job)
-        message = build_export_message(
-            sender=resources.mailer.sender,
-            recipient=user.email,
-            recipient_name=user.display_name,
-            export_id=job.job_id,
-            attachment=ExportAttachment(
-                content=spool.read(),
-                file_name=file_name,
-                row_count=row_count,
-                byte_size=byte_size,
-                content_type=job.format.content_type,
-            ),
-        )
+        delivery = await _delivery(resources, job, user, spool, written=written, progress=progress)
+    message = delivery.message
     current = await resources.jobs.get(job.job_id)
     if current is not None and current.email_sent_at is not None:
         # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
@@ -210,7 +196,12 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
             job.job_id,
             status=JobState.IN_PROGRESS,
             now=utcnow(),
-            fields={"row_count": row_count, "byte_size": byte_size, "file_name": file_name},
+            fields={
+                "row_count": row_count,
+                "byte_size": byte_size,
+                "file_name": delivery.file_name,
+                "delivery": delivery.kind,
+            },
         )
 
     try:
@@ -232,8 +223,8 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
             "finished_at": now,
             "row_count": row_count,
             "byte_size": byte_size,
-            "file_name": file_name,
-            "delivery": "email_attachment",
+            "file_name": delivery.file_name,
+            "delivery": delivery.kind,
             "rows_exported": row_count,
         },
     )
@@ -246,7 +237,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         export_id=job.job_id,
         rows=row_count,
         byte_size=byte_size,
-        delivery="email_attachment",
+        delivery=delivery.kind,
         requested_at=job.created_at,
         at=now,
     )
@@ -259,6 +250,87 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         total_s=round(mailed - started, 3),
     )
     return ExportOutcome(job.job_id, job.status, row_count, byte_size)
+
+
+# Headers, the text and HTML parts and MIME boundaries around the attachment; generous,
+# so a message near the limit is never refused by SES for a few bytes.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+def encoded_message_size(file_bytes: int) -> int:
+    """What an email carrying ``file_bytes`` weighs on the wire: base64 (4 bytes per 3) in
+    76-character lines with CRLF, plus the rest of the message. SES counts this size."""
+    base64_bytes = 4 * math.ceil(file_bytes / 3)
+    line_breaks = 2 * math.ceil(base64_bytes / 76)
+    return base64_bytes + line_breaks + MESSAGE_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    message: EmailMessage
+    kind: str  # "email_attachment" or "download_link"
+    file_name: str
+
+
+async def _delivery(
+    resources: Resources,
+    job: ExportJob,
+    user: User,
+    spool: IO[bytes],
+    *,
+    written: ExportFile,
+    progress: ExportProgress,
+) -> Delivery:
+    """Attach the file when the whole email stays under the limit; otherwise upload it to
+    S3 (under a key fixed by the export id, so a re-run overwrites it), record where it is
+    at once (so cleanup can always find it), and mail a link to the download route."""
+    settings = resources.settings
+    file_name = export_file_name(job)
+    compose = functools.partial(
+        build_export_message,
+        sender=resources.mailer.sender,
+        recipient=user.email,
+        recipient_name=user.display_name,
+        export_id=job.job_id,
+    )
+    if encoded_message_size(written.file_bytes) <= settings.exports.attachment_max_bytes:
+        attachment = ExportAttachment(
+            content=spool.read(),
+            file_name=file_name,
+            row_count=written.rows,
+            byte_size=written.file_bytes,
+            content_type=job.format.content_type,
+        )
+        message = compose(attachment=attachment)
+        return Delivery(message, "email_attachment", file_name)
+    key = resources.files.key_for(job.job_id, file_name)
+    # The heartbeat goes on during a long upload, as during the stream.
+    await progress.run(
+        resources.files.upload(
+            key,
+            spool,
+            size=written.file_bytes,
+            content_type="/".join(job.format.content_type),
+        )
+    )
+    now = utcnow()
+    expires_at = now + timedelta(days=settings.exports.retention_days)
+    await resources.jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={"file_key": key, "file_expires_at": expires_at},
+    )
+    link = DownloadLink(
+        url=download_url(settings.api.public_url, job.job_id),
+        expires_at=expires_at,
+        file_name=file_name,
+        row_count=written.rows,
+        byte_size=written.file_bytes,
+    )
+    log.info("export.uploaded", key=key, bytes=written.file_bytes)
+    return Delivery(compose(link=link), "download_link", file_name)
 
 
 def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
@@ -356,7 +428,8 @@ async def _finish_already_sent(resources: Resources, job: ExportJob) -> ExportOu
         to=JobState.SUCCEEDED,
         expected=(JobState.IN_PROGRESS,),
         now=now,
-        fields={"finished_at": now, "delivery": "email_attachment"},
+        # The guard write stored the row count, size, file name and delivery kind.
+        fields={"finished_at": now, "rows_exported": job.row_count or 0},
     )
     observe_export_finished("succeeded", rows=job.row_count, size_bytes=job.byte_size)
     log.info("export.succeeded", rows=job.row_count, bytes=job.byte_size, resumed=True)

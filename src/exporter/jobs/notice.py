@@ -25,6 +25,7 @@ REASONS = {
     "database_error": "reading your memberships from our database failed.",
     "store_unavailable": "our export records were unavailable for too long.",
     "too_large": "the file is larger than we can send by email.",
+    "storage_error": "storing the file for download failed.",
     "smtp_unavailable": "our mail service could not send the file.",
     "smtp_rejected": "our mail service could not send the file.",
     "timed_out": "it took longer than we allow for an export.",
