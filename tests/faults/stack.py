@@ -33,6 +33,9 @@ FAST_WORKER = {
     "EXPORTER_WORKER__RETRY_BASE_S": "0.2",
     "EXPORTER_WORKER__RETRY_CAP_S": "1",
     "EXPORTER_EXPORTS__PROGRESS_INTERVAL_S": "1",
+    # The large test export (csv.gz) travels as an attachment, so the test reads it back
+    # from the sink; S3 delivery has its own tests (tests/jobs/test_large_delivery.py).
+    "EXPORTER_EXPORTS__ATTACHMENT_MAX_BYTES": str(40 * 1024 * 1024),
     "EXPORTER_WORKER__STALE_AFTER_S": "4",
     "EXPORTER_WORKER__SWEEP_EVERY_S": "2",
     "EXPORTER_WORKER__SWEEP_QUEUED_GRACE_S": "3",
