@@ -502,3 +502,28 @@ def test_an_empty_bucket_name_is_refused_rather_than_guessed() -> None:
     # The chart renders "" until infra's bucket name is filled in: the pod must not start.
     with pytest.raises(ValidationError):
         Settings(s3=S3Settings(bucket=""))
+
+
+@pytest.mark.parametrize(
+    ("worker", "exports", "problem"),
+    [
+        ({"sweep_every_s": 7}, {}, "must divide 60"),
+        ({"sweep_every_s": 90}, {}, "whole minutes"),
+        ({"stale_after_s": 5}, {"progress_interval_s": 2.0}, "3 x exports.progress_interval_s"),
+    ],
+)
+def test_recovery_settings_that_would_misfire_are_refused(
+    worker: dict[str, Any], exports: dict[str, Any], problem: str
+) -> None:
+    from exporter.config import ExportSettings, WorkerSettings
+
+    with pytest.raises(ValidationError, match=problem):
+        Settings(worker=WorkerSettings(**worker), exports=ExportSettings(**exports))
+
+
+def test_arq_keeps_a_killed_jobs_running_marker_for_the_longest_timeout_plus_10_s() -> None:
+    from exporter.config import WorkerSettings
+
+    assert WorkerSettings(job_timeout_s=1800).in_progress_marker_s == 1810
+    # The expiry cron's 300 s bound dominates short job timeouts, as arq takes the maximum.
+    assert WorkerSettings(job_timeout_s=60).in_progress_marker_s == 310

@@ -248,3 +248,14 @@ async def test_a_stale_record_just_taken_by_a_new_worker_is_left_to_it(
     report = await sweep_jobs(sweeping)
 
     assert job.job_id not in report.requeued_stale
+
+
+async def test_the_marker_lifetime_the_sweeper_assumes_is_the_one_arq_uses(
+    resources: Resources,
+) -> None:
+    from arq.worker import Worker
+
+    for job_timeout_s in (60, 1800):
+        settings = tuned(resources, job_timeout_s=job_timeout_s).settings
+        worker = Worker(**build_worker_settings(settings, handle_signals=False))
+        assert worker.in_progress_timeout_s == settings.worker.in_progress_marker_s
