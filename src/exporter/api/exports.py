@@ -1,4 +1,4 @@
-"""/v1/exports: create an export, read one, list the caller's."""
+"""/v1/exports: create an export, read one, list the caller's, cancel one."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from exporter.api.openapi import (
     response_schema,
 )
 from exporter.auth import Scope
-from exporter.errors import NotFound, ServiceUnavailable, StoreError
+from exporter.cancellation import AlreadyFinished, ExportGone
+from exporter.cancellation import cancel_export as cancel_job
+from exporter.errors import Conflict, NotFound, ServiceUnavailable, StoreError
 from exporter.keys import RESOURCES, SETTINGS
 from exporter.metrics import observe_export_created, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
@@ -164,8 +166,53 @@ async def get_export(request: web.Request) -> web.Response:
     with _records_unavailable_as_503():
         job = await request.app[RESOURCES].jobs.get_for_user(export_id, claims.subject)
     if job is None:
-        # The same answer for "missing" and "someone else's": ids are not confirmed to strangers.
-        raise NotFound("No export with this id.", code="export_not_found")
+        raise _not_found()
+    return web.json_response(job_body(job))
+
+
+def _not_found() -> NotFound:
+    # The same answer for "missing" and "someone else's": ids are not confirmed to strangers.
+    return NotFound("No export with this id.", code="export_not_found")
+
+
+@docs(
+    tags=["exports"],
+    summary="Cancel one of your exports",
+    description=(
+        "Stops a `queued` or `in_progress` export: the job becomes `cancelled` and no email "
+        "is sent (unless the mail server had already accepted it when the cancel arrived). "
+        "A finished export (`succeeded`, `failed`, `cancelled`, `expired`) answers 409 and "
+        "stays as it is. The job itself remains readable until its retention ends."
+    ),
+    security=BEARER_SECURITY,
+    responses={
+        **ERRORS_AUTH,
+        404: {"schema": schemas.Problem, "description": "No such export of yours"},
+        409: {"schema": schemas.Problem, "description": "The export has already finished"},
+        422: {"schema": schemas.Problem, "description": "The id is not a UUID"},
+        503: {"schema": schemas.Problem, "description": "Export records are unavailable"},
+    },
+)
+@match_info_schema(schemas.ExportPath)
+@response_schema(schemas.ExportResponse, 200, description="Cancelled: the job, now `cancelled`")
+async def cancel_export(request: web.Request) -> web.Response:
+    claims = authenticate(request, Scope.EXPORTS_WRITE)
+    export_id = str(request["match_info"]["export_id"])
+    resources = request.app[RESOURCES]
+    with _records_unavailable_as_503():
+        job = await resources.jobs.get_for_user(export_id, claims.subject)
+        if job is None:
+            raise _not_found()
+        try:
+            job = await cancel_job(resources, job)
+        except AlreadyFinished as exc:
+            raise Conflict(
+                f"The export has already finished ({exc.job.status.value}); only queued or "
+                "running exports can be cancelled.",
+                code="export_finished",
+            ) from None
+        except ExportGone:
+            raise _not_found() from None
     return web.json_response(job_body(job))
 
 

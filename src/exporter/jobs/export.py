@@ -2,11 +2,15 @@
 
 queued ──▶ in_progress ──▶ succeeded
    │            │
-   └────────────┴──────▶ failed
+   ├────────────┴──────▶ failed
+   └────────────┴──────▶ cancelled   (by the owner or an operator: exporter.cancellation)
 
 A re-delivered message finds the record terminal and does nothing, or finds it
 ``in_progress`` (the previous worker died) and starts over from the beginning; the
 conditional transitions in ``JobStore`` make sure only one run can finish the record.
+A cancel aborts the arq job: ``asyncio.CancelledError`` is not an ``Exception``, so it
+passes every handler below untouched (no ``_fail``, no retry) and the ``with`` blocks
+close, and so delete, the temporary file on the way out.
 """
 
 from __future__ import annotations
