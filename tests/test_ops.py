@@ -229,10 +229,9 @@ async def test_queue_stats_counts_backlog_and_live_workers(
     assert "workers alive      1" in text
     assert "oldest ready age   0.0 s" in text
 
-    # With the worker gone, requests wait in the queue.
-    user = await make_user()
-    headers = await login(client, user)
+    # With the worker gone, requests wait in the queue (one active export per user).
     for _ in range(3):
+        headers = await login(client, await make_user())
         assert (await client.post("/v1/exports", json={}, headers=headers)).status == 202
     capsys.readouterr()  # the API's own log lines
 

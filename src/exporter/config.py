@@ -82,6 +82,14 @@ class DynamoSettings(BaseModel):
     def refresh_tokens_table(self) -> str:
         return f"{self.table_prefix}refresh-tokens"
 
+    @property
+    def export_slots_table(self) -> str:
+        return f"{self.table_prefix}export-slots"
+
+    @property
+    def idempotency_keys_table(self) -> str:
+        return f"{self.table_prefix}idempotency-keys"
+
 
 class SmtpSettings(BaseModel):
     host: str = "127.0.0.1"
@@ -133,6 +141,8 @@ class ExportSettings(BaseModel):
     # Attach the CSV when the encoded email stays under this; SES caps messages at 40 MB
     # counted after base64 (x4/3), so 10 MB of file leaves ample headroom.
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Exports one user may ask for in any rolling 24 hours (429 with Retry-After beyond).
+    max_per_day: int = Field(default=10, ge=1)
     # Rows fetched per round trip from the server-side cursor.
     cursor_prefetch: int = Field(default=5000, ge=1)
     # Bytes buffered before a CSV chunk is handed to the file.

@@ -14,6 +14,7 @@ from aiobotocore.session import get_session
 from exporter.config import DynamoSettings, PostgresSettings, Settings
 from exporter.mail import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
+from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore
 from exporter.store.users import UserStore
 
@@ -29,6 +30,7 @@ class Resources:
     jobs: JobStore
     users: UserStore
     mailer: Mailer
+    idempotency: IdempotencyStore
 
 
 async def open_pg_pool(
@@ -101,4 +103,5 @@ async def open_resources(
             jobs=JobStore(dynamo, settings.dynamo),
             users=UserStore(dynamo, settings.dynamo),
             mailer=Mailer(settings.smtp),
+            idempotency=IdempotencyStore(dynamo, settings.dynamo),
         )
