@@ -29,14 +29,17 @@ from exporter.config import (
     JwtSettings,
     PostgresSettings,
     RedisSettings,
+    S3Settings,
     Settings,
     SmtpSettings,
     WorkerSettings,
 )
 from exporter.dev.dynamodb import LocalDynamo, start_dynamodb
+from exporter.dev.s3 import LocalS3, start_s3
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
 from exporter.resources import Resources, open_dynamo, open_resources
+from exporter.store.files import ExportFiles, open_s3
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 from exporter.store.tables import create_tables
@@ -51,6 +54,13 @@ RUN_ID = secrets.token_hex(4)
 def _fix_dynamo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDynamo]:
     log = tmp_path_factory.mktemp("dynamodb") / "dynamodb.log"
     local = start_dynamodb(log_path=log)
+    yield local
+    local.stop()
+
+
+@pytest.fixture(name="s3", scope="session")
+def _fix_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    local = start_s3(log_path=tmp_path_factory.mktemp("s3") / "s3.log")
     yield local
     local.stop()
 
@@ -88,7 +98,7 @@ def _fix_signing_key() -> SigningKey:
 
 @pytest.fixture(name="base_settings", scope="session")
 async def _fix_base_settings(
-    dynamo: LocalDynamo, smtp_sink: SmtpSink, pg_dsn: str, signing_key: SigningKey
+    dynamo: LocalDynamo, s3: LocalS3, smtp_sink: SmtpSink, pg_dsn: str, signing_key: SigningKey
 ) -> Settings:
     settings = Settings(
         environment=Environment.TEST,
@@ -97,11 +107,14 @@ async def _fix_base_settings(
         redis=RedisSettings(url=SecretStr(REDIS_URL), queue_name=f"exporter-test:{RUN_ID}"),
         dynamo=DynamoSettings(endpoint_url=dynamo.endpoint_url, table_prefix=f"t{RUN_ID}-"),
         smtp=SmtpSettings(host=smtp_sink.host, port=smtp_sink.port),
+        s3=S3Settings(endpoint_url=s3.endpoint_url, bucket=f"exporter-test-{RUN_ID}"),
         jwt=JwtSettings(private_key=SecretStr(signing_key.private_pem())),
         worker=WorkerSettings(max_tries=3),
     )
     async with open_dynamo(settings.dynamo) as client:
         await create_tables(client, settings.dynamo)
+    async with open_s3(settings.s3) as client:
+        await ExportFiles(client, settings.s3).ensure_bucket()
     return settings
 
 

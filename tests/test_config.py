@@ -19,6 +19,7 @@ from exporter.config import (
     DynamoSettings,
     Environment,
     JwtSettings,
+    S3Settings,
     Settings,
     load_settings,
 )
@@ -495,3 +496,9 @@ def test_secret_read_from_a_file_is_still_hidden(tmp_path: Path) -> None:
 
     assert "file-s3cret" not in repr(settings)
     assert "file-s3cret" not in settings.model_dump_json()
+
+
+def test_an_empty_bucket_name_is_refused_rather_than_guessed() -> None:
+    # The chart renders "" until infra's bucket name is filled in: the pod must not start.
+    with pytest.raises(ValidationError):
+        Settings(s3=S3Settings(bucket=""))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -91,6 +91,37 @@ class DynamoSettings(BaseModel):
         return f"{self.table_prefix}idempotency-keys"
 
 
+class S3Settings(BaseModel):
+    """Where exports too large to attach are kept (a private bucket, one object per export)."""
+
+    # None means the real AWS endpoint for the region; local and tests point at moto's server.
+    endpoint_url: str | None = "http://127.0.0.1:9000"
+    region: str = "eu-west-1"
+    # Empty is refused (the chart renders "" until infra's bucket name is filled in).
+    bucket: str = Field(default="exporter-local-exports", min_length=3, max_length=63)
+    key_prefix: str = "exports/"
+    # Leave unset in AWS (IRSA); against a local endpoint dummy keys are used.
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    # Server-side encryption on every upload: "aws:kms" (with kms_key_id, or the bucket's
+    # key) in AWS, "AES256" (S3-managed keys) locally.
+    sse: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str | None = None
+    # Multipart part size: S3 needs >= 5 MiB for all parts but the last.
+    part_size_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Lifetime of the signed URL the download route redirects to: only long enough to
+    # start the download, so a leaked Location header is of little use.
+    presign_ttl_s: int = Field(default=60, ge=1, le=3600)
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1)
+
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_aws(cls, value: object) -> object:
+        return None if value == "" else value
+
+
 class SmtpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=1025, ge=1, le=65535)
@@ -136,10 +167,13 @@ class AuthSettings(BaseModel):
 
 
 class ExportSettings(BaseModel):
-    # How long a finished export (and its record) stays visible to the user.
+    # How long a finished export's file and download link live.
     retention_days: int = Field(default=7, ge=1)
-    # Attach the CSV when the encoded email stays under this; SES caps messages at 40 MB
-    # counted after base64 (x4/3), so 10 MB of file leaves ample headroom.
+    # The job record outlives its file by this much, so the download route can answer
+    # 410 Gone (not 404) for a while; then DynamoDB TTL removes the record.
+    record_grace_days: int = Field(default=7, ge=1)
+    # Attach the file while the whole message, after base64, stays under this; otherwise
+    # upload it to S3 and mail a link. SES caps messages at 40 MB counted after base64.
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Exports one user may ask for in any rolling 24 hours (429 with Retry-After beyond).
     max_per_day: int = Field(default=10, ge=1)
@@ -195,6 +229,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     dynamo: DynamoSettings = DynamoSettings()
     smtp: SmtpSettings = SmtpSettings()
+    s3: S3Settings = S3Settings()
     jwt: JwtSettings = JwtSettings()
     auth: AuthSettings = AuthSettings()
     exports: ExportSettings = ExportSettings()

@@ -101,6 +101,10 @@ class Conflict(ApiError):
     status, code, title = 409, "conflict", "Conflict"
 
 
+class Gone(ApiError):
+    status, code, title = 410, "gone", "Gone"
+
+
 class PayloadTooLarge(ApiError):
     status, code, title = 413, "payload_too_large", "Content Too Large"
 

@@ -14,6 +14,7 @@ from aiobotocore.session import get_session
 from exporter.config import DynamoSettings, PostgresSettings, Settings
 from exporter.mail import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
+from exporter.store.files import ExportFiles, open_s3
 from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore
 from exporter.store.users import UserStore
@@ -31,6 +32,7 @@ class Resources:
     users: UserStore
     mailer: Mailer
     idempotency: IdempotencyStore
+    files: ExportFiles
 
 
 async def open_pg_pool(
@@ -94,6 +96,7 @@ async def open_resources(
         redis = await open_arq_redis(settings.redis)
         stack.push_async_callback(redis.aclose)
         dynamo = await stack.enter_async_context(open_dynamo(settings.dynamo))
+        s3 = await stack.enter_async_context(open_s3(settings.s3))
         yield Resources(
             settings=settings,
             pg=pg,
@@ -104,4 +107,5 @@ async def open_resources(
             users=UserStore(dynamo, settings.dynamo),
             mailer=Mailer(settings.smtp),
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
+            files=ExportFiles(s3, settings.s3),
         )

@@ -50,6 +50,7 @@ KNOWN_SETTINGS = frozenset(
         "EXPORTER_S3__BUCKET",
         "EXPORTER_S3__ENDPOINT_URL",
         "EXPORTER_S3__REGION",
+        "EXPORTER_S3__SSE",
     }
 )
 

@@ -1,14 +1,18 @@
-"""The expiry cron job removes records past retention, once per schedule across workers."""
+"""The expiry cron job removes expired files and records past retention, once per schedule
+across workers."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import timedelta
+
+import pytest
 
 from exporter.config import Settings
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.worker import build_worker_settings
-from exporter.models import ExportFormat, ExportJob, utcnow
+from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources
 
 
@@ -23,7 +27,7 @@ async def test_expire_removes_old_records_and_keeps_current_ones(resources: Reso
     await resources.jobs.create(old)
     await resources.jobs.create(current)
 
-    assert await expire_jobs(resources) >= 1
+    assert (await expire_jobs(resources)).records_deleted >= 1
 
     assert await resources.jobs.get(old.job_id) is None
     assert await resources.jobs.get(current.job_id) == current
@@ -34,3 +38,76 @@ def test_expiry_is_a_unique_cron_job(settings: Settings) -> None:
     assert cron_job.name == "expire_jobs"
     assert cron_job.unique is True
     assert cron_job.minute == {settings.worker.expire_cron_minute}
+
+
+async def stored_job(
+    resources: Resources, status: JobState, *, file_age_days: float, retention_days: int = 7
+) -> ExportJob:
+    """A job in ``status`` whose file was uploaded ``file_age_days`` ago."""
+    now = utcnow()
+    uploaded = now - timedelta(days=file_age_days)
+    job = ExportJob.new(
+        user_id=str(uuid.uuid4()), fmt=ExportFormat.CSV, now=uploaded, retention_s=30 * 86_400
+    )
+    key = resources.files.key_for(job.job_id, "memberships.csv")
+    await resources.files.upload(key, io.BytesIO(b"a\n"), size=2, content_type="text/csv")
+    job = job.replace(
+        status=status,
+        file_key=key,
+        file_name="memberships.csv",
+        file_expires_at=uploaded + timedelta(days=retention_days),
+    )
+    await resources.jobs.create(job)
+    return job
+
+
+async def object_exists(resources: Resources, key: str) -> bool:
+    listing = await resources.files._client.list_objects_v2(
+        Bucket=resources.files.bucket, Prefix=key
+    )
+    return bool(listing.get("Contents"))
+
+
+async def test_a_succeeded_export_past_its_file_expiry_loses_the_file_and_expires(
+    resources: Resources,
+) -> None:
+    old = await stored_job(resources, JobState.SUCCEEDED, file_age_days=8)
+    fresh = await stored_job(resources, JobState.SUCCEEDED, file_age_days=1)
+    assert old.file_key is not None and fresh.file_key is not None
+
+    report = await expire_jobs(resources)
+
+    assert report.files_deleted >= 1
+    expired = await resources.jobs.get(old.job_id)
+    assert expired is not None
+    assert expired.status is JobState.EXPIRED
+    assert expired.file_key is None
+    assert not await object_exists(resources, old.file_key)
+    assert await resources.jobs.get(fresh.job_id) == fresh
+    assert await object_exists(resources, fresh.file_key)
+
+
+@pytest.mark.parametrize("status", [JobState.FAILED, JobState.CANCELLED])
+async def test_a_file_left_by_a_failed_or_cancelled_export_is_deleted_at_once(
+    resources: Resources, status: JobState
+) -> None:
+    job = await stored_job(resources, status, file_age_days=0)
+    assert job.file_key is not None
+
+    await expire_jobs(resources)
+
+    after = await resources.jobs.get(job.job_id)
+    assert after is not None
+    assert after.status is status
+    assert after.file_key is None
+    assert not await object_exists(resources, job.file_key)
+
+
+async def test_a_running_exports_file_is_left_alone(resources: Resources) -> None:
+    job = await stored_job(resources, JobState.IN_PROGRESS, file_age_days=0)
+    assert job.file_key is not None
+
+    await expire_jobs(resources)
+
+    assert await resources.jobs.get(job.job_id) == job
+    assert await object_exists(resources, job.file_key)

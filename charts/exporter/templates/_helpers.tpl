@@ -136,14 +136,14 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $c.worker.shutdownGraceS | quote }}
 - name: EXPORTER_EXPORTS__MAX_PER_DAY
   value: {{ $c.exports.maxPerDay | quote }}
-{{- if $c.s3.bucket }}
 - name: EXPORTER_S3__BUCKET
   value: {{ $c.s3.bucket | quote }}
 - name: EXPORTER_S3__ENDPOINT_URL
   value: {{ $c.s3.endpointUrl | quote }}
 - name: EXPORTER_S3__REGION
   value: {{ $c.s3.region | default $c.dynamo.region | quote }}
-{{- end }}
+- name: EXPORTER_S3__SSE
+  value: {{ $c.s3.sse | quote }}
 {{- range $c.extraEnv }}
 - name: {{ .name }}
   value: {{ .value | quote }}

@@ -29,6 +29,7 @@ from exporter.errors import (
     BadRequest,
     ConditionFailed,
     Conflict,
+    Gone,
     NotFound,
     ServiceUnavailable,
     StoreError,
@@ -62,10 +63,17 @@ def export_path(job_id: str) -> str:
     return f"/v1/exports/{job_id}"
 
 
+def download_path(job_id: str) -> str:
+    return f"/v1/exports/{job_id}/download"
+
+
 def job_body(job: ExportJob) -> dict[str, Any]:
     error = None
     if job.error_code is not None:
         error = {"code": job.error_code, "message": job.error_message or ""}
+    links = {"self": export_path(job.job_id)}
+    if job.file_key is not None and job.status is JobState.SUCCEEDED:
+        links["download"] = download_path(job.job_id)
     return {
         "id": job.job_id,
         "status": job.status.value,
@@ -79,8 +87,10 @@ def job_body(job: ExportJob) -> dict[str, Any]:
         "byte_size": job.byte_size,
         "file_name": job.file_name,
         "delivery": job.delivery,
+        "bom": job.bom,
+        "download_expires_at": _iso(job.file_expires_at),
         "error": error,
-        "links": {"self": export_path(job.job_id)},
+        "links": links,
     }
 
 
@@ -213,11 +223,14 @@ async def _decide(
     # the slot still naming what current_for_user read), so counting first and creating
     # after cannot let two racing requests both squeeze under the quota.
     _check_quota(await _counted(request, user_id, current, now=now), settings.exports, now=now)
+    exports = settings.exports
     job = ExportJob.new(
         user_id=user_id,
         fmt=ExportFormat(options["format"]),
+        bom=bool(options.get("bom", False)),
         now=now,
-        retention_s=settings.exports.retention_days * 86_400,
+        # The record outlives the file, so a late download gets 410 rather than 404.
+        retention_s=(exports.retention_days + exports.record_grace_days) * 86_400,
     )
     also = []
     if key is not None:
@@ -414,6 +427,72 @@ async def cancel_export(request: web.Request) -> web.Response:
         except ExportGone:
             raise _not_found() from None
     return web.json_response(job_body(job))
+
+
+@docs(
+    tags=["exports"],
+    summary="Download a finished export's file",
+    description=(
+        "For exports too large to attach to the email. Answers with a redirect to a "
+        "short-lived signed URL of the file; the URL is made fresh on every call, so ask "
+        "this route again rather than keeping it."
+    ),
+    security=BEARER_SECURITY,
+    responses={
+        **ERRORS_AUTH,
+        302: {"description": "Redirect to the file (a signed URL valid for a minute)"},
+        404: {"schema": schemas.Problem, "description": "No such export of yours"},
+        409: {
+            "schema": schemas.Problem,
+            "description": "Not finished yet, or delivered as an email attachment",
+        },
+        410: {"schema": schemas.Problem, "description": "The file has expired"},
+        422: {"schema": schemas.Problem, "description": "The id is not a UUID"},
+    },
+)
+@match_info_schema(schemas.ExportPath)
+async def download_export(request: web.Request) -> web.Response:
+    claims = authenticate(request, Scope.EXPORTS_READ)
+    export_id = str(request["match_info"]["export_id"])
+    resources = request.app[RESOURCES]
+    with _records_unavailable_as_503():
+        job = await resources.jobs.get_for_user(export_id, claims.subject)
+    if job is None:
+        raise NotFound("No export with this id.", code="export_not_found")
+    now = utcnow()
+    expired = job.status is JobState.EXPIRED or (
+        job.file_expires_at is not None and job.file_expires_at <= now
+    )
+    if expired:
+        raise Gone(
+            "This export's file has expired and was deleted. Ask for a new export.",
+            code="export_expired",
+        )
+    if job.status is not JobState.SUCCEEDED:
+        raise Conflict(
+            f"This export is {job.status.value}; there is nothing to download.",
+            code="export_not_ready",
+        )
+    if job.file_key is None or job.file_name is None:
+        raise Conflict(
+            "This export was delivered as an email attachment; it has no download.",
+            code="no_download",
+        )
+    try:
+        url = await resources.files.signed_url(
+            job.file_key, file_name=job.file_name, content_type="/".join(job.format.content_type)
+        )
+    except StoreError as exc:
+        log.error("export.sign_failed", error=str(exc))
+        raise ServiceUnavailable(
+            "The file store is unavailable. Please retry.", code="files_unavailable"
+        ) from None
+    log.info("export.download", export_id=job.job_id)
+    # A signed URL is a bearer credential for a minute: keep it out of every cache.
+    return web.Response(
+        status=302,
+        headers={"Location": url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
 
 
 @docs(

@@ -30,6 +30,17 @@ class CreateExportRequest(StrictSchema):
         validate=validate.OneOf([f.value for f in ExportFormat]),
         metadata={"description": "File format of the export.", "example": "csv"},
     )
+    bom = fields.Boolean(
+        load_default=False,
+        # JSON true/false only: "yes" or 1 is a mistake worth a 422, not a guess.
+        truthy={True},
+        falsy={False},
+        metadata={
+            "description": "Start the CSV with a UTF-8 byte order mark, so Excel on Windows "
+            "reads accents and non-Latin names correctly.",
+            "example": False,
+        },
+    )
 
 
 class ExportPath(StrictSchema):
@@ -80,6 +91,9 @@ class ExportError(Schema):
 
 class ExportLinks(Schema):
     self = fields.String(required=True)
+    download = fields.String(
+        metadata={"description": "Present when the file is kept for download (large exports)."}
+    )
 
 
 class ExportResponse(Schema):
@@ -94,7 +108,15 @@ class ExportResponse(Schema):
     row_count = fields.Integer(allow_none=True)
     byte_size = fields.Integer(allow_none=True)
     file_name = fields.String(allow_none=True)
-    delivery = fields.String(allow_none=True, metadata={"example": "email_attachment"})
+    delivery = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(["email_attachment", "download_link"]),
+        metadata={"example": "email_attachment"},
+    )
+    bom = fields.Boolean(required=True)
+    download_expires_at = fields.DateTime(
+        allow_none=True, metadata={"description": "When the downloadable file is deleted."}
+    )
     error = fields.Nested(ExportError, allow_none=True)
     links = fields.Nested(ExportLinks, required=True)
 

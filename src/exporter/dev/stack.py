@@ -32,10 +32,12 @@ from exporter.cli import DEMO_EMAIL, seed_demo
 from exporter.config import Settings
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port, port_open
+from exporter.dev.s3 import start_s3
 from exporter.dev.smtp import read_outbox, start_smtp_sink
 from exporter.mail import EXPORT_ID_HEADER
 from exporter.queue import open_arq_redis
 from exporter.resources import open_dynamo
+from exporter.store.files import ExportFiles, open_s3
 from exporter.store.migrations import migrate
 from exporter.store.tables import create_tables
 
@@ -91,6 +93,7 @@ def _env_for(settings: Settings) -> dict[str, str]:
     env.update(
         {
             "EXPORTER_DYNAMO__ENDPOINT_URL": str(settings.dynamo.endpoint_url),
+            "EXPORTER_S3__ENDPOINT_URL": str(settings.s3.endpoint_url),
             "EXPORTER_SMTP__HOST": settings.smtp.host,
             "EXPORTER_SMTP__PORT": str(settings.smtp.port),
             "EXPORTER_API__HOST": settings.api.host,
@@ -116,6 +119,8 @@ def local_stack(
             log_path=VAR / "dynamodb.log",
         )
         stack.callback(dynamo.stop)
+        s3 = start_s3(_pick(_port_from(settings.s3.endpoint_url, 9000)), log_path=VAR / "s3.log")
+        stack.callback(s3.stop)
         outbox = (VAR / "outbox").resolve()
         sink = start_smtp_sink(outbox, _pick(settings.smtp.port))
         stack.callback(sink.stop)
@@ -126,6 +131,7 @@ def local_stack(
             update={
                 "dynamo": settings.dynamo.model_copy(update={"endpoint_url": dynamo.endpoint_url}),
                 "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
+                "s3": settings.s3.model_copy(update={"endpoint_url": s3.endpoint_url}),
                 "api": settings.api.model_copy(
                     update={"port": port, "public_url": f"http://127.0.0.1:{port}"}
                 ),
@@ -142,6 +148,8 @@ def local_stack(
         async def prepare() -> None:
             async with open_dynamo(settings.dynamo) as client:
                 await create_tables(client, settings.dynamo)
+            async with open_s3(settings.s3) as client:
+                await ExportFiles(client, settings.s3).ensure_bucket()
 
         asyncio.run(prepare())
         password = secrets.token_urlsafe(12)

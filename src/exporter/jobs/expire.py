@@ -1,16 +1,59 @@
-"""Cron: delete export records past their retention (DynamoDB TTL does the same, lazily)."""
+"""Cron: delete expired export files, then export records past their retention.
+
+Files first: a succeeded export whose file's time is up loses the file and becomes
+``expired`` (its download route then answers 410); a failed or cancelled export that had
+uploaded a file loses it at once. Records go later (DynamoDB TTL does the same, lazily).
+In AWS the bucket's lifecycle rule is the backstop for anything this misses.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 
-from exporter.models import utcnow
+from exporter.errors import ConditionFailed, StoreError
+from exporter.models import JobState, utcnow
 from exporter.resources import Resources
 
 log = structlog.stdlib.get_logger("exporter.jobs.expire")
 
 
-async def expire_jobs(resources: Resources) -> int:
-    deleted = await resources.jobs.delete_expired(now=utcnow())
-    log.info("expire.done", deleted=deleted)
+@dataclass(frozen=True, slots=True)
+class ExpiryReport:
+    files_deleted: int
+    records_deleted: int
+
+
+async def expire_files(resources: Resources) -> int:
+    now = utcnow()
+    deleted = 0
+    for job in await resources.jobs.files_to_delete(now=now):
+        assert job.file_key is not None
+        try:
+            await resources.files.delete(job.file_key)
+            if job.status is JobState.SUCCEEDED:
+                await resources.jobs.transition(
+                    job.job_id,
+                    to=JobState.EXPIRED,
+                    expected=(JobState.SUCCEEDED,),
+                    now=now,
+                    clear=("file_key",),
+                )
+            else:
+                await resources.jobs.forget_file(job.job_id, job.file_key, now=now)
+        except ConditionFailed:
+            continue  # changed meanwhile; the next run sees its new state
+        except StoreError as exc:
+            # One bad object must not stop the rest; the next run tries it again.
+            log.warning("expire.file_failed", export_id=job.job_id, error=str(exc))
+            continue
+        deleted += 1
     return deleted
+
+
+async def expire_jobs(resources: Resources) -> ExpiryReport:
+    files = await expire_files(resources)
+    records = await resources.jobs.delete_expired(now=utcnow())
+    log.info("expire.done", files_deleted=files, deleted=records)
+    return ExpiryReport(files_deleted=files, records_deleted=records)

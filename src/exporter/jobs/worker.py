@@ -93,8 +93,9 @@ def _retry_reason(exc: RetryLater) -> str:
     return code if isinstance(code, str) else type(cause).__name__ if cause else "unknown"
 
 
-async def expire_jobs_task(ctx: dict[str, Any]) -> int:
-    return await expire_jobs(resources_of(ctx))
+async def expire_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:
+    report = await expire_jobs(resources_of(ctx))
+    return {"files_deleted": report.files_deleted, "records_deleted": report.records_deleted}
 
 
 def health_check_key(settings: Settings) -> str:

@@ -377,6 +377,46 @@ class JobStore:
                     break
         return found[:limit]
 
+    async def files_to_delete(self, *, now: datetime, limit: int = 1000) -> list[ExportJob]:
+        """Jobs holding a file that must go: succeeded ones past their file's expiry, and
+        failed or cancelled ones that uploaded a file before they stopped.
+
+        A scan, like ``delete_expired``: run by the hourly cron, not on a request path.
+        """
+        found: list[ExportJob] = []
+        paginator = self._client.get_paginator("scan")
+        with dynamo_errors("scan_files"):
+            async for page in paginator.paginate(
+                TableName=self._table,
+                FilterExpression=(
+                    "attribute_exists(file_key) AND ((#status = :succeeded AND "
+                    "file_expires_at <= :now) OR #status IN (:failed, :cancelled))"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":succeeded": s(JobState.SUCCEEDED.value),
+                    ":failed": s(JobState.FAILED.value),
+                    ":cancelled": s(JobState.CANCELLED.value),
+                    ":now": s(format_ts(now)),
+                },
+            ):
+                found.extend(item_to_job(i) for i in page.get("Items", []))
+                if len(found) >= limit:
+                    break
+        return found[:limit]
+
+    async def forget_file(self, job_id: str, file_key: str, *, now: datetime) -> None:
+        """Record that ``file_key`` was deleted; a job that moved on to another file (a
+        re-run) keeps its own. Raises ``ConditionFailed`` in that case."""
+        with dynamo_errors("forget_file"):
+            await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression="SET updated_at = :now REMOVE file_key",
+                ConditionExpression="file_key = :key",
+                ExpressionAttributeValues={":key": s(file_key), ":now": s(format_ts(now))},
+            )
+
     async def delete_expired(self, *, now: datetime, max_items: int = 10_000) -> int:
         """Delete job records whose retention has passed; returns how many.
 

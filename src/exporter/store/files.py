@@ -1,0 +1,174 @@
+"""Export files in S3: upload (multipart, streamed from the worker's temp file), sign, delete.
+
+One object per export under a key derived from the export id alone, so a re-run of the same
+export overwrites its object instead of leaving a second copy. Signed URLs are made on
+demand by the download route and never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import IO, Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from exporter.config import S3Settings
+from exporter.errors import StoreError, StoreUnavailable
+
+# S3 answers these (or any 5xx) when a later attempt may succeed.
+_RETRYABLE_CODES = frozenset(
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
+)
+
+
+@contextmanager
+def s3_errors(operation: str) -> Iterator[None]:
+    """Translate botocore errors into the store's own exceptions (one boundary, as for
+    DynamoDB): transient trouble is ``StoreUnavailable``, the rest ``StoreError``."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _RETRYABLE_CODES or status >= 500:
+            raise StoreUnavailable(f"{operation}: {code or status}") from exc
+        raise StoreError(f"{operation}: {code or 'client error'}") from exc
+    except BotoCoreError as exc:
+        raise StoreUnavailable(f"{operation}: {type(exc).__name__}") from exc
+
+
+@asynccontextmanager
+async def open_s3(settings: S3Settings) -> AsyncIterator[Any]:
+    """An S3 client with bounded timeouts and standard (jittered) retries."""
+    credentials: dict[str, str] = {}
+    if settings.access_key_id and settings.secret_access_key:
+        credentials = {
+            "aws_access_key_id": settings.access_key_id.get_secret_value(),
+            "aws_secret_access_key": settings.secret_access_key.get_secret_value(),
+        }
+    elif settings.endpoint_url:
+        credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    config = AioConfig(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        signature_version="s3v4",
+        # Path-style against a local endpoint (no wildcard DNS on loopback).
+        s3={"addressing_style": "path" if settings.endpoint_url else "virtual"},
+    )
+    async with get_session().create_client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        config=config,
+        **credentials,
+    ) as client:
+        yield client
+
+
+class ExportFiles:
+    """The export bucket, as the worker (upload, delete) and the API (sign) need it."""
+
+    def __init__(self, client: Any, settings: S3Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    @property
+    def bucket(self) -> str:
+        return self._settings.bucket
+
+    def key_for(self, export_id: str, file_name: str) -> str:
+        """Deterministic per export: a re-run writes the same object again."""
+        return f"{self._settings.key_prefix}{export_id}/{file_name}"
+
+    def _encryption(self) -> dict[str, str]:
+        args: dict[str, str] = {"ServerSideEncryption": self._settings.sse}
+        if self._settings.sse == "aws:kms" and self._settings.kms_key_id:
+            args["SSEKMSKeyId"] = self._settings.kms_key_id
+        return args
+
+    async def upload(self, key: str, source: IO[bytes], *, size: int, content_type: str) -> None:
+        """Upload ``size`` bytes read from ``source`` (positioned at 0), part by part, so no
+        more than one part is ever in memory. Small files go up in one PUT."""
+        part_size = self._settings.part_size_bytes
+        common = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ContentType": content_type,
+            **self._encryption(),
+        }
+        if size <= part_size:
+            with s3_errors("put_object"):
+                await self._client.put_object(Body=source.read(), **common)
+            return
+        with s3_errors("create_multipart_upload"):
+            started = await self._client.create_multipart_upload(**common)
+        upload_id = started["UploadId"]
+        try:
+            parts = []
+            number = 1
+            while chunk := source.read(part_size):
+                with s3_errors("upload_part"):
+                    part = await self._client.upload_part(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+                number += 1
+            with s3_errors("complete_multipart_upload"):
+                await self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            # Uploaded parts cost storage until aborted (the bucket's lifecycle rule also
+            # aborts leftovers after a day, for the crash that skips this).
+            with s3_errors("abort_multipart_upload"):
+                await self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+            raise
+
+    async def signed_url(self, key: str, *, file_name: str, content_type: str) -> str:
+        """A short-lived GET URL that downloads the file under its own name."""
+        with s3_errors("generate_presigned_url"):
+            url: str = await self._client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{file_name}"',
+                    "ResponseContentType": content_type,
+                },
+                ExpiresIn=self._settings.presign_ttl_s,
+            )
+        return url
+
+    async def delete(self, key: str) -> None:
+        """Remove the file; deleting one that is already gone is fine."""
+        with s3_errors("delete_object"):
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket where we own the endpoint (local, tests); AWS's comes from infra."""
+        with s3_errors("head_bucket"):
+            try:
+                await self._client.head_bucket(Bucket=self.bucket)
+                return
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                    raise
+        with s3_errors("create_bucket"):
+            await self._client.create_bucket(
+                Bucket=self.bucket,
+                CreateBucketConfiguration={"LocationConstraint": self._settings.region},
+            )
