@@ -78,12 +78,13 @@ async def test_create_records_the_bom_option(
     assert job is not None and job.bom is True
 
 
+@pytest.mark.parametrize("bom", ["yes", 1, 0, "true", None])
 async def test_bom_must_be_a_json_boolean(
-    client: TestClient[Any, Any], make_user: MakeUser
+    client: TestClient[Any, Any], make_user: MakeUser, bom: object
 ) -> None:
     headers = await login(client, await make_user())
 
-    response = await client.post("/v1/exports", json={"bom": "yes"}, headers=headers)
+    response = await client.post("/v1/exports", json={"bom": bom}, headers=headers)
 
     assert response.status == 422
     assert response.content_type == "application/problem+json"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from marshmallow import RAISE, Schema, fields, validate
 
 from exporter.models import ExportFormat, JobState
@@ -24,17 +27,29 @@ class RefreshRequest(StrictSchema):
     refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=4096))
 
 
+class JsonBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only: "yes", 1 or 0 is a mistake worth a 422, not a guess.
+
+    ``fields.Boolean(truthy={True}, falsy={False})`` is not enough: it tests membership,
+    and ``1 == True`` and ``0 == False`` in Python.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class CreateExportRequest(StrictSchema):
     format = fields.String(
         load_default=ExportFormat.CSV.value,
         validate=validate.OneOf([f.value for f in ExportFormat]),
         metadata={"description": "File format of the export.", "example": "csv"},
     )
-    bom = fields.Boolean(
+    bom = JsonBoolean(
         load_default=False,
-        # JSON true/false only: "yes" or 1 is a mistake worth a 422, not a guess.
-        truthy={True},
-        falsy={False},
         metadata={
             "description": "Start the CSV with a UTF-8 byte order mark, so Excel on Windows "
             "reads accents and non-Latin names correctly.",
