@@ -1,6 +1,6 @@
 """Export engine benchmark: the project's export path against psql's own \\copy, same run.
 
-    python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--json]
+    python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--progress] [--json]
 
 Creates its own database, seeds one user per size with N memberships scattered among
 other users' rows (two others after each of theirs), then alternates, at least ``--runs``
@@ -9,7 +9,9 @@ times each: the floor (``psql \\copy (plain SELECT) to file``), the project's ex
 gzip floor (``\\copy … to program 'gzip -6 > file'``) and the project's ``csv.gz`` export.
 Reports medians (COPY on 2 cores is bimodal run to run), the peak RSS growth of this
 process while exporting (VmHWM after resetting it, minus VmRSS before), and client CPU.
-The last line is a JSON array with one object per size.
+The last line is a JSON array with one object per size. ``--progress`` runs the project's
+exports as the worker does, with progress tracking (the count in the COPY's snapshot, lines
+counted per chunk, the heartbeat task), its writes going nowhere.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import asyncpg
 
 from exporter.jobs.export import write_export_file
+from exporter.jobs.progress import ExportProgress
 from exporter.models import ExportFormat
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
@@ -112,15 +115,27 @@ def _psql(dsn: str, command: str) -> float:
     return time.perf_counter() - started
 
 
+async def _nowhere(rows: int, total: int | None) -> None:
+    pass
+
+
 async def _ours(
-    pool: asyncpg.Pool[Any], user: str, path: Path, fmt: ExportFormat, series: Series
+    pool: asyncpg.Pool[Any],
+    user: str,
+    path: Path,
+    fmt: ExportFormat,
+    series: Series,
+    *,
+    progress: bool,
 ) -> None:
     _reset_peak_rss()
     idle_kb = _status_kb("VmRSS")
     cpu0 = _cpu_s()
     started = time.perf_counter()
+    # The worker's default interval; the writes themselves are the job store's business.
+    tracker = ExportProgress(_nowhere, interval_s=2.0) if progress else None
     with path.open("wb") as out:
-        written = await write_export_file(pool, user, out, fmt=fmt, bom=False)
+        written = await write_export_file(pool, user, out, fmt=fmt, bom=False, progress=tracker)
     series.times.append(time.perf_counter() - started)
     series.cpu_s.append(_cpu_s() - cpu0)
     series.rss_delta_mb.append((_status_kb("VmHWM") - idle_kb) / 1024)
@@ -128,7 +143,14 @@ async def _ours(
 
 
 async def bench_size(
-    dsn: str, pool: asyncpg.Pool[Any], user: str, n: int, runs: int, workdir: Path
+    dsn: str,
+    pool: asyncpg.Pool[Any],
+    user: str,
+    n: int,
+    runs: int,
+    workdir: Path,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     floor, ours, gz_floor, gz_ours = Series(), Series(), Series(), Series()
     plain = PLAIN_QUERY.format(user=user)
@@ -146,10 +168,12 @@ async def bench_size(
         gz_floor.size = target.stat().st_size
 
     async def run_ours() -> None:
-        await _ours(pool, user, ours_file, ExportFormat.CSV, ours)
+        await _ours(pool, user, ours_file, ExportFormat.CSV, ours, progress=progress)
 
     async def run_gz_ours() -> None:
-        await _ours(pool, user, workdir / "ours.csv.gz", ExportFormat.CSV_GZ, gz_ours)
+        await _ours(
+            pool, user, workdir / "ours.csv.gz", ExportFormat.CSV_GZ, gz_ours, progress=progress
+        )
 
     for i in range(runs):
         # Alternate the order so neither side always runs on a warmer cache.
@@ -178,6 +202,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 100_000, 10_000])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--progress", action="store_true", help="export with the worker's progress tracking"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     dsn = await _recreate_db()
@@ -188,13 +215,18 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
             for n in args.rows:
-                results.append(await bench_size(dsn, pool, users[n], n, args.runs, Path(tmp)))
+                results.append(
+                    await bench_size(
+                        dsn, pool, users[n], n, args.runs, Path(tmp), progress=args.progress
+                    )
+                )
     finally:
         await pool.close()
     if not args.json:
         print(
             f"\n{time.strftime('%Y-%m-%d')} · {platform.node()} · {os.cpu_count()} cores · "
             f"Python {platform.python_version()} · medians of {args.runs} alternating runs"
+            + (" · with progress tracking" if args.progress else "")
         )
         header = (
             f"{'rows':>9} {'floor s':>8} {'ours s':>7} {'ratio':>6} {'gz floor':>9} "

@@ -184,6 +184,10 @@ class ExportSettings(BaseModel):
     # Spooled temp files stay in memory up to this size, then move to disk.
     spool_max_bytes: int = Field(default=1024 * 1024, ge=0)
     temp_dir: Path | None = None
+    # While a job streams, its record gets rows_exported and heartbeat_at at most this often
+    # (plus once when streaming starts). The write is also the worker's heartbeat, so keep
+    # it well below the staleness after which a job counts as abandoned.
+    progress_interval_s: float = Field(default=2.0, gt=0, le=60)
 
 
 class WorkerSettings(BaseModel):

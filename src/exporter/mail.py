@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import textwrap
+import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
@@ -18,11 +22,33 @@ EXPORT_ID_HEADER = "X-Exporter-Export-Id"
 
 @dataclass(frozen=True, slots=True)
 class ExportAttachment:
+    """The finished file, small enough to travel inside the email."""
+
     content: bytes
     file_name: str
     row_count: int
     byte_size: int
     content_type: tuple[str, str] = ("text", "csv")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadLink:
+    """A file too large to attach: the email points at the API, which serves it to its owner.
+
+    ``url`` is the API route (see ``download_url``), which asks for the user's sign-in; it is
+    never a presigned storage URL, so a forwarded email gives nobody else the file.
+    """
+
+    url: str
+    expires_at: datetime
+    file_name: str
+    row_count: int
+    byte_size: int
+
+
+def download_url(public_url: str, export_id: str) -> str:
+    """Where a signed-in user downloads an export's file."""
+    return f"{public_url.rstrip('/')}/v1/exports/{export_id}/download"
 
 
 def human_size(size: int) -> str:
@@ -34,37 +60,132 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+# Longest display name used in a greeting; longer ones are cut (they are only courtesy).
+_MAX_NAME = 80
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` without control characters (no line breaks to forge lines with), trimmed."""
+    cleaned = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
+    return " ".join(cleaned.split())[:limit]
+
+
+def _utc(value: datetime) -> str:
+    return f"{value.astimezone(UTC):%Y-%m-%d at %H:%M} UTC"
+
+
 def build_export_message(
-    *, sender: str, recipient: str, export_id: str, attachment: ExportAttachment
+    *,
+    sender: str,
+    recipient: str,
+    export_id: str,
+    attachment: ExportAttachment | None = None,
+    link: DownloadLink | None = None,
+    recipient_name: str | None = None,
 ) -> EmailMessage:
-    """The email that carries a finished export. Nothing in it comes from the request."""
+    """The email for a finished export: the file attached, or a link to it (exactly one).
+
+    multipart/alternative (plain text + HTML; every value from a user or a record is
+    HTML-escaped), inside multipart/mixed with the file when attached.
+    """
+    if (attachment is None) == (link is None):
+        raise ValueError("an export message carries either an attachment or a link")
+    file = attachment if attachment is not None else link
+    assert file is not None  # for mypy: exactly one of the two is set
+    rows = f"{file.row_count:,} {'row' if file.row_count == 1 else 'rows'}"
+    name = _one_line(recipient_name or "", _MAX_NAME)
+    file_name = _one_line(file.file_name, 255)
+    subject = f"Your memberships export is ready ({rows})"
+
     message = EmailMessage()
     message["From"] = sender
     message["To"] = recipient
-    message["Subject"] = f"Your memberships export is ready ({attachment.row_count:,} rows)"
+    message["Subject"] = subject
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid(domain="exporter.local")
     message[EXPORT_ID_HEADER] = export_id
-    message.set_content(
-        "Hello,\n\n"
-        "Attached is the export of your memberships that you asked for.\n\n"
-        f"  File:  {attachment.file_name}\n"
-        f"  Rows:  {attachment.row_count:,} (plus one header row)\n"
-        f"  Size:  {human_size(attachment.byte_size)}\n"
-        f"  Export id: {export_id}\n\n"
-        "The file is CSV (comma separated, UTF-8, RFC 4180). Times are UTC (ISO 8601);\n"
-        "prices are decimal numbers with their currency in the next column.\n\n"
-        "If you did not ask for this export, you can ignore this message; nobody else\n"
-        "received it. Consider changing your password if it happens again.\n"
-    )
-    message.add_attachment(
-        attachment.content,
-        maintype=attachment.content_type[0],
-        subtype=attachment.content_type[1],
-        filename=attachment.file_name,
-        params={"charset": "utf-8"} if attachment.content_type[0] == "text" else {},
-    )
+
+    facts = [
+        ("File", file_name),
+        ("Rows", f"{file.row_count:,} (plus one header row)"),
+        ("Size", human_size(file.byte_size)),
+        ("Export id", export_id),
+    ]
+    if link is not None:
+        facts.append(("Link expires", _utc(link.expires_at)))
+    message.set_content(_text_body(name, facts, link))
+    message.add_alternative(_html_body(subject, name, facts, link), subtype="html")
+    if attachment is not None:
+        message.add_attachment(
+            attachment.content,
+            maintype=attachment.content_type[0],
+            subtype=attachment.content_type[1],
+            filename=attachment.file_name,
+            params={"charset": "utf-8"} if attachment.content_type[0] == "text" else {},
+        )
     return message
+
+
+_FORMAT_NOTE = (
+    "The file is CSV (comma separated, UTF-8, RFC 4180). Times are UTC (ISO 8601); "
+    "prices are decimal numbers with their currency in the next column."
+)
+_NOT_YOU = (
+    "If you did not ask for this export, you can ignore this message; nobody else "
+    "received it. Consider changing your password if it happens again."
+)
+
+
+def _text_body(name: str, facts: list[tuple[str, str]], link: DownloadLink | None) -> str:
+    lines = [f"Hello {name}," if name else "Hello,", ""]
+    if link is None:
+        lines += ["Attached is the export of your memberships that you asked for.", ""]
+    else:
+        lines += [
+            "The export of your memberships that you asked for is ready to download:",
+            "",
+            f"  {link.url}",
+            "",
+            "Sign in to download it; the link works only for your account.",
+            f"It expires on {_utc(link.expires_at)}; after that the file is deleted and you",
+            "can ask for a new export.",
+            "",
+        ]
+    width = max(len(label) for label, _ in facts) + 1
+    lines += [f"  {label + ':':<{width}} {value}" for label, value in facts]
+    lines += ["", *textwrap.wrap(_FORMAT_NOTE, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
+    return "\n".join(lines) + "\n"
+
+
+def _html_body(
+    subject: str, name: str, facts: list[tuple[str, str]], link: DownloadLink | None
+) -> str:
+    e = html.escape
+    greeting = f"Hello {e(name)}," if name else "Hello,"
+    if link is None:
+        intro = "<p>Attached is the export of your memberships that you asked for.</p>"
+    else:
+        intro = (
+            "<p>The export of your memberships that you asked for is ready to download:</p>"
+            f'<p><a href="{e(link.url)}">Download {e(_one_line(link.file_name, 255))}</a></p>'
+            "<p>Sign in to download it; the link works only for your account. "
+            f"It expires on {e(_utc(link.expires_at))}; after that the file is deleted and "
+            "you can ask for a new export.</p>"
+        )
+    rows = "".join(
+        f'<tr><th align="left" style="padding-right:1em">{e(label)}</th><td>{e(value)}</td></tr>'
+        for label, value in facts
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{e(subject)}</title></head>\n"
+        '<body style="font-family:sans-serif;line-height:1.5;color:#222">\n'
+        f"<p>{greeting}</p>\n{intro}\n"
+        f'<table role="presentation">{rows}</table>\n'
+        f"<p>{e(_FORMAT_NOTE)}</p>\n"
+        f'<p style="color:#555">{e(_NOT_YOU)}</p>\n'
+        "</body></html>\n"
+    )
 
 
 class Mailer:

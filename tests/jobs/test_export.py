@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import dataclasses
 import io
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from exporter.dev.smtp import SmtpSink
+from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.jobs.export import ExportOutcome, RetryLater, run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
+from exporter.store.jobs import JobStore
 from exporter.store.memberships import EXPORT_HEADER
 from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import RAW_EXPORT_QUERY, login, reference_row
@@ -79,8 +87,9 @@ async def test_requested_export_is_emailed_with_exactly_the_users_rows(
     (part,) = list(message.iter_attachments())
     assert part.get_filename() == f"memberships-{utcnow():%Y-%m-%d}.csv"
     assert part.get_content_type() == "text/csv"
-    body = message.get_body(("plain",))
+    body, html = message.get_body(("plain",)), message.get_body(("html",))
     assert body is not None and "export of your memberships" in body.get_content()
+    assert html is not None and "2,500 (plus one header row)" in html.get_content()
 
     rows = attachment_rows(message)
     assert rows[0] == list(EXPORT_HEADER)
@@ -296,3 +305,245 @@ async def test_csv_gz_export_arrives_gzipped_and_decompresses_to_the_same_rows(
     rows = list(csv.reader(io.StringIO(gzip.decompress(payload).decode(), newline="")))
     assert rows[0] == list(EXPORT_HEADER)
     assert rows[1:] == await expected_rows(pg, user.user_id)
+
+
+# --- progress and heartbeat while a real export runs -----------------------------------------
+
+
+def with_exports(resources: Resources, **changes: Any) -> Resources:
+    """``resources`` with some export settings changed (e.g. a fast heartbeat)."""
+    exports = resources.settings.exports.model_copy(update=changes)
+    return dataclasses.replace(
+        resources, settings=resources.settings.model_copy(update={"exports": exports})
+    )
+
+
+@asynccontextmanager
+async def organizations_locked(pg_dsn: str) -> AsyncIterator[None]:
+    """Hold an exclusive lock on ``organizations``: an export counts its rows (memberships
+    only) and then its COPY waits, streaming nothing, until the lock is released."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE organizations IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def record_when(
+    resources: Resources, job_id: str, check: Callable[[ExportJob], bool]
+) -> ExportJob:
+    """Poll the job record until ``check`` holds (the test's timeout bounds the wait)."""
+    while True:
+        job = await resources.jobs.get(job_id)
+        assert job is not None
+        if check(job):
+            return job
+        await asyncio.sleep(0.01)
+
+
+async def test_a_running_export_shows_progress_and_heartbeats_while_stalled(
+    client: TestClient[Any, Any],
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+    pg_dsn: str,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 120)
+    job = await new_job(resources, user.user_id)
+    headers = await login(client, user)
+    fast = with_exports(resources, progress_interval_s=0.02)
+
+    async with organizations_locked(pg_dsn):
+        run = asyncio.create_task(deliver(fast, job.job_id, user.user_id))
+        first = await record_when(resources, job.job_id, lambda j: j.total_rows is not None)
+        beat = first.heartbeat_at
+        assert beat is not None
+        # Rows cannot advance while the COPY waits; the heartbeat keeps being written.
+        later = await record_when(
+            resources, job.job_id, lambda j: j.heartbeat_at is not None and j.heartbeat_at > beat
+        )
+        shown = await (await client.get(f"/v1/exports/{job.job_id}", headers=headers)).json()
+        assert not run.done()
+
+    outcome = await asyncio.wait_for(run, 30)
+    assert (first.status, first.rows_exported, first.total_rows) == (JobState.IN_PROGRESS, 0, 120)
+    assert later.rows_exported == 0 and later.status is JobState.IN_PROGRESS
+    assert shown["status"] == "in_progress"
+    assert (shown["rows_exported"], shown["total_rows"], shown["progress"]) == (0, 120, 0.0)
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None
+    assert (done.row_count, done.rows_exported, done.total_rows, done.progress) == (
+        120,
+        120,
+        120,
+        1.0,
+    )
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+async def test_a_run_taken_over_by_a_newer_attempt_stops_and_only_the_newer_one_delivers(
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+    pg_dsn: str,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 30)
+    job = await new_job(resources, user.user_id)
+    fast = with_exports(resources, progress_interval_s=0.02)
+
+    async with organizations_locked(pg_dsn):
+        old = asyncio.create_task(deliver(fast, job.job_id, user.user_id, attempt=1))
+        await record_when(resources, job.job_id, lambda j: j.total_rows is not None)
+        # A re-delivery (say, after the sweeper judged the old worker dead) takes over.
+        new = asyncio.create_task(deliver(fast, job.job_id, user.user_id, attempt=2))
+        await record_when(
+            resources, job.job_id, lambda j: j.attempts == 2 and j.total_rows is not None
+        )
+        # The old run's next heartbeat is refused: it stops although its COPY is stalled.
+        assert await asyncio.wait_for(old, 30) is None
+        assert not new.done()
+
+    outcome = await asyncio.wait_for(new, 30)
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    assert outcome.row_count == 30
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+async def test_a_cancelled_run_stops_without_email(
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+    pg_dsn: str,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 30)
+    job = await new_job(resources, user.user_id)
+    fast = with_exports(resources, progress_interval_s=0.02)
+
+    async with organizations_locked(pg_dsn):
+        run = asyncio.create_task(deliver(fast, job.job_id, user.user_id))
+        await record_when(resources, job.job_id, lambda j: j.total_rows is not None)
+        await resources.jobs.transition(
+            job.job_id, to=JobState.CANCELLED, expected=(JobState.IN_PROGRESS,), now=utcnow()
+        )
+        assert await asyncio.wait_for(run, 30) is None
+
+    cancelled = await resources.jobs.get(job.job_id)
+    assert cancelled is not None and cancelled.status is JobState.CANCELLED
+    assert smtp_sink.for_export(job.job_id) == []
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """Files this process holds open inside ``folder`` (unlinked temp files included)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                found.append(target)
+    return found
+
+
+class TakeoverJobStore(JobStore):
+    """The real store, with a newer attempt taking the job over (a real, competing write)
+    just before the running export's first mid-stream progress write."""
+
+    def __init__(self, base: JobStore, temp_dir: Path) -> None:
+        self.__dict__.update(base.__dict__)
+        self.temp_dir = temp_dir
+        self.open_mid_stream: list[str] = []
+
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        rows_exported: int,
+        total_rows: int | None,
+        now: datetime,
+    ) -> None:
+        if rows_exported > 0 and not self.open_mid_stream:
+            self.open_mid_stream = open_files_under(self.temp_dir)
+            await self.transition(
+                job_id, to=JobState.IN_PROGRESS, now=utcnow(), increment_attempts=True
+            )
+        await super().record_progress(
+            job_id, attempt=attempt, rows_exported=rows_exported, total_rows=total_rows, now=now
+        )
+
+
+async def test_a_run_superseded_mid_stream_discards_its_temp_file(
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 30_000)
+    job = await new_job(resources, user.user_id)
+    store = TakeoverJobStore(resources.jobs, tmp_path)
+    spooling = with_exports(
+        resources, progress_interval_s=0.001, spool_max_bytes=1024, temp_dir=tmp_path
+    )
+
+    outcome = await deliver(dataclasses.replace(spooling, jobs=store), job.job_id, user.user_id)
+
+    assert outcome is None
+    assert store.open_mid_stream, "the export finished before a mid-stream progress write"
+    assert open_files_under(tmp_path) == []
+    taken = await resources.jobs.get(job.job_id)
+    assert taken is not None and taken.attempts == 2 and taken.status is JobState.IN_PROGRESS
+    assert smtp_sink.for_export(job.job_id) == []
+
+
+class SlowOutbox(OutboxHandler):
+    """An SMTP relay that takes its time over each message, like a congested one."""
+
+    def __init__(self, outbox: Path, delay_s: float) -> None:
+        super().__init__(outbox)
+        self.delay_s = delay_s
+        self.data_started: list[datetime] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.data_started.append(utcnow())
+        await asyncio.sleep(self.delay_s)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_the_heartbeat_goes_on_while_the_email_is_sent(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, tmp_path: Path
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    from exporter.dev.ports import free_port
+    from exporter.mail import Mailer
+
+    user = await make_user()
+    await seed_rows(user.user_id, 5)
+    job = await new_job(resources, user.user_id)
+    handler = SlowOutbox(tmp_path / "outbox", delay_s=0.5)
+    relay = Controller(handler, hostname="127.0.0.1", port=free_port())
+    relay.start()
+    try:
+        smtp = resources.settings.smtp.model_copy(update={"port": relay.port})
+        slow = dataclasses.replace(
+            with_exports(resources, progress_interval_s=0.02), mailer=Mailer(smtp)
+        )
+        outcome = await deliver(slow, job.job_id, user.user_id)
+    finally:
+        relay.stop()
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+    (data_started,) = handler.data_started
+    assert done is not None and done.heartbeat_at is not None
+    assert done.heartbeat_at > data_started

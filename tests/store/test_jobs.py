@@ -130,6 +130,54 @@ async def test_only_one_of_two_racing_finishers_wins(resources: Resources) -> No
     assert sum(isinstance(r, ConditionFailed) for r in results) == 4
 
 
+async def start_run(resources: Resources, job: ExportJob) -> ExportJob:
+    """The job as a worker's run sees it right after taking it: in_progress, attempt n."""
+    return await resources.jobs.transition(
+        job.job_id, to=JobState.IN_PROGRESS, now=utcnow(), increment_attempts=True
+    )
+
+
+async def test_progress_and_heartbeat_are_recorded_for_the_running_attempt(
+    resources: Resources,
+) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    running = await start_run(resources, job)
+    at = utcnow().replace(microsecond=250000)
+
+    await resources.jobs.record_progress(
+        job.job_id, attempt=running.attempts, rows_exported=40, total_rows=100, now=at
+    )
+
+    seen = await resources.jobs.get(job.job_id)
+    assert seen is not None
+    assert (seen.rows_exported, seen.total_rows, seen.progress) == (40, 100, 0.4)
+    assert seen.heartbeat_at == at and seen.updated_at == at
+    assert seen.status is JobState.IN_PROGRESS and seen.attempts == running.attempts
+
+
+@pytest.mark.parametrize("moved_on", ["newer_attempt", "cancelled", "succeeded", "missing"])
+async def test_progress_of_a_run_that_lost_the_job_is_refused_and_changes_nothing(
+    resources: Resources, moved_on: str
+) -> None:
+    job = new_job()
+    if moved_on != "missing":
+        await resources.jobs.create(job)
+        running = await start_run(resources, job)
+        if moved_on == "newer_attempt":
+            await start_run(resources, running)  # a re-delivery took the job over
+        else:
+            await resources.jobs.transition(job.job_id, to=JobState(moved_on), now=utcnow())
+    before = await resources.jobs.get(job.job_id)
+
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.record_progress(
+            job.job_id, attempt=1, rows_exported=5, total_rows=10, now=utcnow()
+        )
+
+    assert await resources.jobs.get(job.job_id) == before
+
+
 async def test_list_pages_through_one_users_jobs_newest_first(resources: Resources) -> None:
     user = str(uuid.uuid4())
     jobs = [new_job(user, age_s=100 - i) for i in range(5)]

@@ -148,3 +148,34 @@ async def test_copy_reads_one_snapshot_while_rows_change(pg_dsn: str, seed_rows:
     assert changed
     assert rows == 3000
     assert b",late," not in seen
+
+
+async def test_total_is_counted_in_the_snapshot_the_copy_reads(
+    pg_dsn: str, seed_rows: SeedRows
+) -> None:
+    user = str(uuid.uuid4())
+    await seed_rows(user, 40)
+    reader, writer = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    totals: list[int] = []
+
+    async def on_start(total: int) -> None:
+        totals.append(total)
+        # Committed between the count and the COPY: neither may see it.
+        await writer.execute(
+            "INSERT INTO memberships (user_id, organization_id, plan, status, role,"
+            " started_on, price, currency)"
+            " SELECT $1, id, 'late', 'active', 'member', current_date, 1, 'EUR'"
+            " FROM organizations LIMIT 5",
+            user,
+        )
+
+    async def sink(chunk: bytes) -> None:
+        pass
+
+    try:
+        rows = await copy_memberships(reader, user, sink, on_start=on_start)
+    finally:
+        await reader.close()
+        await writer.close()
+    assert totals == [40]
+    assert rows == 40

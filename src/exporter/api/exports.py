@@ -84,6 +84,11 @@ def job_body(job: ExportJob) -> dict[str, Any]:
         "expires_at": _iso(job.expires_at),
         "attempts": job.attempts,
         "row_count": job.row_count,
+        # While running: rows written so far (an estimate until row_count is set), the
+        # total counted when streaming started, and their ratio.
+        "rows_exported": job.rows_exported,
+        "total_rows": job.total_rows,
+        "progress": job.progress,
         "byte_size": job.byte_size,
         "file_name": job.file_name,
         "delivery": job.delivery,

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
 
 from exporter.models import ExportFormat, JobState
+
+
+class JsonBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only. ``truthy={True}`` alone lets 0 and 1 through, because
+    ``0 in {False}`` holds in Python (0 == False, same hash)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 class StrictSchema(Schema):
@@ -27,21 +36,6 @@ class RefreshRequest(StrictSchema):
     refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=4096))
 
 
-class JsonBoolean(fields.Boolean):
-    """JSON ``true``/``false`` only: "yes", 1 or 0 is a mistake worth a 422, not a guess.
-
-    ``fields.Boolean(truthy={True}, falsy={False})`` is not enough: it tests membership,
-    and ``1 == True`` and ``0 == False`` in Python.
-    """
-
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> bool:
-        if not isinstance(value, bool):
-            raise self.make_error("invalid", input=value)
-        return value
-
-
 class CreateExportRequest(StrictSchema):
     format = fields.String(
         load_default=ExportFormat.CSV.value,
@@ -50,6 +44,7 @@ class CreateExportRequest(StrictSchema):
     )
     bom = JsonBoolean(
         load_default=False,
+        # JSON true/false only: "yes" or 1 is a mistake worth a 422, not a guess.
         metadata={
             "description": "Start the CSV with a UTF-8 byte order mark, so Excel on Windows "
             "reads accents and non-Latin names correctly.",
@@ -121,6 +116,25 @@ class ExportResponse(Schema):
     expires_at = fields.DateTime(required=True)
     attempts = fields.Integer(required=True)
     row_count = fields.Integer(allow_none=True)
+    rows_exported = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "Rows written so far while running (an estimate, at most "
+            "`total_rows`); `row_count` once finished. Updated every few seconds."
+        },
+    )
+    total_rows = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Rows the export will hold, counted when streaming started."},
+    )
+    progress = fields.Float(
+        allow_none=True,
+        validate=validate.Range(min=0, max=1),
+        metadata={
+            "description": "0 to 1 while running and the total is known; 1 once succeeded.",
+            "example": 0.42,
+        },
+    )
     byte_size = fields.Integer(allow_none=True)
     file_name = fields.String(allow_none=True)
     delivery = fields.String(

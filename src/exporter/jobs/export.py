@@ -8,6 +8,8 @@ queued ──▶ in_progress ──▶ succeeded
 A re-delivered message finds the record terminal and does nothing, or finds it
 ``in_progress`` (the previous worker died) and starts over from the beginning; the
 conditional transitions in ``JobStore`` make sure only one run can finish the record.
+While it streams and delivers, a run writes progress and its heartbeat (``jobs/progress.py``);
+a refused write means the job was cancelled or taken over, and the run stops there.
 A cancel aborts the arq job: ``asyncio.CancelledError`` is not an ``Exception``, so it
 passes every handler below untouched (no ``_fail``, no retry) and the ``with`` blocks
 close, and so delete, the temporary file on the way out.
@@ -28,6 +30,7 @@ import structlog
 from exporter import audit
 from exporter.csvstream import ExportEncoder
 from exporter.errors import ConditionFailed, ExportFailed, StoreUnavailable
+from exporter.jobs.progress import ExportProgress, ProgressWriter
 from exporter.mail import ExportAttachment, build_export_message
 from exporter.metrics import observe_email, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
@@ -119,12 +122,14 @@ def _retry(exc: Exception, attempt: int) -> ExportOutcome:
 async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
     settings = resources.settings.exports
     started = time.monotonic()
+    now = utcnow()
     job = await resources.jobs.transition(
         job.job_id,
         to=JobState.IN_PROGRESS,
-        now=utcnow(),
-        fields={"started_at": utcnow()},
-        clear=("error_code", "error_message"),
+        now=now,
+        # The heartbeat starts with the run; a re-run's progress starts from nothing.
+        fields={"started_at": now, "heartbeat_at": now},
+        clear=("error_code", "error_message", "rows_exported", "total_rows"),
         increment_attempts=True,
     )
     user = await resources.users.get(job.user_id)
@@ -135,8 +140,13 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         max_size=settings.spool_max_bytes,
         dir=str(settings.temp_dir) if settings.temp_dir else None,
     ) as spool:
+        progress = ExportProgress(
+            _progress_writer(resources, job), interval_s=settings.progress_interval_s
+        )
+        # ConditionFailed from a progress write (the job moved on) leaves this block, so
+        # the spooled file is discarded with it.
         written = await write_export_file(
-            resources.pg_export, job.user_id, spool, fmt=job.format, bom=False
+            resources.pg_export, job.user_id, spool, fmt=job.format, bom=False, progress=progress
         )
         row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
@@ -151,6 +161,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         message = build_export_message(
             sender=resources.mailer.sender,
             recipient=user.email,
+            recipient_name=user.display_name,
             export_id=job.job_id,
             attachment=ExportAttachment(
                 content=spool.read(),
@@ -162,7 +173,8 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         )
     mail_started = time.monotonic()
     try:
-        await resources.mailer.send(message)
+        # The heartbeat goes on while the mail goes out (a slow relay is not a dead worker).
+        await progress.run(resources.mailer.send(message))
     except Exception:
         observe_email(time.monotonic() - mail_started, ok=False)
         raise
@@ -180,6 +192,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
             "byte_size": byte_size,
             "file_name": file_name,
             "delivery": "email_attachment",
+            "rows_exported": row_count,
         },
     )
     # After the conditional transition: a re-delivered run that lost the race logs nothing.
@@ -206,6 +219,17 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
     return ExportOutcome(job.job_id, job.status, row_count, byte_size)
 
 
+def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
+    """Progress writes for this run only: ``job.attempts`` is the attempt that owns it."""
+
+    async def write(rows: int, total: int | None) -> None:
+        await resources.jobs.record_progress(
+            job.job_id, attempt=job.attempts, rows_exported=rows, total_rows=total, now=utcnow()
+        )
+
+    return write
+
+
 @dataclass(frozen=True, slots=True)
 class ExportFile:
     rows: int
@@ -214,18 +238,43 @@ class ExportFile:
 
 
 async def write_export_file(
-    pool: asyncpg.Pool[Any], user_id: str, out: IO[bytes], *, fmt: ExportFormat, bom: bool
+    pool: asyncpg.Pool[Any],
+    user_id: str,
+    out: IO[bytes],
+    *,
+    fmt: ExportFormat,
+    bom: bool,
+    progress: ExportProgress | None = None,
 ) -> ExportFile:
     """Write the user's export (CSV, optionally gzipped) to ``out``. The worker and the
-    benchmark both call this, so the benchmark measures exactly what users get."""
+    benchmark both call this, so the benchmark measures exactly what users get.
+
+    With ``progress``, the rows are first counted in the COPY's snapshot, every chunk is
+    counted on its way through, and progress writes run beside the COPY (see
+    ``jobs/progress.py``); a write that raises ``ConditionFailed`` stops the COPY.
+    """
     encoder = ExportEncoder(fmt, bom=bom)
 
-    async def sink(chunk: bytes) -> None:
-        out.write(encoder.encode(chunk))
+    if progress is None:
+
+        async def sink(chunk: bytes) -> None:
+            out.write(encoder.encode(chunk))
+
+    else:
+        count = progress.count
+
+        async def sink(chunk: bytes) -> None:
+            count(chunk)
+            out.write(encoder.encode(chunk))
 
     try:
         async with pool.acquire() as conn:
-            rows = await copy_memberships(conn, user_id, sink)
+            if progress is None:
+                rows = await copy_memberships(conn, user_id, sink)
+            else:
+                rows = await progress.run(
+                    copy_memberships(conn, user_id, sink, on_start=progress.start)
+                )
     except _TRANSIENT_PG as exc:
         raise ExportFailed(
             "database_unavailable", f"database: {type(exc).__name__}", transient=True

@@ -335,6 +335,43 @@ class JobStore:
             )
         return item_to_job(response["Attributes"])
 
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        rows_exported: int,
+        total_rows: int | None,
+        now: datetime,
+    ) -> None:
+        """Write a running job's progress and heartbeat (``heartbeat_at`` = ``now``).
+
+        Only while the job is ``in_progress`` *and* still run by ``attempt`` (the record's
+        ``attempts`` when that run started): a run that was cancelled or taken over by a
+        newer attempt gets ``ConditionFailed`` and must stop.
+        """
+        sets = ["rows_exported = :rows", "heartbeat_at = :now", "updated_at = :now"]
+        values: dict[str, Any] = {
+            ":rows": n(rows_exported),
+            ":now": s(format_ts(now)),
+            ":running": s(JobState.IN_PROGRESS.value),
+            ":attempt": n(attempt),
+        }
+        if total_rows is not None:
+            sets.append("total_rows = :total")
+            values[":total"] = n(total_rows)
+        with dynamo_errors("record_progress"):
+            await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=(
+                    "attribute_exists(job_id) AND #status = :running AND attempts = :attempt"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+
     async def requeue_failed(self, job_id: str, *, now: datetime) -> ExportJob:
         """Operator path out of a final state: ``failed`` back to ``queued``, clearing the
         previous run's outcome. Workers never call this; their transitions stay one-way.

@@ -11,7 +11,7 @@ The SELECT does the formatting the CSV promises, so no row is touched in Python:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -75,14 +75,24 @@ EXPORT_QUERY = (
 )
 
 
-async def copy_memberships(conn: Conn, user_id: str, sink: Sink) -> int:
+async def copy_memberships(
+    conn: Conn,
+    user_id: str,
+    sink: Sink,
+    *,
+    on_start: Callable[[int], Awaitable[None]] | None = None,
+) -> int:
     """Stream the user's memberships as CSV bytes (header first) into ``sink``; returns rows.
 
     A read-only REPEATABLE READ transaction pins one snapshot; COPY streams it without
-    ever holding more than a network buffer on the client.
+    ever holding more than a network buffer on the client. With ``on_start``, the rows are
+    first counted in that same snapshot (an index-only scan of ``(user_id, id)``) and
+    ``on_start(total)`` runs before the first byte, so the total is exactly what COPY sends.
     """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        if on_start is not None:
+            await on_start(await count_memberships(conn, user_id))
         status = await conn.copy_from_query(
             EXPORT_QUERY, user_id, output=sink, format="csv", header=True
         )
@@ -90,5 +100,6 @@ async def copy_memberships(conn: Conn, user_id: str, sink: Sink) -> int:
 
 
 async def count_memberships(conn: Conn, user_id: str) -> int:
+    """How many memberships the user has (in the caller's snapshot, if it holds one)."""
     value = await conn.fetchval("SELECT count(*) FROM memberships WHERE user_id = $1", user_id)
     return int(value)
