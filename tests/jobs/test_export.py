@@ -208,25 +208,6 @@ async def test_export_for_a_deleted_user_fails_without_email(
     assert smtp_sink.for_export(job.job_id) == []
 
 
-async def test_export_over_the_attachment_limit_fails_with_a_clear_reason(
-    resources: Resources, make_user: MakeUser, seed_rows: SeedRows
-) -> None:
-    user = await make_user()
-    await seed_rows(user.user_id, 50)
-    small = resources.settings.model_copy(
-        update={
-            "exports": resources.settings.exports.model_copy(update={"attachment_max_bytes": 1024})
-        }
-    )
-    limited = dataclasses.replace(resources, settings=small)
-    job = await new_job(resources, user.user_id)
-
-    await deliver(limited, job.job_id, user.user_id, attempt=1)
-
-    failed = await resources.jobs.get(job.job_id)
-    assert failed is not None and failed.error_code == "too_large"
-
-
 async def test_smtp_outage_is_retried_then_recorded_as_failed(
     resources: Resources, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:

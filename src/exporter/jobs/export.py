@@ -17,11 +17,15 @@ close, and so delete, the temporary file on the way out.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
+from email.message import EmailMessage
 from typing import IO, Any
 
 import asyncpg
@@ -29,11 +33,11 @@ import structlog
 
 from exporter import audit
 from exporter.csvstream import ExportEncoder
-from exporter.errors import ConditionFailed, ExportFailed, StoreUnavailable
+from exporter.errors import ConditionFailed, ExportFailed, StoreError, StoreUnavailable
 from exporter.jobs.progress import ExportProgress, ProgressWriter
-from exporter.mail import ExportAttachment, build_export_message
+from exporter.mail import DownloadLink, ExportAttachment, build_export_message, download_url
 from exporter.metrics import observe_email, observe_export_finished
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, User, utcnow
 from exporter.resources import Resources
 from exporter.store.memberships import copy_memberships
 
@@ -111,6 +115,9 @@ async def run_export(
         # Someone else moved the record on (a parallel delivery finished it): nothing to do.
         log.info("export.superseded")
         return None
+    except StoreError as exc:
+        # A store refused for good (a missing bucket, no permission): retrying cannot help.
+        return await _fail(resources, job.job_id, ExportFailed("storage_error", str(exc)))
 
 
 def _retry(exc: Exception, attempt: int) -> ExportOutcome:
@@ -146,31 +153,13 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         # ConditionFailed from a progress write (the job moved on) leaves this block, so
         # the spooled file is discarded with it.
         written = await write_export_file(
-            resources.pg_export, job.user_id, spool, fmt=job.format, bom=False, progress=progress
+            resources.pg_export, job.user_id, spool, fmt=job.format, bom=job.bom, progress=progress
         )
         row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
-        if byte_size > settings.attachment_max_bytes:
-            raise ExportFailed(
-                "too_large",
-                f"the export is {byte_size} bytes, above the {settings.attachment_max_bytes}"
-                " byte attachment limit",
-            )
         spool.seek(0)
-        file_name = export_file_name(job)
-        message = build_export_message(
-            sender=resources.mailer.sender,
-            recipient=user.email,
-            recipient_name=user.display_name,
-            export_id=job.job_id,
-            attachment=ExportAttachment(
-                content=spool.read(),
-                file_name=file_name,
-                row_count=row_count,
-                byte_size=byte_size,
-                content_type=job.format.content_type,
-            ),
-        )
+        delivery = await _delivery(resources, job, user, spool, written=written, progress=progress)
+    message = delivery.message
     mail_started = time.monotonic()
     try:
         # The heartbeat goes on while the mail goes out (a slow relay is not a dead worker).
@@ -190,8 +179,8 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
             "finished_at": now,
             "row_count": row_count,
             "byte_size": byte_size,
-            "file_name": file_name,
-            "delivery": "email_attachment",
+            "file_name": delivery.file_name,
+            "delivery": delivery.kind,
             "rows_exported": row_count,
         },
     )
@@ -204,7 +193,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         export_id=job.job_id,
         rows=row_count,
         byte_size=byte_size,
-        delivery="email_attachment",
+        delivery=delivery.kind,
         requested_at=job.created_at,
         at=now,
     )
@@ -217,6 +206,87 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         total_s=round(mailed - started, 3),
     )
     return ExportOutcome(job.job_id, job.status, row_count, byte_size)
+
+
+# Headers, the text and HTML parts and MIME boundaries around the attachment; generous,
+# so a message near the limit is never refused by SES for a few bytes.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+def encoded_message_size(file_bytes: int) -> int:
+    """What an email carrying ``file_bytes`` weighs on the wire: base64 (4 bytes per 3) in
+    76-character lines with CRLF, plus the rest of the message. SES counts this size."""
+    base64_bytes = 4 * math.ceil(file_bytes / 3)
+    line_breaks = 2 * math.ceil(base64_bytes / 76)
+    return base64_bytes + line_breaks + MESSAGE_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    message: EmailMessage
+    kind: str  # "email_attachment" or "download_link"
+    file_name: str
+
+
+async def _delivery(
+    resources: Resources,
+    job: ExportJob,
+    user: User,
+    spool: IO[bytes],
+    *,
+    written: ExportFile,
+    progress: ExportProgress,
+) -> Delivery:
+    """Attach the file when the whole email stays under the limit; otherwise upload it to
+    S3 (under a key fixed by the export id, so a re-run overwrites it), record where it is
+    at once (so cleanup can always find it), and mail a link to the download route."""
+    settings = resources.settings
+    file_name = export_file_name(job)
+    compose = functools.partial(
+        build_export_message,
+        sender=resources.mailer.sender,
+        recipient=user.email,
+        recipient_name=user.display_name,
+        export_id=job.job_id,
+    )
+    if encoded_message_size(written.file_bytes) <= settings.exports.attachment_max_bytes:
+        attachment = ExportAttachment(
+            content=spool.read(),
+            file_name=file_name,
+            row_count=written.rows,
+            byte_size=written.file_bytes,
+            content_type=job.format.content_type,
+        )
+        message = compose(attachment=attachment)
+        return Delivery(message, "email_attachment", file_name)
+    key = resources.files.key_for(job.job_id, file_name)
+    # The heartbeat goes on during a long upload, as during the stream.
+    await progress.run(
+        resources.files.upload(
+            key,
+            spool,
+            size=written.file_bytes,
+            content_type="/".join(job.format.content_type),
+        )
+    )
+    now = utcnow()
+    expires_at = now + timedelta(days=settings.exports.retention_days)
+    await resources.jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={"file_key": key, "file_expires_at": expires_at},
+    )
+    link = DownloadLink(
+        url=download_url(settings.api.public_url, job.job_id),
+        expires_at=expires_at,
+        file_name=file_name,
+        row_count=written.rows,
+        byte_size=written.file_bytes,
+    )
+    log.info("export.uploaded", key=key, bytes=written.file_bytes)
+    return Delivery(compose(link=link), "download_link", file_name)
 
 
 def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
