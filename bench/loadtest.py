@@ -4,8 +4,10 @@ Starts its own stack from the pieces in ``exporter.dev`` (DynamoDB Local, Postgr
 ``exporter_bench``, an in-process SMTP sink that timestamps each export e-mail), the API and
 up to two worker processes as children, then runs three phases:
 
-1. API: 50 concurrent users, each looping POST /v1/exports then GET /v1/exports/{id}, with
-   no worker running (the API alone). Requests/s and p50/p95/p99 per route.
+1. API: 50 concurrent users, each looping POST /v1/exports, GET /v1/exports/{id}, then
+   DELETE /v1/exports/{id} (one active export per user: the cancel lets the next POST
+   create again), with no worker running (the API alone). Requests/s and p50/p95/p99 per
+   route.
 2. Throughput: a backlog of exports (1,000 rows each, one user per export) drained by 1,
    then by 2 worker processes. Exports completed per minute.
 3. End to end: a steady open-loop arrival of 10 exports/s for 60 s with 2 workers; latency
@@ -209,7 +211,9 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             redis=RedisSettings(queue_name=f"exporter-bench:{run}"),
             dynamo=DynamoSettings(endpoint_url=dynamo.endpoint_url, table_prefix=f"bench{run}-"),
             smtp=SmtpSettings(host=HOST, port=controller.port),
-            jwt=JwtSettings(private_key=SecretStr(key.private_pem()), access_ttl_s=3600),
+            jwt=JwtSettings(
+                private_key=SecretStr(key.private_pem()), access_ttl_s=900
+            ),  # the cap; the run is ~6 min
             api=ApiSettings(host=HOST, port=api_port, public_url=f"http://{HOST}:{api_port}"),
         )
         env = {
@@ -230,6 +234,8 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             "EXPORTER_API__PUBLIC_URL": settings.api.public_url,
             "EXPORTER_WORKER__MAX_JOBS": str(args.max_jobs),
             "EXPORTER_WORKER__POLL_DELAY_S": str(args.poll_delay),
+            # Phase 1 creates far more than a day's quota per user: it measures, not limits.
+            "EXPORTER_EXPORTS__MAX_PER_DAY": "1000000000",
         }
         users = asyncio.run(prepare(settings, args.users, args.rows))
         cleanup.callback(lambda: asyncio.run(drop_database(settings)))
@@ -343,9 +349,10 @@ def headers_for(stack: Stack, user_id: str) -> dict[str, str]:
 
 
 async def phase_api(stack: Stack, *, concurrency: int, seconds: float) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` users, each POST then GET, for ``seconds``."""
+    """Closed loop: ``concurrency`` users, each POST, GET, DELETE, for ``seconds``."""
     post_s: list[float] = []
     get_s: list[float] = []
+    delete_s: list[float] = []
     errors: dict[str, int] = {}
     created: list[str] = []
     users = stack.users[:concurrency]
@@ -369,12 +376,19 @@ async def phase_api(stack: Stack, *, concurrency: int, seconds: float) -> dict[s
                 get_s.append(time.perf_counter() - t0)
                 if r.status != 200:
                     errors[f"GET {r.status}"] = errors.get(f"GET {r.status}", 0) + 1
+            t0 = time.perf_counter()
+            async with http.delete(f"/v1/exports/{export_id}", headers=headers) as r:
+                await r.read()
+                delete_s.append(time.perf_counter() - t0)
+                if r.status != 200:
+                    errors[f"DELETE {r.status}"] = errors.get(f"DELETE {r.status}", 0) + 1
 
     async with aiohttp.ClientSession(base_url=stack.api_url, connector=connector) as http:
         # Warm-up: connections, caches, the JIT in DynamoDB Local.
         await asyncio.gather(*(user_loop(http, u, time.monotonic() + 2) for u in users))
         post_s.clear()
         get_s.clear()
+        delete_s.clear()
         errors.clear()
         before = cpu_by_process()
         started = time.monotonic()
@@ -394,7 +408,8 @@ async def phase_api(stack: Stack, *, concurrency: int, seconds: float) -> dict[s
         "seconds": round(elapsed, 1),
         "post": {"rps": round(len(post_s) / elapsed, 1), **summary_ms(post_s)},
         "get": {"rps": round(len(get_s) / elapsed, 1), **summary_ms(get_s)},
-        "total_rps": round((len(post_s) + len(get_s)) / elapsed, 1),
+        "delete": {"rps": round(len(delete_s) / elapsed, 1), **summary_ms(delete_s)},
+        "total_rps": round((len(post_s) + len(get_s) + len(delete_s)) / elapsed, 1),
         "errors": errors,
         "cpu_cores": cpu,
     }

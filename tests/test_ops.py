@@ -14,12 +14,12 @@ from aiohttp.test_utils import TestClient
 from arq.constants import result_key_prefix
 from arq.worker import Worker
 
+from exporter.cancellation import CANCELLED_BY_OPERATOR
 from exporter.cli import create_user, main
 from exporter.config import Settings
 from exporter.dev.smtp import SmtpSink
 from exporter.jobs.worker import build_worker_settings, worker_is_healthy
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.ops import CANCELLED_BY_OPERATOR
 from exporter.resources import Resources
 from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import login
@@ -147,7 +147,7 @@ async def test_retry_refuses_an_export_that_has_not_failed(
     assert still is not None and still.status is JobState.QUEUED
 
 
-async def test_cancel_fails_a_queued_export_and_withdraws_its_message(
+async def test_cancel_stops_a_queued_export_before_any_worker_runs_it(
     client: TestClient[Any, Any],
     resources: Resources,
     settings: Settings,
@@ -166,18 +166,18 @@ async def test_cancel_fails_a_queued_export_and_withdraws_its_message(
     assert CANCELLED_BY_OPERATOR in capsys.readouterr().out
 
     job = await (await client.get(f"/v1/exports/{export_id}", headers=headers)).json()
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == CANCELLED_BY_OPERATOR
+    assert job["status"] == "cancelled" and job["finished_at"]
+    assert job["error"]["code"] == CANCELLED_BY_OPERATOR  # the owner sees who stopped it
     worker = await run_worker()
     assert worker.jobs_complete == 0
     assert not smtp_sink.for_export(export_id)
 
     # Final now: a second cancel is refused and says why.
     assert await exporter_cli(settings, "jobs", "cancel", export_id) == 2
-    assert "only queued exports can be cancelled" in capsys.readouterr().err
+    assert "is cancelled" in capsys.readouterr().err
 
 
-async def test_cancel_loses_cleanly_to_a_worker_that_started_first(
+async def test_cancel_takes_a_running_export_too(
     resources: Resources,
     settings: Settings,
     make_user: MakeUser,
@@ -185,10 +185,23 @@ async def test_cancel_loses_cleanly_to_a_worker_that_started_first(
 ) -> None:
     job = await new_job(resources, (await make_user()).user_id)
     await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
+    assert await exporter_cli(settings, "jobs", "cancel", job.job_id) == 0
+    cancelled = await resources.jobs.get(job.job_id)
+    assert cancelled is not None and cancelled.status is JobState.CANCELLED
+
+
+async def test_cancel_refuses_a_finished_export(
+    resources: Resources,
+    settings: Settings,
+    make_user: MakeUser,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = await new_job(resources, (await make_user()).user_id)
+    await resources.jobs.transition(job.job_id, to=JobState.FAILED, now=utcnow())
     assert await exporter_cli(settings, "jobs", "cancel", job.job_id) == 2
-    assert "in_progress" in capsys.readouterr().err
+    assert "only queued or running exports can be cancelled" in capsys.readouterr().err
     still = await resources.jobs.get(job.job_id)
-    assert still is not None and still.status is JobState.IN_PROGRESS
+    assert still is not None and still.status is JobState.FAILED
 
 
 async def test_queue_stats_counts_backlog_and_live_workers(
@@ -216,10 +229,9 @@ async def test_queue_stats_counts_backlog_and_live_workers(
     assert "workers alive      1" in text
     assert "oldest ready age   0.0 s" in text
 
-    # With the worker gone, requests wait in the queue.
-    user = await make_user()
-    headers = await login(client, user)
+    # With the worker gone, requests wait in the queue (one active export per user).
     for _ in range(3):
+        headers = await login(client, await make_user())
         assert (await client.post("/v1/exports", json={}, headers=headers)).status == 202
     capsys.readouterr()  # the API's own log lines
 

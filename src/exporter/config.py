@@ -85,6 +85,14 @@ class DynamoSettings(BaseModel):
     def refresh_tokens_table(self) -> str:
         return f"{self.table_prefix}refresh-tokens"
 
+    @property
+    def export_slots_table(self) -> str:
+        return f"{self.table_prefix}export-slots"
+
+    @property
+    def idempotency_keys_table(self) -> str:
+        return f"{self.table_prefix}idempotency-keys"
+
 
 class S3Settings(BaseModel):
     """Where exports too large to attach are kept (a private bucket, one object per export)."""
@@ -170,6 +178,8 @@ class ExportSettings(BaseModel):
     # Attach the file while the whole message, after base64, stays under this; otherwise
     # upload it to S3 and mail a link. SES caps messages at 40 MB counted after base64.
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Exports one user may ask for in any rolling 24 hours (429 with Retry-After beyond).
+    max_per_day: int = Field(default=10, ge=1)
     # Rows fetched per round trip from the server-side cursor.
     cursor_prefetch: int = Field(default=5000, ge=1)
     # Bytes buffered before a CSV chunk is handed to the file.

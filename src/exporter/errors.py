@@ -15,6 +15,7 @@
     │   └── ServiceUnavailable (503)  a dependency failed; safe to retry
     ├── StoreError                    DynamoDB / PostgreSQL trouble
     │   ├── StoreUnavailable          transient: timeouts, throttling, connection loss
+    │   │   └── WriteConflict         a transaction collided with another on the same item
     │   └── ConditionFailed           a conditional write lost (state moved on)
     ├── TokenError                    a JWT failed verification (never says why to the client)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
@@ -133,6 +134,11 @@ class StoreError(ExporterError):
 
 class StoreUnavailable(StoreError):
     """The store could not be reached or answered with a retryable error."""
+
+
+class WriteConflict(StoreUnavailable):
+    """DynamoDB cancelled a transaction because another one was writing the same item at the
+    same moment (``TransactionConflict``): read again and decide again."""
 
 
 class ConditionFailed(StoreError):

@@ -1,5 +1,5 @@
 """Operator commands: look at export jobs and the queue, retry a failed export, cancel a
-queued one. ``exporter jobs list|show|retry|cancel`` and ``exporter queue stats``.
+queued or running one. ``exporter jobs list|show|retry|cancel`` and ``exporter queue stats``.
 
 The job record in DynamoDB is the truth about an export; the arq queue in Redis only holds
 the message that makes a worker run it. Retry and cancel change the record with conditional
@@ -17,10 +17,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, result_key_prefix
 from arq.constants import retry_key_prefix as arq_retry_key_prefix
 
 from exporter.api.exports import job_body
+from exporter.cancellation import CANCELLED_BY_OPERATOR, AlreadyFinished, ExportGone, cancel_export
 from exporter.cli import CliError
 from exporter.config import Settings
 from exporter.errors import ConditionFailed
@@ -29,7 +30,6 @@ from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.queue import QueueUnavailable
 from exporter.resources import Resources, open_resources
 
-CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 LIST_LIMIT_DEFAULT = 50
 
 
@@ -123,34 +123,17 @@ async def retry_job(resources: Resources, job_id: str) -> ExportJob:
 
 
 async def cancel_job(resources: Resources, job_id: str) -> ExportJob:
-    """Fail a queued export with ``cancelled_by_operator`` and withdraw its message.
-
-    Only ``queued`` exports: one a worker has started is left to finish (or fail) on its own.
-    """
+    """Cancel a queued or running export (``cancelled``, error code ``cancelled_by_operator``)
+    and abort its arq job: the same path as the owner's DELETE /v1/exports/{id}."""
     job = await _get(resources, job_id)
-    if job.status is not JobState.QUEUED:
-        raise OpsError(f"only queued exports can be cancelled; {job_id} is {job.status.value}")
-    now = utcnow()
     try:
-        job = await resources.jobs.transition(
-            job_id,
-            to=JobState.FAILED,
-            expected=(JobState.QUEUED,),
-            now=now,
-            fields={
-                "finished_at": now,
-                "error_code": CANCELLED_BY_OPERATOR,
-                "error_message": "cancelled by an operator",
-            },
-        )
-    except ConditionFailed:
-        raise OpsError(f"{job_id} was started meanwhile; it can no longer be cancelled") from None
-    # The record is final now: a worker that still takes the message stops at once. Removing
-    # the message just saves it the trouble.
-    redis = resources.queue.redis
-    await redis.zrem(resources.settings.redis.queue_name, job_id)
-    await redis.delete(job_key_prefix + job_id)
-    return job
+        return await cancel_export(resources, job, by_operator=True)
+    except AlreadyFinished as exc:
+        raise OpsError(
+            f"only queued or running exports can be cancelled; {job_id} is {exc.job.status.value}"
+        ) from None
+    except ExportGone:
+        raise OpsError(f"no export {job_id}") from None
 
 
 async def workers_alive(redis: ArqRedis, queue: str) -> dict[str, str]:
@@ -200,7 +183,7 @@ def add_ops_parsers(sub: Any) -> None:
     for name, text, func in (
         ("show", "one job: its record and what the queue holds for it", cmd_jobs_show),
         ("retry", "put a failed job back on the queue", cmd_jobs_retry),
-        ("cancel", "fail a queued job with cancelled_by_operator", cmd_jobs_cancel),
+        ("cancel", "cancel a queued or running job (cancelled_by_operator)", cmd_jobs_cancel),
     ):
         p = jobs.add_parser(name, help=text)
         p.add_argument("job_id")

@@ -10,11 +10,13 @@ from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import (
+    abort_jobs_ss,
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
     retry_key_prefix,
 )
+from arq.utils import timestamp_ms
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -143,6 +145,26 @@ class ExportQueue:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"withdraw failed: {type(exc).__name__}") from exc
+
+    async def abort_export(self, export_id: str) -> bool:
+        """Ask arq to stop this export's job; False when arq holds no job for it.
+
+        arq's ``Job.abort()`` without its wait for the result (an HTTP request should not
+        block on a worker's poll): a running job is cancelled at the next poll of the worker
+        running it (``allow_abort_jobs``), a queued or deferred one is dropped when a worker
+        takes it, which the jump to the front of the queue makes soon.
+        """
+        try:
+            if not await self._redis.exists(job_key_prefix + export_id):
+                # Finished (or never queued): an abort entry would only linger in Redis.
+                return False
+            async with self._redis.pipeline(transaction=True) as tr:
+                tr.zadd(self._queue_name, {export_id: 1}, xx=True)
+                tr.zadd(abort_jobs_ss, {export_id: timestamp_ms()})
+                await tr.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"abort failed: {type(exc).__name__}") from exc
+        return True
 
     async def depth(self) -> int:
         try:

@@ -15,6 +15,7 @@ from exporter.config import DynamoSettings, PostgresSettings, Settings
 from exporter.mail import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
 from exporter.store.files import ExportFiles, open_s3
+from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore
 from exporter.store.users import UserStore
 
@@ -30,6 +31,7 @@ class Resources:
     jobs: JobStore
     users: UserStore
     mailer: Mailer
+    idempotency: IdempotencyStore
     files: ExportFiles
 
 
@@ -104,5 +106,6 @@ async def open_resources(
             jobs=JobStore(dynamo, settings.dynamo),
             users=UserStore(dynamo, settings.dynamo),
             mailer=Mailer(settings.smtp),
+            idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
         )

@@ -61,6 +61,7 @@ async def test_the_route_table_is_what_this_file_expects(client: Client) -> None
     routes = protected_routes(client.app)
     assert ("GET", "/v1/exports/{export_id}") in routes
     assert ("POST", "/v1/exports") in routes
+    assert ("DELETE", "/v1/exports/{export_id}") in routes
     # Every path parameter is an export id, so the IDOR test below reaches every such route.
     for _, path in routes:
         assert "{" not in path.replace("{export_id}", ""), f"add a case for {path}"

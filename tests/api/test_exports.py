@@ -34,6 +34,15 @@ async def assert_problem(response: Any, status: int, code: str) -> dict[str, Any
     return body
 
 
+async def create_and_cancel(client: TestClient[Any, Any], headers: dict[str, str]) -> str:
+    """A new export, cancelled at once so that the user may ask for the next one."""
+    created = await client.post("/v1/exports", headers=headers)
+    assert created.status == 202, await created.text()
+    export_id: str = (await created.json())["id"]
+    assert (await client.delete(f"/v1/exports/{export_id}", headers=headers)).status == 200
+    return export_id
+
+
 async def test_create_answers_202_with_location_and_a_queued_job(
     client: TestClient[Any, Any], make_user: MakeUser
 ) -> None:
@@ -165,9 +174,8 @@ async def test_list_is_newest_first_paginated_and_only_the_callers(
     headers = await login(client, await make_user())
     other = await login(client, await make_user())
     await client.post("/v1/exports", headers=other)
-    created = [
-        (await (await client.post("/v1/exports", headers=headers)).json())["id"] for _ in range(5)
-    ]
+    # One active export per user: each is cancelled before the next is asked for.
+    created = [await create_and_cancel(client, headers) for _ in range(5)]
 
     seen: list[str] = []
     url: str | None = "/v1/exports?limit=2"
@@ -188,7 +196,7 @@ async def test_cursor_from_another_user_or_forged_is_refused(
     alice = await login(client, await make_user())
     bob = await login(client, await make_user())
     for _ in range(2):
-        await client.post("/v1/exports", headers=alice)
+        await create_and_cancel(client, alice)
     cursor = (await (await client.get("/v1/exports?limit=1", headers=alice)).json())["next_cursor"]
     assert cursor
 

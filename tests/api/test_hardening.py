@@ -98,6 +98,7 @@ async def test_cors_answers_only_configured_origins(
     assert response.status == 204
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    assert "Idempotency-Key" in response.headers["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in response.headers
 
     evil = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}

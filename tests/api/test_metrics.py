@@ -65,11 +65,10 @@ async def test_requests_are_counted_by_route_template_and_status(
 async def test_created_exports_and_the_queue_show_in_metrics(
     client: TestClient[Any, Any], make_user: MakeUser, settings: Settings
 ) -> None:
-    user = await make_user()
-    headers = await login(client, user)
     created_before = sample_value("exporter_exports_created_total", {"format": "csv"})
 
-    for _ in range(2):
+    for _ in range(2):  # two users: one active export per user
+        headers = await login(client, await make_user())
         assert (await client.post("/v1/exports", json={}, headers=headers)).status == 202
 
     text = await (await client.get("/metrics")).text()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from exporter.config import DynamoSettings
-from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, table_specs
+from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, table_specs, ttl_tables
 
 from .manifests import ROOT
 
@@ -53,16 +53,26 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         r["Properties"]["TableName"]["Fn::Sub"].split("}-", 1)[1]: r
         for r in _of_type(resources, "AWS::DynamoDB::Table").values()
     }
-    assert set(tables) == {"users", "user-emails", "export-jobs", "refresh-tokens"}
+    assert set(tables) == {
+        "users",
+        "user-emails",
+        "export-jobs",
+        "refresh-tokens",
+        "export-slots",
+        "idempotency-keys",
+    }
     keys = {name: t["Properties"]["KeySchema"][0]["AttributeName"] for name, t in tables.items()}
     assert keys == {
         "users": "user_id",
         "user-emails": "email",
         "export-jobs": "job_id",
         "refresh-tokens": "pk",
+        "export-slots": "user_id",
+        "idempotency-keys": "pk",
     }
     ttl = {"AttributeName": "expires_at", "Enabled": True}
-    assert tables["refresh-tokens"]["Properties"]["TimeToLiveSpecification"] == ttl
+    for name in ("refresh-tokens", "export-slots", "idempotency-keys"):
+        assert tables[name]["Properties"]["TimeToLiveSpecification"] == ttl, name
     jobs = tables["export-jobs"]["Properties"]
     indexes = {
         index["IndexName"]: [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]]
@@ -179,3 +189,28 @@ def test_route53_latency_records_and_dkim(resources: dict[str, Any]) -> None:
     assert latency
     assert all(r["Properties"]["AliasTarget"]["EvaluateTargetHealth"] for r in latency)
     assert sum(r["Properties"]["Type"] == "CNAME" for r in records.values()) == 3  # DKIM
+
+
+def test_the_template_has_every_table_the_app_creates_locally(resources: dict[str, Any]) -> None:
+    """store/tables.py (what tests and `make run` create) and the template must agree."""
+    settings = DynamoSettings(table_prefix="p-")
+    expiring = {name.removeprefix("p-") for name in ttl_tables(settings)}
+    app = {spec["TableName"].removeprefix("p-"): spec for spec in table_specs(settings)}
+    infra = {
+        r["Properties"]["TableName"]["Fn::Sub"].split("}-", 1)[1]: (name, r["Properties"])
+        for name, r in _of_type(resources, "AWS::DynamoDB::Table").items()
+    }
+    assert set(app) == set(infra)
+    api_tables = {
+        # `!GetAtt X.Arn` loads as the scalar "X.Arn"
+        str(ref["Fn::GetAtt"]).split(".", 1)[0]
+        for policy in resources["ApiRole"]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        for ref in statement["Resource"]
+        if isinstance(ref, dict) and "Fn::GetAtt" in ref
+    }
+    for table, spec in app.items():
+        logical, props = infra[table]
+        assert props["KeySchema"] == spec["KeySchema"], table
+        assert ("TimeToLiveSpecification" in props) == (table in expiring), table
+        assert logical in api_tables, f"the API cannot reach {table}"

@@ -31,11 +31,8 @@ USERS = 100
 REQUESTS = 500
 ROWS_PER_USER = 3
 MAX_JOBS = 8
-# One-active-export-per-user (issue #5, part 5) is built on another branch. Once it is on
-# main, a user's second create while one is active answers 200 with the existing job and
-# this test also checks that no user ever has two active exports.
-# FOLLOW-UP: set True after `git merge main` brings that work in.
-ONE_ACTIVE_EXPORT_ENFORCED = False
+# One active export per user (issue #5, part 5): a user's create while one of theirs is
+# queued or running answers 200 with that job, so a user may never have two active.
 
 
 @pytest.mark.timeout(420)
@@ -150,8 +147,7 @@ async def test_a_burst_through_two_worker_crashes_loses_and_duplicates_nothing(
     # the email went out. Each crash can land there for a job it interrupts; a duplicate
     # without a crash would be a bug (the other fault tests demand exactly one email).
     assert duplicates <= len(kills), report
-    if ONE_ACTIVE_EXPORT_ENFORCED:
-        assert most_active_per_user <= 1
+    assert most_active_per_user <= 1
 
 
 async def _states() -> Any:

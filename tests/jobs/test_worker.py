@@ -51,6 +51,7 @@ def test_worker_settings_follow_our_settings(settings: Settings) -> None:
     assert kwargs["queue_name"] == settings.redis.queue_name
     assert kwargs["max_jobs"] == settings.worker.max_jobs
     assert kwargs["job_completion_wait"] == settings.worker.shutdown_grace_s
+    assert kwargs["allow_abort_jobs"] is True  # cancellation stops running exports
     assert kwargs["health_check_key"] == health_check_key(settings)
     assert health_check_key(settings).startswith(settings.redis.queue_name + ":health-check:")
 

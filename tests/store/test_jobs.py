@@ -10,7 +10,7 @@ import pytest
 from exporter.errors import BadRequest, ConditionFailed
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources
-from exporter.store.jobs import JobStore
+from exporter.store.jobs import CurrentExport, JobStore
 
 
 def new_job(user_id: str | None = None, *, retention_s: int = 3600, age_s: int = 0) -> ExportJob:
@@ -249,3 +249,62 @@ async def test_operator_requeue_leaves_failed_only_and_clears_the_last_run(
         await jobs.requeue_failed(job.job_id, now=utcnow())
     with pytest.raises(ConditionFailed):
         await jobs.requeue_failed(str(uuid.uuid4()), now=utcnow())
+
+
+async def test_the_slot_admits_one_create_per_finished_predecessor(resources: Resources) -> None:
+    jobs = resources.jobs
+    user_id = str(uuid.uuid4())
+    assert await jobs.current_for_user(user_id) == CurrentExport(None, None)
+    first, rival, second = new_job(user_id), new_job(user_id), new_job(user_id)
+
+    await jobs.create_exclusive(first, previous=None)
+    # A create that read the slot before `first` claimed it loses, and writes nothing.
+    with pytest.raises(ConditionFailed):
+        await jobs.create_exclusive(rival, previous=None)
+    assert await jobs.get(rival.job_id) is None
+    current = await jobs.current_for_user(user_id)
+    assert current.slot_job_id == first.job_id and current.active == first
+
+    await jobs.transition(first.job_id, to=JobState.CANCELLED, now=utcnow())
+    assert (await jobs.current_for_user(user_id)).active is None
+    await jobs.create_exclusive(second, previous=first.job_id)
+    assert (await jobs.current_for_user(user_id)).active == second
+    # `first` is no longer what the slot names: a stale reader loses again.
+    with pytest.raises(ConditionFailed):
+        await jobs.create_exclusive(rival, previous=first.job_id)
+
+
+async def test_a_slot_naming_a_vanished_job_is_free(resources: Resources) -> None:
+    jobs = resources.jobs
+    user_id = str(uuid.uuid4())
+    gone = new_job(user_id)
+    await jobs.create_exclusive(gone, previous=None)
+    await resources.dynamo.delete_item(
+        TableName=resources.settings.dynamo.jobs_table, Key={"job_id": {"S": gone.job_id}}
+    )
+    current = await jobs.current_for_user(user_id)
+    assert current == CurrentExport(gone.job_id, None) and current.active is None
+    await jobs.create_exclusive(new_job(user_id), previous=current.slot_job_id)
+
+
+async def test_created_since_counts_a_window_oldest_first(resources: Resources) -> None:
+    jobs = resources.jobs
+    user_id = str(uuid.uuid4())
+    old, mid, failed, new = (
+        new_job(user_id, age_s=90_000),
+        new_job(user_id, age_s=70_000),
+        new_job(user_id, age_s=600).replace(status=JobState.FAILED, error_code="enqueue_failed"),
+        new_job(user_id, age_s=60),
+    )
+    for job in (old, mid, failed, new):
+        await jobs.create(job)
+    since = utcnow() - timedelta(hours=24)
+
+    assert [j.job_id for j in await jobs.created_since(user_id, since, limit=10)] == [
+        mid.job_id,
+        failed.job_id,
+        new.job_id,
+    ]
+    counted = await jobs.created_since(user_id, since, limit=10, excluding_error="enqueue_failed")
+    assert [j.job_id for j in counted] == [mid.job_id, new.job_id]
+    assert [j.job_id for j in await jobs.created_since(user_id, since, limit=1)] == [mid.job_id]

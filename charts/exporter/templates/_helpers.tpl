@@ -134,6 +134,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $c.worker.jobTimeoutS | quote }}
 - name: EXPORTER_WORKER__SHUTDOWN_GRACE_S
   value: {{ $c.worker.shutdownGraceS | quote }}
+- name: EXPORTER_EXPORTS__MAX_PER_DAY
+  value: {{ $c.exports.maxPerDay | quote }}
 - name: EXPORTER_S3__BUCKET
   value: {{ $c.s3.bucket | quote }}
 - name: EXPORTER_S3__ENDPOINT_URL

@@ -20,6 +20,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(
         "/v1/exports/{export_id}", exports.get_export, name="get_export", allow_head=False
     )
+    app.router.add_delete("/v1/exports/{export_id}", exports.cancel_export, name="cancel_export")
     app.router.add_get(
         "/v1/exports/{export_id}/download",
         exports.download_export,

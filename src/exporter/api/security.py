@@ -26,8 +26,8 @@ DOCS_ROUTE = "swagger.docs"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 CORS_METHODS = "GET, POST, DELETE"
-CORS_HEADERS = "Authorization, Content-Type, X-Request-ID"
-CORS_EXPOSE = "Location, Retry-After, X-Request-ID"
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+CORS_EXPOSE = "Idempotent-Replayed, Location, Retry-After, X-Request-ID"
 CORS_MAX_AGE_S = "600"
 
 

@@ -2,7 +2,8 @@
 
 queued ──▶ in_progress ──▶ succeeded
    │            │
-   └────────────┴──────▶ failed  (+ a failure notice to the user, best effort)
+   ├────────────┴──────▶ failed      (+ a failure notice to the user, best effort)
+   └────────────┴──────▶ cancelled   (by the owner or an operator: exporter.cancellation)
 
 A re-delivered message finds the record terminal and does nothing, or finds it
 ``in_progress`` (the previous worker died) and starts over from the beginning; the
@@ -11,6 +12,9 @@ While it streams and delivers, a run writes progress and its heartbeat (``jobs/p
 a refused write means the job was cancelled or taken over, and the run stops there.
 ``email_sent_at``, written with a condition right after the SMTP server accepted the
 message, keeps a re-run from mailing the file twice (docs/reliability.md: the one window).
+A cancel aborts the arq job: ``asyncio.CancelledError`` is not an ``Exception``, so it
+passes every handler below untouched (no ``_fail``, no retry) and the ``with`` blocks
+close, and so delete, the temporary file on the way out.
 """
 
 from __future__ import annotations

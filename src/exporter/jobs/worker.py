@@ -167,6 +167,8 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
         "max_tries": worker.max_tries,
         "poll_delay": worker.poll_delay_s,
         "job_completion_wait": worker.shutdown_grace_s,
+        # DELETE /v1/exports/{id} and `exporter jobs cancel` stop a running export.
+        "allow_abort_jobs": True,
         # Our own records hold the outcome; arq's copy only needs to outlive retries.
         "keep_result": 600,
         "health_check_interval": 30,

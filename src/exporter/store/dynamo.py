@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from exporter.errors import ConditionFailed, StoreError, StoreUnavailable
+from exporter.errors import ConditionFailed, StoreError, StoreUnavailable, WriteConflict
 
 # Error codes AWS documents as retryable for DynamoDB.
 RETRYABLE_CODES = frozenset(
@@ -38,6 +38,8 @@ def dynamo_errors(operation: str) -> Iterator[None]:
             reasons = exc.response.get("CancellationReasons", [])
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
                 raise ConditionFailed(operation) from exc
+            if any(r.get("Code") == "TransactionConflict" for r in reasons):
+                raise WriteConflict(f"{operation}: transaction conflict") from exc
             raise StoreUnavailable(f"{operation}: transaction cancelled") from exc
         if code in RETRYABLE_CODES:
             raise StoreUnavailable(f"{operation}: {code}") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +131,20 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
 
 
 @dataclass(frozen=True, slots=True)
+class CurrentExport:
+    """A user's export slot as read: the job id it names (None: never claimed, or expired)
+    and that job's record (None also when the record is gone)."""
+
+    slot_job_id: str | None
+    job: ExportJob | None
+
+    @property
+    def active(self) -> ExportJob | None:
+        """The user's queued or running export, if there is one."""
+        return self.job if self.job is not None and self.job.status.is_active else None
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[ExportJob]
     next_cursor: str | None
@@ -142,6 +156,7 @@ class JobStore:
     def __init__(self, client: Any, settings: DynamoSettings) -> None:
         self._client = client
         self._table = settings.jobs_table
+        self._slots = settings.export_slots_table
 
     async def create(self, job: ExportJob) -> None:
         with dynamo_errors("create_job"):
@@ -150,6 +165,90 @@ class JobStore:
                 Item=job_to_item(job),
                 ConditionExpression="attribute_not_exists(job_id)",
             )
+
+    async def current_for_user(self, user_id: str) -> CurrentExport:
+        """What the user's slot names: the id, and the record if it still exists."""
+        with dynamo_errors("get_slot"):
+            response = await self._client.get_item(
+                TableName=self._slots, Key={"user_id": s(user_id)}, ConsistentRead=True
+            )
+        slot_job_id = get_s(response.get("Item") or {}, "job_id")
+        job = None if slot_job_id is None else await self.get(slot_job_id)
+        return CurrentExport(slot_job_id=slot_job_id, job=job)
+
+    async def create_exclusive(
+        self,
+        job: ExportJob,
+        *,
+        previous: str | None,
+        also: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Create ``job`` and make it the user's current export, in one transaction.
+
+        ``previous`` is the slot's job id as read by ``current_for_user`` (None: no slot),
+        and the caller saw that job finished or gone. The slot's condition is that it still
+        says so; if another create got in first, the whole transaction (``also`` items
+        included) is refused with ``ConditionFailed``, or ``WriteConflict`` when the two
+        collided in flight. Either way the caller reads again.
+        """
+        slot: dict[str, Any] = {
+            "TableName": self._slots,
+            "Item": {
+                "user_id": s(job.user_id),
+                "job_id": s(job.job_id),
+                # The slot goes (TTL) with the job it names; a missing slot is a free one.
+                "expires_at": n(int(job.expires_at.timestamp())),
+            },
+        }
+        if previous is None:
+            slot["ConditionExpression"] = "attribute_not_exists(user_id)"
+        else:
+            slot["ConditionExpression"] = "job_id = :previous"
+            slot["ExpressionAttributeValues"] = {":previous": s(previous)}
+        items: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": job_to_item(job),
+                    "ConditionExpression": "attribute_not_exists(job_id)",
+                }
+            },
+            {"Put": slot},
+            *(dict(item) for item in also),
+        ]
+        with dynamo_errors("create_job"):
+            await self._client.transact_write_items(TransactItems=items)
+
+    async def created_since(
+        self, user_id: str, since: datetime, *, limit: int, excluding_error: str | None = None
+    ) -> list[ExportJob]:
+        """Up to ``limit`` of the user's jobs created at or after ``since``, oldest first,
+        leaving out those that failed with ``excluding_error``.
+
+        A GSI read, so eventually consistent: a job created a moment ago may be missing.
+        """
+        found: list[ExportJob] = []
+        values = {":u": s(user_id), ":since": s(format_ts(since))}
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": USER_CREATED_INDEX,
+            "KeyConditionExpression": "user_id = :u AND created_at >= :since",
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": True,
+            "Limit": limit,
+        }
+        if excluding_error is not None:
+            query["FilterExpression"] = "attribute_not_exists(error_code) OR error_code <> :e"
+            values[":e"] = s(excluding_error)
+        with dynamo_errors("count_jobs"):
+            while len(found) < limit:
+                response = await self._client.query(**query)
+                found.extend(item_to_job(i) for i in response.get("Items", []))
+                last = response.get("LastEvaluatedKey")
+                if not last:
+                    break
+                query["ExclusiveStartKey"] = last
+        return found[:limit]
 
     async def get(self, job_id: str) -> ExportJob | None:
         with dynamo_errors("get_job"):

@@ -73,12 +73,34 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
             "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
             **on_demand,
         },
+        {
+            # One item per user naming their current export: creating an export claims it
+            # in the same transaction as the job's Put, so a user has one active export at
+            # most; see JobStore.create_exclusive. It expires with the job it names.
+            "TableName": settings.export_slots_table,
+            "KeySchema": [{"AttributeName": "user_id", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "user_id", "AttributeType": "S"}],
+            **on_demand,
+        },
+        {
+            # Idempotency-Key of POST /v1/exports -> the response it got, for 24 hours; see
+            # store/idempotency.py.
+            "TableName": settings.idempotency_keys_table,
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+            **on_demand,
+        },
     ]
 
 
 def ttl_tables(settings: DynamoSettings) -> list[str]:
     """Tables whose items expire by themselves through ``TTL_ATTRIBUTE``."""
-    return [settings.jobs_table, settings.refresh_tokens_table]
+    return [
+        settings.jobs_table,
+        settings.refresh_tokens_table,
+        settings.export_slots_table,
+        settings.idempotency_keys_table,
+    ]
 
 
 async def create_tables(client: Any, settings: DynamoSettings) -> list[str]:

@@ -1,0 +1,74 @@
+"""Cancelling an export: one code path for its owner (DELETE /v1/exports/{id}) and operators
+(``exporter jobs cancel``).
+
+The record moves first, with a conditional update (queued or in_progress -> cancelled), and
+only then is arq asked to abort the job. Once the record is final no worker can finish it:
+a worker that takes the message finds it terminal and does nothing, and every later
+transition of a running one is conditional on ``in_progress``, so it loses. The abort is
+what stops a running worker early (it gets ``asyncio.CancelledError`` at its next await and
+removes its temporary file on the way out). The one window left: an email the SMTP server
+accepted just before the abort reached the worker; the record still says cancelled.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from exporter.errors import ConditionFailed, ExporterError
+from exporter.metrics import observe_export_finished
+from exporter.models import ACTIVE_STATES, ExportJob, JobState, utcnow
+from exporter.queue import QueueUnavailable
+from exporter.resources import Resources
+
+log = structlog.stdlib.get_logger("exporter.cancellation")
+
+CANCELLED_BY_USER = "cancelled_by_user"
+CANCELLED_BY_OPERATOR = "cancelled_by_operator"
+
+
+class AlreadyFinished(ExporterError):
+    """The export reached a final state before the cancel; ``job`` is how it ended."""
+
+    def __init__(self, job: ExportJob) -> None:
+        super().__init__(f"export {job.job_id} is already {job.status.value}")
+        self.job = job
+
+
+class ExportGone(ExporterError):
+    """The record disappeared (retention ended) while it was being cancelled."""
+
+
+async def cancel_export(
+    resources: Resources, job: ExportJob, *, by_operator: bool = False
+) -> ExportJob:
+    """Cancel a queued or running export and abort its arq job; the record as it is now.
+
+    Raises ``AlreadyFinished`` when the export is (or meanwhile became) final.
+    """
+    if job.status.is_terminal:
+        raise AlreadyFinished(job)
+    now = utcnow()
+    reason = CANCELLED_BY_OPERATOR if by_operator else CANCELLED_BY_USER
+    fields: dict[str, object] = {"finished_at": now}
+    if by_operator:
+        # The owner sees why an export they did not cancel stopped.
+        fields |= {"error_code": CANCELLED_BY_OPERATOR, "error_message": "cancelled by an operator"}
+    try:
+        cancelled = await resources.jobs.transition(
+            job.job_id, to=JobState.CANCELLED, expected=ACTIVE_STATES, now=now, fields=fields
+        )
+    except ConditionFailed:
+        # A worker finished it (or someone else cancelled it) in the meantime.
+        current = await resources.jobs.get(job.job_id)
+        if current is None:
+            raise ExportGone(job.job_id) from None
+        raise AlreadyFinished(current) from None
+    observe_export_finished(JobState.CANCELLED.value, reason)
+    log.info("export.cancelled", export_id=job.job_id, reason=reason, was=job.status.value)
+    try:
+        await resources.queue.abort_export(job.job_id)
+    except QueueUnavailable as exc:
+        # The record is final already, so no worker can finish the export; without the
+        # abort a running one only stops later, when it next writes the record.
+        log.warning("export.abort_failed", export_id=job.job_id, error=str(exc))
+    return cancelled
