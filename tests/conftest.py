@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web_app
 from aiohttp.test_utils import TestClient, TestServer
 from arq.worker import Worker
 from pydantic import SecretStr
@@ -48,6 +49,16 @@ from tests.helpers import TestUser
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RUN_ID = secrets.token_hex(4)
+
+
+@pytest.fixture(autouse=True)
+def _release_finished_apps() -> Iterator[None]:
+    """aiohttp memoises each handler's middleware chain in a module-level LRU cache keyed by
+    the application (1024 entries), which keeps every app a test built alive, with its
+    pools and AWS clients: ~20 MB each, gigabytes over the suite. One app per process in
+    production makes that harmless there; here, drop the entries after each test."""
+    yield
+    web_app._cached_build_middleware.cache_clear()
 
 
 @pytest.fixture(name="dynamo", scope="session")
