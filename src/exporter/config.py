@@ -186,6 +186,9 @@ class ExportSettings(BaseModel):
     chunk_bytes: int = Field(default=64 * 1024, ge=1024)
     # Spooled temp files stay in memory up to this size, then move to disk.
     spool_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Bound on one export's COPY (the pool's command timeout is for short queries); keep it
+    # below worker.job_timeout_s. 1,000,000 rows take ~2.5 s here, so this is ample.
+    copy_timeout_s: float = Field(default=1200.0, gt=0)
     temp_dir: Path | None = None
     # While a job streams, its record gets rows_exported and heartbeat_at at most this often
     # (plus once when streaming starts). The write is also the worker's heartbeat, so keep

@@ -177,7 +177,13 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         # ConditionFailed from a progress write (the job moved on) leaves this block, so
         # the spooled file is discarded with it.
         written = await write_export_file(
-            resources.pg_export, job.user_id, spool, fmt=job.format, bom=job.bom, progress=progress
+            resources.pg_export,
+            job.user_id,
+            spool,
+            fmt=job.format,
+            bom=job.bom,
+            progress=progress,
+            timeout_s=settings.copy_timeout_s,
         )
         row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
@@ -363,6 +369,7 @@ async def write_export_file(
     fmt: ExportFormat,
     bom: bool,
     progress: ExportProgress | None = None,
+    timeout_s: float | None = None,
 ) -> ExportFile:
     """Write the user's export (CSV, optionally gzipped) to ``out``. The worker and the
     benchmark both call this, so the benchmark measures exactly what users get.
@@ -388,10 +395,12 @@ async def write_export_file(
     try:
         async with pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as conn:
             if progress is None:
-                rows = await copy_memberships(conn, user_id, sink)
+                rows = await copy_memberships(conn, user_id, sink, timeout_s=timeout_s)
             else:
                 rows = await progress.run(
-                    copy_memberships(conn, user_id, sink, on_start=progress.start)
+                    copy_memberships(
+                        conn, user_id, sink, on_start=progress.start, timeout_s=timeout_s
+                    )
                 )
     except _TRANSIENT_PG as exc:
         raise ExportFailed(

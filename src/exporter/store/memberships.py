@@ -81,6 +81,7 @@ async def copy_memberships(
     sink: Sink,
     *,
     on_start: Callable[[int], Awaitable[None]] | None = None,
+    timeout_s: float | None = None,
 ) -> int:
     """Stream the user's memberships as CSV bytes (header first) into ``sink``; returns rows.
 
@@ -88,13 +89,15 @@ async def copy_memberships(
     ever holding more than a network buffer on the client. With ``on_start``, the rows are
     first counted in that same snapshot (an index-only scan of ``(user_id, id)``) and
     ``on_start(total)`` runs before the first byte, so the total is exactly what COPY sends.
+    ``timeout_s`` bounds the COPY instead of the pool's per-command timeout, which is sized
+    for short queries, not for streaming millions of rows.
     """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         if on_start is not None:
             await on_start(await count_memberships(conn, user_id))
         status = await conn.copy_from_query(
-            EXPORT_QUERY, user_id, output=sink, format="csv", header=True
+            EXPORT_QUERY, user_id, output=sink, format="csv", header=True, timeout=timeout_s
         )
     return int(status.split()[-1])
 
