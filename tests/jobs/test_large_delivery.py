@@ -8,6 +8,7 @@ import csv
 import gzip
 import io
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -21,7 +22,9 @@ from exporter.auth import TokenService
 from exporter.config import Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
+from exporter.errors import ConditionFailed, ExportFailed
 from exporter.jobs.export import RetryLater, encoded_message_size
+from exporter.jobs.export import _fail as fail_export
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources, open_resources
@@ -206,3 +209,73 @@ def test_the_size_estimate_is_never_below_the_real_message() -> None:
     message.add_attachment(content, maintype="text", subtype="csv", filename="m.csv")
 
     assert len(message.as_bytes()) <= encoded_message_size(len(content))
+
+
+async def test_a_rerun_that_attaches_drops_the_earlier_runs_file(
+    tiny_limit_settings: Settings,
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 50)
+    job = ExportJob.new(user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600)
+    await resources.jobs.create(job)
+    no_smtp = tiny_limit_settings.model_copy(
+        update={"smtp": tiny_limit_settings.smtp.model_copy(update={"port": free_port()})}
+    )
+    async with open_resources(no_smtp) as broken:
+        with pytest.raises(RetryLater):
+            await deliver(broken, job.job_id, user.user_id)
+    uploaded = await resources.jobs.get(job.job_id)
+    assert uploaded is not None and uploaded.file_key is not None
+
+    # The re-run runs under the normal limit: the file fits in the email this time.
+    outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None
+    assert done.delivery == "email_attachment"
+    assert done.file_key is None and done.file_expires_at is None
+    listing = await resources.files._client.list_objects_v2(
+        Bucket=resources.files.bucket, Prefix=uploaded.file_key
+    )
+    assert listing.get("Contents", []) == []
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+async def test_a_job_whose_email_went_out_is_never_failed(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    # The server accepted the email (email_sent_at written), then the run failed (QUIT
+    # refused, the final write lost): failing it would let the cron delete the user's file.
+    user = await make_user()
+    now = utcnow()
+    job = ExportJob.new(
+        user_id=user.user_id, fmt=ExportFormat.CSV, now=now, retention_s=3600
+    ).replace(
+        status=JobState.IN_PROGRESS,
+        attempts=1,
+        email_sent_at=now,
+        row_count=7,
+        byte_size=700,
+        file_name="memberships.csv",
+        delivery="download_link",
+        file_key="exports/x/memberships.csv",
+        file_expires_at=now + timedelta(days=7),
+    )
+    await resources.jobs.create(job)
+
+    outcome = await fail_export(resources, job.job_id, ExportFailed("smtp_rejected", "QUIT: 554"))
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    after = await resources.jobs.get(job.job_id)
+    assert after is not None
+    assert after.status is JobState.SUCCEEDED and after.error_code is None
+    assert after.file_key == job.file_key
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.transition(
+            job.job_id, to=JobState.FAILED, now=utcnow(), unsent_only=True
+        )

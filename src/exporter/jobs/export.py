@@ -162,7 +162,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         increment_attempts=True,
     )
     if job.email_sent_at is not None:
-        return await _finish_already_sent(resources, job)
+        return await finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
@@ -193,7 +193,7 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
     current = await resources.jobs.get(job.job_id)
     if current is not None and current.email_sent_at is not None:
         # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
-        return await _finish_already_sent(resources, current)
+        return await finish_already_sent(resources, current)
     mail_started = time.monotonic()
     accepted: list[float] = []
 
@@ -293,7 +293,8 @@ async def _delivery(
 ) -> Delivery:
     """Attach the file when the whole email stays under the limit; otherwise upload it to
     S3 (under a key fixed by the export id, so a re-run overwrites it), record where it is
-    at once (so cleanup can always find it), and mail a link to the download route."""
+    before uploading (so cleanup can always find it), and mail a link to the download
+    route."""
     settings = resources.settings
     file_name = export_file_name(job)
     compose = functools.partial(
@@ -312,8 +313,30 @@ async def _delivery(
             content_type=job.format.content_type,
         )
         message = compose(attachment=attachment)
+        if job.file_key is not None:
+            # An earlier run of this export uploaded a file (the data shrank since): drop
+            # it, so the job does not offer a download of an older snapshot.
+            await resources.files.delete(job.file_key)
+            await resources.jobs.transition(
+                job.job_id,
+                to=JobState.IN_PROGRESS,
+                expected=(JobState.IN_PROGRESS,),
+                now=utcnow(),
+                clear=("file_key", "file_expires_at"),
+            )
         return Delivery(message, "email_attachment", file_name)
     key = resources.files.key_for(job.job_id, file_name)
+    now = utcnow()
+    expires_at = now + timedelta(days=settings.exports.retention_days)
+    # Recorded before the upload (the key is fixed by the export id): whatever interrupts
+    # the upload (a cancel, a crash), the expiry cron can find and delete what arrived.
+    await resources.jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={"file_key": key, "file_expires_at": expires_at},
+    )
     # The heartbeat goes on during a long upload, as during the stream.
     await progress.run(
         resources.files.upload(
@@ -322,15 +345,6 @@ async def _delivery(
             size=written.file_bytes,
             content_type="/".join(job.format.content_type),
         )
-    )
-    now = utcnow()
-    expires_at = now + timedelta(days=settings.exports.retention_days)
-    await resources.jobs.transition(
-        job.job_id,
-        to=JobState.IN_PROGRESS,
-        expected=(JobState.IN_PROGRESS,),
-        now=now,
-        fields={"file_key": key, "file_expires_at": expires_at},
     )
     link = DownloadLink(
         url=download_url(settings.api.public_url, job.job_id),
@@ -421,8 +435,18 @@ async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportO
             to=JobState.FAILED,
             now=now,
             fields={"finished_at": now, "error_code": exc.code, "error_message": exc.message[:500]},
+            unsent_only=True,
         )
     except ConditionFailed:
+        # Either another run finished it, or the email already went out (a failure after
+        # the server accepted it, e.g. at QUIT or in the final write): that export succeeded.
+        current = await resources.jobs.get(job_id)
+        if (
+            current is not None
+            and current.email_sent_at is not None
+            and current.status is JobState.IN_PROGRESS
+        ):
+            return await finish_already_sent(resources, current)
         log.info("export.fail_superseded", error_code=exc.code)
         return None
     observe_export_finished("failed", exc.code)
@@ -432,7 +456,7 @@ async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportO
     return ExportOutcome(job.job_id, job.status)
 
 
-async def _finish_already_sent(resources: Resources, job: ExportJob) -> ExportOutcome:
+async def finish_already_sent(resources: Resources, job: ExportJob) -> ExportOutcome:
     """A run that died after mailing the file left ``email_sent_at`` (with the row count and
     size): record the success without producing or sending anything again."""
     now = utcnow()

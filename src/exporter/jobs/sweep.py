@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from exporter.errors import ConditionFailed
+from exporter.jobs.export import finish_already_sent
 from exporter.jobs.notice import send_failure_notice
 from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
@@ -161,9 +162,20 @@ async def _give_up(resources: Resources, job: ExportJob, code: str, message: str
             expected=(job.status,),
             now=now,
             fields={"finished_at": now, "error_code": code, "error_message": message},
+            unsent_only=True,
         )
     except ConditionFailed:
-        return  # it moved on by itself meanwhile
+        # Moved on by itself meanwhile, or its email already went out: then it succeeded
+        # (failing it would let the expiry cron delete the file the user was sent).
+        current = await resources.jobs.get(job.job_id)
+        if (
+            current is not None
+            and current.email_sent_at is not None
+            and current.status is JobState.IN_PROGRESS
+        ):
+            await finish_already_sent(resources, current)
+            await resources.queue.withdraw(job.job_id)
+        return
     await resources.queue.withdraw(job.job_id)
     observe_sweeper_action("failed_too_old")
     observe_export_finished("failed", code)

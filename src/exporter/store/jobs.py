@@ -295,8 +295,11 @@ class JobStore:
         fields: Mapping[str, Any] | None = None,
         clear: Collection[str] = (),
         increment_attempts: bool = False,
+        unsent_only: bool = False,
     ) -> ExportJob:
         """Move a job to ``to`` if it is in one of ``expected`` (default: every legal source).
+        With ``unsent_only``, also only while no run has recorded ``email_sent_at``: a job
+        whose file was mailed must never be failed (its file would then be deleted).
 
         Raises ``ConditionFailed`` when the job is missing or in any other state.
         """
@@ -337,6 +340,7 @@ class JobStore:
                 UpdateExpression=update,
                 ConditionExpression=(
                     f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})"
+                    + (" AND attribute_not_exists(email_sent_at)" if unsent_only else "")
                 ),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
