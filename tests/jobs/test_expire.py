@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from exporter.config import Settings
+from exporter.errors import ConditionFailed
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.worker import build_worker_settings
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
@@ -113,3 +114,17 @@ async def test_a_running_exports_file_is_left_alone(resources: Resources) -> Non
 
     assert await resources.jobs.get(job.job_id) == job
     assert await object_exists(resources, job.file_key)
+
+
+async def test_a_file_is_not_taken_from_a_job_that_was_requeued_meanwhile(
+    resources: Resources,
+) -> None:
+    # The cron listed the job as failed-with-a-file; an operator re-queued it before the
+    # cron got to it, and its re-run uploads to the same key.
+    job = await stored_job(resources, JobState.FAILED, file_age_days=0)
+    assert job.file_key is not None
+    requeued = await resources.jobs.requeue_failed(job.job_id, now=utcnow())
+    assert requeued.status is JobState.QUEUED
+
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.forget_file(job.job_id, job.file_key, now=utcnow())

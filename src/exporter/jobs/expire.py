@@ -31,7 +31,8 @@ async def expire_files(resources: Resources) -> int:
     for job in await resources.jobs.files_to_delete(now=now):
         assert job.file_key is not None
         try:
-            await resources.files.delete(job.file_key)
+            # The record changes first, conditionally: a job that moved on meanwhile (an
+            # operator re-queued it; its re-run writes the same key) keeps its object.
             if job.status is JobState.SUCCEEDED:
                 await resources.jobs.transition(
                     job.job_id,
@@ -42,6 +43,7 @@ async def expire_files(resources: Resources) -> int:
                 )
             else:
                 await resources.jobs.forget_file(job.job_id, job.file_key, now=now)
+            await resources.files.delete(job.file_key)
         except ConditionFailed:
             continue  # changed meanwhile; the next run sees its new state
         except StoreError as exc:

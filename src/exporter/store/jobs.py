@@ -550,15 +550,24 @@ class JobStore:
         return found[:limit]
 
     async def forget_file(self, job_id: str, file_key: str, *, now: datetime) -> None:
-        """Record that ``file_key`` was deleted; a job that moved on to another file (a
-        re-run) keeps its own. Raises ``ConditionFailed`` in that case."""
+        """Detach ``file_key`` from a failed or cancelled job, before its object is deleted.
+
+        Raises ``ConditionFailed`` if the job has moved on (an operator re-queued it, and a
+        re-run may be writing the same key right now): then the object must stay.
+        """
         with dynamo_errors("forget_file"):
             await self._client.update_item(
                 TableName=self._table,
                 Key={"job_id": s(job_id)},
                 UpdateExpression="SET updated_at = :now REMOVE file_key",
-                ConditionExpression="file_key = :key",
-                ExpressionAttributeValues={":key": s(file_key), ":now": s(format_ts(now))},
+                ConditionExpression="file_key = :key AND #status IN (:failed, :cancelled)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":key": s(file_key),
+                    ":now": s(format_ts(now)),
+                    ":failed": s(JobState.FAILED.value),
+                    ":cancelled": s(JobState.CANCELLED.value),
+                },
             )
 
     async def delete_expired(self, *, now: datetime, max_items: int = 10_000) -> int:
