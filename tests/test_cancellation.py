@@ -131,7 +131,10 @@ async def test_a_running_export_is_aborted_and_stays_cancelled(
     settings = settings.model_copy(update={"exports": exports})
     user = await make_user()
     await seed_rows(user.user_id, 50)
-    worker = Worker(**build_worker_settings(settings, handle_signals=False, poll_delay=0.05))
+    # No crons: this pins what the export's own run does, not what a sweep might add.
+    worker = Worker(
+        **build_worker_settings(settings, handle_signals=False, poll_delay=0.05, cron_jobs=[])
+    )
     async with open_resources(settings) as resources:
         job = ExportJob.new(
             user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600

@@ -210,8 +210,11 @@ async def test_queue_stats_counts_backlog_and_live_workers(
     make_user: MakeUser,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # A live worker shows up through its health key (one per process).
-    worker = Worker(**build_worker_settings(settings, handle_signals=False, poll_delay=0.05))
+    # A live worker shows up through its health key (one per process). No crons: one that
+    # falls due while it runs would sit in the queue and be counted below.
+    worker = Worker(
+        **build_worker_settings(settings, handle_signals=False, poll_delay=0.05, cron_jobs=[])
+    )
     task = asyncio.create_task(worker.main())
     try:
         for _ in range(100):
