@@ -66,7 +66,10 @@ async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settin
     text = ""
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):
+            # Polls until the first queue refresh shows up; generous, because start-up
+            # (pools, clients) and the refresh are slow on a loaded 2-core CI machine.
+            deadline = asyncio.get_running_loop().time() + 30
+            while asyncio.get_running_loop().time() < deadline:
                 with contextlib.suppress(aiohttp.ClientConnectionError):
                     async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                         text = await response.text()
