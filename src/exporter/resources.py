@@ -11,6 +11,7 @@ import asyncpg
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from exporter.aws import client_credentials
 from exporter.config import DynamoSettings, PostgresSettings, Settings
 from exporter.mail import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
@@ -52,14 +53,9 @@ async def open_pg_pool(
 @asynccontextmanager
 async def open_dynamo(settings: DynamoSettings) -> AsyncIterator[Any]:
     """A DynamoDB client with bounded timeouts and standard retries (jittered backoff)."""
-    credentials: dict[str, str] = {}
-    if settings.access_key_id and settings.secret_access_key:
-        credentials = {
-            "aws_access_key_id": settings.access_key_id.get_secret_value(),
-            "aws_secret_access_key": settings.secret_access_key.get_secret_value(),
-        }
-    elif settings.endpoint_url:
-        credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    credentials = client_credentials(
+        settings.endpoint_url, settings.access_key_id, settings.secret_access_key
+    )
     config = AioConfig(
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.dev.ports import free_port, wait_for_port
+from exporter.dev.ports import free_port, spawn_server, stop_process
 
 NPM_PACKAGE = "amplify-dynamodb-simulator@2.9.30"
 
@@ -61,13 +61,7 @@ class LocalDynamo:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_dynamodb(
@@ -79,7 +73,6 @@ def start_dynamodb(
     and start the endpoint); otherwise it is in memory.
     """
     port = port or free_port()
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     java = shutil.which("java")
     if java is not None:
         jar_dir = ensure_dynamodb_local()
@@ -102,14 +95,5 @@ def start_dynamodb(
         )
         cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
         kind, cwd = "moto", None
-    try:
-        process = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out)  # noqa: S603
-    finally:
-        if not isinstance(out, int):
-            out.close()  # the child holds its own copy of the descriptor
-    try:
-        wait_for_port(port, timeout_s=60)
-    except TimeoutError:
-        process.kill()
-        raise
+    process = spawn_server(cmd, port, log_path=log_path, cwd=cwd)
     return LocalDynamo(endpoint_url=f"http://127.0.0.1:{port}", kind=kind, process=process)

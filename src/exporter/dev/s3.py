@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.dev.ports import free_port, wait_for_port
+from exporter.dev.ports import free_port, spawn_server, stop_process
 
 
 @dataclass
@@ -22,28 +22,12 @@ class LocalS3:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_s3(port: int | None = None, *, log_path: Path | None = None) -> LocalS3:
     """Start moto's server on 127.0.0.1 (a separate process: no GIL shared with the tests)."""
     port = port or free_port()
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    try:
-        process = subprocess.Popen(cmd, stdout=out, stderr=out)  # noqa: S603
-    finally:
-        if not isinstance(out, int):
-            out.close()
-    try:
-        wait_for_port(port, timeout_s=60)
-    except TimeoutError:
-        process.kill()
-        raise
+    process = spawn_server(cmd, port, log_path=log_path)
     return LocalS3(endpoint_url=f"http://127.0.0.1:{port}", process=process)

@@ -15,6 +15,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from exporter.aws import client_credentials
 from exporter.config import S3Settings
 from exporter.errors import StoreError, StoreUnavailable
 
@@ -44,14 +45,9 @@ def s3_errors(operation: str) -> Iterator[None]:
 @asynccontextmanager
 async def open_s3(settings: S3Settings) -> AsyncIterator[Any]:
     """An S3 client with bounded timeouts and standard (jittered) retries."""
-    credentials: dict[str, str] = {}
-    if settings.access_key_id and settings.secret_access_key:
-        credentials = {
-            "aws_access_key_id": settings.access_key_id.get_secret_value(),
-            "aws_secret_access_key": settings.secret_access_key.get_secret_value(),
-        }
-    elif settings.endpoint_url:
-        credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    credentials = client_credentials(
+        settings.endpoint_url, settings.access_key_id, settings.secret_access_key
+    )
     config = AioConfig(
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
