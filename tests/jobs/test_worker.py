@@ -63,6 +63,9 @@ async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settin
     )
     worker = Worker(**build_worker_settings(with_metrics, handle_signals=False, poll_delay=0.05))
     task = asyncio.create_task(worker.main())
+    # The registry is per process, so earlier tests may have published gauges for their
+    # own queues: wait for this queue's series, not for any queue's.
+    this_queue = f'exporter_queue_jobs{{queue="{settings.redis.queue_name}"}}'
     text = ""
     try:
         async with aiohttp.ClientSession() as http:
@@ -73,7 +76,7 @@ async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settin
                 with contextlib.suppress(aiohttp.ClientConnectionError):
                     async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                         text = await response.text()
-                if "exporter_queue_jobs{" in text:
+                if this_queue in text:
                     break
                 await asyncio.sleep(0.05)
     finally:
@@ -81,7 +84,7 @@ async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settin
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await worker.close()
-    assert f'exporter_queue_jobs{{queue="{settings.redis.queue_name}"}}' in text
+    assert this_queue in text
     assert "exporter_export_duration_seconds_bucket" in text
     assert not port_open(port)  # closed with the worker
 
