@@ -110,7 +110,8 @@ class S3Settings(BaseModel):
     # key) in AWS, "AES256" (S3-managed keys) locally.
     sse: Literal["AES256", "aws:kms"] = "AES256"
     kms_key_id: str | None = None
-    # Multipart part size: S3 needs >= 5 MiB for all parts but the last.
+    # Multipart part size: S3 needs >= 5 MiB for all parts but the last and allows 10,000
+    # parts (160 GB at 16 MiB). Parts are streamed from the file, so this costs no memory.
     part_size_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
     # Lifetime of the signed URL the download route redirects to: only long enough to
     # start the download, so a leaked Location header is of little use.

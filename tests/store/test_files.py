@@ -11,7 +11,7 @@ import pytest
 
 from exporter.errors import StoreError
 from exporter.resources import Resources
-from exporter.store.files import ExportFiles
+from exporter.store.files import ExportFiles, FileWindow
 
 MIB = 1024 * 1024
 
@@ -131,3 +131,32 @@ async def test_a_missing_bucket_is_a_store_error_not_a_crash(resources: Resource
 
     with pytest.raises(StoreError):
         await files.upload("k", io.BytesIO(b"x"), size=1, content_type="text/csv")
+
+
+def test_a_file_window_reads_only_its_range_and_rewinds() -> None:
+    source = io.BytesIO(b"0123456789")
+    window = FileWindow(source, 3, 4)
+
+    assert len(window) == 4
+    assert window.read() == b"3456"
+    assert window.read() == b""
+    window.seek(0)  # what botocore does after hashing, and before a retry
+    assert window.read(2) == b"34"
+    source.seek(9)  # another reader moved the shared file meanwhile
+    assert window.read() == b"56"
+    assert window.seek(0, io.SEEK_END) == 4
+
+
+async def test_parts_are_read_from_the_file_at_their_own_offsets(resources: Resources) -> None:
+    # The worker's spool is positioned anywhere when the upload starts; each part seeks
+    # for itself, so what arrives does not depend on where the file was left.
+    files = files_with_part_size(resources, 5 * MIB)
+    key = files.key_for(str(uuid.uuid4()), "memberships.csv")
+    data = os.urandom(11 * MIB)
+    source = io.BytesIO(data)
+    source.seek(7 * MIB)
+
+    await files.upload(key, source, size=len(data), content_type="text/csv")
+
+    body, _ = await read_object(resources, key)
+    assert body == data

@@ -7,6 +7,7 @@ demand by the download route and never stored.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import IO, Any
@@ -88,8 +89,9 @@ class ExportFiles:
         return args
 
     async def upload(self, key: str, source: IO[bytes], *, size: int, content_type: str) -> None:
-        """Upload ``size`` bytes read from ``source`` (positioned at 0), part by part, so no
-        more than one part is ever in memory. Small files go up in one PUT."""
+        """Upload ``size`` bytes of ``source`` part by part. Each part's body is a window
+        onto the file that botocore and aiohttp read in small chunks, so memory stays flat
+        whatever the part size (a part read into ``bytes`` would cost the whole part)."""
         part_size = self._settings.part_size_bytes
         common = {
             "Bucket": self.bucket,
@@ -99,25 +101,23 @@ class ExportFiles:
         }
         if size <= part_size:
             with s3_errors("put_object"):
-                await self._client.put_object(Body=source.read(), **common)
+                await self._client.put_object(Body=FileWindow(source, 0, size), **common)
             return
         with s3_errors("create_multipart_upload"):
             started = await self._client.create_multipart_upload(**common)
         upload_id = started["UploadId"]
         try:
             parts = []
-            number = 1
-            while chunk := source.read(part_size):
+            for number, start in enumerate(range(0, size, part_size), start=1):
                 with s3_errors("upload_part"):
                     part = await self._client.upload_part(
                         Bucket=self.bucket,
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=chunk,
+                        Body=FileWindow(source, start, min(part_size, size - start)),
                     )
                 parts.append({"ETag": part["ETag"], "PartNumber": number})
-                number += 1
             with s3_errors("complete_multipart_upload"):
                 await self._client.complete_multipart_upload(
                     Bucket=self.bucket,
@@ -168,3 +168,47 @@ class ExportFiles:
                 Bucket=self.bucket,
                 CreateBucketConfiguration={"LocationConstraint": self._settings.region},
             )
+
+
+class FileWindow(io.RawIOBase):
+    """``length`` bytes of ``source`` from ``start``, as a seekable file of their own.
+
+    botocore hashes (or checksums) a body and rewinds it for retries; aiohttp then streams it
+    in 64 KiB reads. Each read seeks the shared file first, so windows onto one file must be
+    read one at a time (parts go up one after another).
+    """
+
+    def __init__(self, source: IO[bytes], start: int, length: int) -> None:
+        super().__init__()
+        self._source = source
+        self._start = start
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._length - self._pos)
+        if want <= 0:
+            return 0
+        self._source.seek(self._start + self._pos)
+        data = self._source.read(want)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def __len__(self) -> int:
+        # aiohttp sets Content-Length from this when botocore has not.
+        return self._length
