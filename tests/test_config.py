@@ -175,7 +175,7 @@ def test_empty_dynamo_endpoint_keyword_means_real_aws() -> None:
         ("EXPORTER_SMTP__PORT", "smtp"),
         ("EXPORTER_WORKER__MAX_JOBS", "0"),
         ("EXPORTER_JWT__ACCESS_TTL_S", "-1"),
-        ("EXPORTER_EXPORTS__CHUNK_BYTES", "10"),
+        ("EXPORTER_S3__PART_SIZE_BYTES", "1048576"),
         ("EXPORTER_LOG_JSON", "maybe"),
     ],
 )

@@ -181,10 +181,6 @@ class ExportSettings(BaseModel):
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Exports one user may ask for in any rolling 24 hours (429 with Retry-After beyond).
     max_per_day: int = Field(default=10, ge=1)
-    # Rows fetched per round trip from the server-side cursor.
-    cursor_prefetch: int = Field(default=5000, ge=1)
-    # Bytes buffered before a CSV chunk is handed to the file.
-    chunk_bytes: int = Field(default=64 * 1024, ge=1024)
     # Spooled temp files stay in memory up to this size, then move to disk.
     spool_max_bytes: int = Field(default=1024 * 1024, ge=0)
     # Bound on one export's COPY (the pool's command timeout is for short queries); keep it
