@@ -7,6 +7,7 @@ Services start lazily (only tests that ask for them pay) and once per session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import uuid
@@ -83,23 +84,39 @@ def _fix_smtp_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSin
     sink.stop()
 
 
-@pytest.fixture(name="pg_dsn", scope="session")
-async def _fix_pg_dsn() -> AsyncIterator[str]:
-    """A database of this test run's own, migrated, dropped at the end."""
-    name = f"exporter_test_{RUN_ID}"
+@contextlib.asynccontextmanager
+async def migrated_database(name: str) -> AsyncIterator[str]:
+    """A new database, migrated; dropped when the block ends."""
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    await asyncio.to_thread(migrate, dsn)
-    yield dsn
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await asyncio.to_thread(migrate, dsn)
+        yield dsn
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(name="pg_dsn", scope="session")
+async def _fix_pg_dsn() -> AsyncIterator[str]:
+    """A database of this test run's own, migrated, dropped at the end."""
+    async with migrated_database(f"exporter_test_{RUN_ID}") as dsn:
+        yield dsn
+
+
+@pytest.fixture(name="replica_dsn", scope="session")
+async def _fix_replica_dsn() -> AsyncIterator[str]:
+    """A second database standing in for a read replica: same schema, its own rows, so a
+    test can tell from an export's content which database it was read from."""
+    async with migrated_database(f"exporter_test_{RUN_ID}_replica") as dsn:
+        yield dsn
 
 
 @pytest.fixture(name="signing_key", scope="session")

@@ -196,7 +196,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
     app[PASSWORDS] = Passwords()
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_resources(settings, pg_min_size=0) as resources:
+        async with open_resources(settings, pg_min_size=0, export_reads=False) as resources:
             app[RESOURCES] = resources
             yield
 

@@ -198,7 +198,7 @@ def add_ops_parsers(sub: Any) -> None:
 
 def _with_resources(settings: Settings, work: Any) -> Any:
     async def go() -> Any:
-        async with open_resources(settings, pg_min_size=0) as resources:
+        async with open_resources(settings, pg_min_size=0, export_reads=False) as resources:
             coro: Coroutine[Any, Any, Any] = work(resources)
             return await coro
 

@@ -25,7 +25,7 @@ from exporter.store.users import UserStore
 class Resources:
     settings: Settings
     pg: asyncpg.Pool[Any]
-    # Export reads go to the replica when one is configured; it is ``pg`` otherwise.
+    # Export reads go to the replica when one is configured (in workers); ``pg`` otherwise.
     pg_export: asyncpg.Pool[Any]
     queue: ExportQueue
     dynamo: Any
@@ -73,16 +73,20 @@ async def open_dynamo(settings: DynamoSettings) -> AsyncIterator[Any]:
 
 @asynccontextmanager
 async def open_resources(
-    settings: Settings, *, pg_min_size: int | None = None
+    settings: Settings, *, pg_min_size: int | None = None, export_reads: bool = True
 ) -> AsyncIterator[Resources]:
-    """Open every client; close all of them, in reverse order, however the block ends."""
+    """Open every client; close all of them, in reverse order, however the block ends.
+
+    ``export_reads=False`` (the API, the ops CLI) skips the replica pool: only workers read
+    exports, so only they hold connections to the replica.
+    """
     async with AsyncExitStack() as stack:
         pg = await open_pg_pool(
             settings.postgres, settings.postgres.dsn.get_secret_value(), min_size=pg_min_size
         )
         stack.push_async_callback(pg.close)
         pg_export = pg
-        if settings.postgres.replica_dsn is not None:
+        if export_reads and settings.postgres.replica_dsn is not None:
             pg_export = await open_pg_pool(
                 settings.postgres,
                 settings.postgres.replica_dsn.get_secret_value(),

@@ -18,13 +18,16 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
+from exporter.config import Settings
 from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.jobs.export import ExportOutcome, RetryLater, run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.resources import Resources
+from exporter.resources import Resources, open_resources
 from exporter.store.jobs import JobStore
 from exporter.store.memberships import EXPORT_HEADER
+from exporter.store.seed import seed_memberships
 from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import RAW_EXPORT_QUERY, login, reference_row
 
@@ -651,3 +654,38 @@ async def test_the_heartbeat_goes_on_while_the_email_is_sent(
     (data_started,) = handler.data_started
     assert done is not None and done.heartbeat_at is not None
     assert done.heartbeat_at > data_started
+
+
+async def test_with_a_replica_configured_the_export_reads_the_replica_only(
+    settings: Settings,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    replica_dsn: str,
+    smtp_sink: SmtpSink,
+) -> None:
+    # The replica holds different rows for the same user than the primary, so the email
+    # shows where the export read from.
+    user = await make_user()
+    await seed_rows(user.user_id, 3)
+    replica = await asyncpg.connect(replica_dsn)
+    try:
+        await seed_memberships(replica, user.user_id, 5)
+        expected = await expected_rows(replica, user.user_id)
+    finally:
+        await replica.close()
+    with_replica = settings.model_copy(
+        update={
+            "postgres": settings.postgres.model_copy(update={"replica_dsn": SecretStr(replica_dsn)})
+        }
+    )
+
+    async with open_resources(with_replica) as resources:
+        assert resources.pg_export is not resources.pg
+        job = await new_job(resources, user.user_id)
+        outcome = await deliver(resources, job.job_id, user.user_id)
+    async with open_resources(with_replica, export_reads=False) as api_side:
+        assert api_side.pg_export is api_side.pg  # the API never connects to the replica
+
+    assert outcome is not None and outcome.row_count == 5
+    (message,) = smtp_sink.for_export(job.job_id)
+    assert attachment_rows(message)[1:] == expected
