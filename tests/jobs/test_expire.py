@@ -3,6 +3,7 @@ across workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from datetime import timedelta
@@ -11,10 +12,11 @@ import pytest
 
 from exporter.config import Settings
 from exporter.errors import ConditionFailed
-from exporter.jobs.expire import expire_jobs
+from exporter.jobs.expire import expire_files, expire_jobs
 from exporter.jobs.worker import build_worker_settings
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources
+from exporter.store.files import ExportFiles
 
 
 async def test_expire_removes_old_records_and_keeps_current_ones(resources: Resources) -> None:
@@ -128,3 +130,29 @@ async def test_a_file_is_not_taken_from_a_job_that_was_requeued_meanwhile(
 
     with pytest.raises(ConditionFailed):
         await resources.jobs.forget_file(job.job_id, job.file_key, now=utcnow())
+
+
+async def test_a_file_whose_delete_failed_is_found_and_deleted_by_the_next_run(
+    resources: Resources,
+) -> None:
+    job = await stored_job(resources, JobState.SUCCEEDED, file_age_days=8)
+    assert job.file_key is not None
+    # The same client aimed at a bucket that does not exist: S3 refuses the delete.
+    broken_settings = resources.settings.s3.model_copy(update={"bucket": "no-such-bucket-x"})
+    broken = dataclasses.replace(
+        resources, files=ExportFiles(resources.files._client, broken_settings)
+    )
+
+    await expire_files(broken)
+
+    kept = await resources.jobs.get(job.job_id)
+    assert kept is not None
+    assert kept.status is JobState.EXPIRED  # the download route answers 410 already
+    assert kept.file_key == job.file_key  # but the record still knows the object is there
+    assert await object_exists(resources, job.file_key)
+
+    await expire_files(resources)
+
+    gone = await resources.jobs.get(job.job_id)
+    assert gone is not None and gone.file_key is None
+    assert not await object_exists(resources, job.file_key)

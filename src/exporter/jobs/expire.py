@@ -8,6 +8,7 @@ In AWS the bucket's lifecycle rule is the backstop for anything this misses.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import structlog
@@ -41,14 +42,25 @@ async def expire_files(resources: Resources) -> int:
                     now=now,
                     clear=("file_key",),
                 )
+                detached_as = JobState.EXPIRED
             else:
                 await resources.jobs.forget_file(job.job_id, job.file_key, now=now)
-            await resources.files.delete(job.file_key)
+                detached_as = job.status
         except ConditionFailed:
             continue  # changed meanwhile; the next run sees its new state
         except StoreError as exc:
-            # One bad object must not stop the rest; the next run tries it again.
             log.warning("expire.file_failed", export_id=job.job_id, error=str(exc))
+            continue
+        try:
+            await resources.files.delete(job.file_key)
+        except StoreError as exc:
+            # One bad object must not stop the rest. The record gets its key back, so the
+            # next run finds the object again instead of leaving it to the lifecycle rule.
+            log.warning("expire.file_failed", export_id=job.job_id, error=str(exc))
+            with contextlib.suppress(ConditionFailed, StoreError):
+                await resources.jobs.reattach_file(
+                    job.job_id, job.file_key, status=detached_as, now=now
+                )
             continue
         deleted += 1
     return deleted

@@ -534,13 +534,14 @@ class JobStore:
                 TableName=self._table,
                 FilterExpression=(
                     "attribute_exists(file_key) AND ((#status = :succeeded AND "
-                    "file_expires_at <= :now) OR #status IN (:failed, :cancelled))"
+                    "file_expires_at <= :now) OR #status IN (:failed, :cancelled, :expired))"
                 ),
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":succeeded": s(JobState.SUCCEEDED.value),
                     ":failed": s(JobState.FAILED.value),
                     ":cancelled": s(JobState.CANCELLED.value),
+                    ":expired": s(JobState.EXPIRED.value),
                     ":now": s(format_ts(now)),
                 },
             ):
@@ -550,7 +551,8 @@ class JobStore:
         return found[:limit]
 
     async def forget_file(self, job_id: str, file_key: str, *, now: datetime) -> None:
-        """Detach ``file_key`` from a failed or cancelled job, before its object is deleted.
+        """Detach ``file_key`` from a failed, cancelled or expired job, before its object is
+        deleted (an expired job holds one only when an earlier delete failed).
 
         Raises ``ConditionFailed`` if the job has moved on (an operator re-queued it, and a
         re-run may be writing the same key right now): then the object must stay.
@@ -560,13 +562,35 @@ class JobStore:
                 TableName=self._table,
                 Key={"job_id": s(job_id)},
                 UpdateExpression="SET updated_at = :now REMOVE file_key",
-                ConditionExpression="file_key = :key AND #status IN (:failed, :cancelled)",
+                ConditionExpression=(
+                    "file_key = :key AND #status IN (:failed, :cancelled, :expired)"
+                ),
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":key": s(file_key),
                     ":now": s(format_ts(now)),
                     ":failed": s(JobState.FAILED.value),
                     ":cancelled": s(JobState.CANCELLED.value),
+                    ":expired": s(JobState.EXPIRED.value),
+                },
+            )
+
+    async def reattach_file(
+        self, job_id: str, file_key: str, *, status: JobState, now: datetime
+    ) -> None:
+        """Give a final job back the file whose delete failed, so the next expiry run finds
+        it again. Raises ``ConditionFailed`` if the job moved on or holds a file already."""
+        with dynamo_errors("reattach_file"):
+            await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression="SET file_key = :key, updated_at = :now",
+                ConditionExpression="attribute_not_exists(file_key) AND #status = :status",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":key": s(file_key),
+                    ":now": s(format_ts(now)),
+                    ":status": s(status.value),
                 },
             )
 
