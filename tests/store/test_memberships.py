@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import uuid
 from typing import Any
 
@@ -117,6 +118,12 @@ async def test_hostile_text_is_quoted_and_neutralised_exactly_as_documented(
     assert parsed[1][12] == "2026-11-26T23:59:59Z"
     assert parsed[1][9] == "12.30"
     assert b'"Quote ""me"""' in data  # RFC 4180: quotes doubled inside a quoted field
+    # Records end in LF (documented in the README): outside quoted fields there is one LF
+    # per record and no CR at all; the CRs and LFs of hostile names stay inside quotes.
+    unquoted = re.sub(rb'"(?:[^"]|"")*"', b"", data)
+    assert b"\r" not in unquoted
+    assert unquoted.count(b"\n") == len(HOSTILE) + 1 and data.endswith(b"\n")
+    assert "Zürich 東京 🚀".encode() in data  # UTF-8, no transcoding
 
 
 async def test_copy_reads_one_snapshot_while_rows_change(pg_dsn: str, seed_rows: SeedRows) -> None:
