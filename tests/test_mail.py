@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
+import os
 import ssl
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -309,3 +311,100 @@ async def test_refusing_to_send_without_starttls(
     settings = ses_settings(ses_like, tls_files[0], start_tls=False)
     with pytest.raises(MailError):
         await Mailer(settings).send(message())
+
+
+class EnvelopeHandler(OutboxHandler):
+    """The sink, also keeping each envelope's MAIL options (where SIZE is declared)."""
+
+    def __init__(self, outbox: Path) -> None:
+        super().__init__(outbox)
+        self.mail_options: list[list[str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.mail_options.append(list(envelope.mail_options))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture(name="envelope_sink")
+def _fix_envelope_sink(tmp_path: Path) -> Iterator[tuple[Controller, EnvelopeHandler]]:
+    handler = EnvelopeHandler(tmp_path / "outbox")
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, handler
+    controller.stop()
+
+
+def received(handler: EnvelopeHandler) -> list[tuple[bytes, EmailMessage]]:
+    found = []
+    for path in sorted(handler.outbox.glob("*.eml")):
+        raw = path.read_bytes()
+        message = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        found.append((raw, message))
+    return found
+
+
+def export_message(content: bytes | io.BytesIO, size: int) -> EmailMessage:
+    return build_export_message(
+        sender="Exporter <exports@exporter.local>",
+        recipient="user@example.com",
+        export_id=EXPORT_ID,
+        attachment=ExportAttachment(content, "memberships.csv", 1, size),
+    )
+
+
+async def test_an_attachment_read_from_a_file_arrives_as_if_it_were_in_memory(
+    envelope_sink: tuple[Controller, EnvelopeHandler],
+) -> None:
+    controller, handler = envelope_sink
+    mailer = Mailer(SmtpSettings(host="127.0.0.1", port=controller.port))
+    # Sizes around base64's 3-byte groups and the 57-byte line, beyond one wire chunk.
+    data = os.urandom(57 * 1024 * 3 + 58)
+    from_file = io.BytesIO(data)
+    from_file.seek(123)  # wherever the worker left its file
+
+    await mailer.send(export_message(from_file, len(data)))
+    await mailer.send(export_message(data, len(data)))
+
+    (raw_streamed, streamed), (raw_in_memory, in_memory) = received(handler)
+    (part,) = list(streamed.iter_attachments())
+    assert part.get_payload(decode=True) == data
+    assert part.get_filename() == "memberships.csv"
+    assert streamed.get_body(("plain",)).get_content() == (  # type: ignore[union-attr]
+        in_memory.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    )
+    assert b"exporter-attachment:" not in raw_streamed  # the placeholder never travels
+    # SIZE declares exactly what arrived (RFC 1870; the sink keeps it with CRLF line ends).
+    for options, raw in zip(handler.mail_options, [raw_streamed, raw_in_memory], strict=True):
+        assert f"SIZE={len(raw)}" in options
+
+
+async def test_lines_starting_with_a_dot_survive_the_transfer(
+    envelope_sink: tuple[Controller, EnvelopeHandler],
+) -> None:
+    controller, handler = envelope_sink
+    text = ".starts with a dot\n..two dots\n.\nafter a lone dot line\n"
+    notice = EmailMessage()
+    notice["From"], notice["To"], notice["Subject"] = "a@exporter.local", "b@example.com", "dots"
+    notice.set_content(text)
+
+    await Mailer(SmtpSettings(host="127.0.0.1", port=controller.port)).send(notice)
+
+    ((_, message),) = received(handler)
+    body = message.get_body(("plain",))
+    assert body is not None and body.get_content().replace("\r\n", "\n") == text
+
+
+async def test_a_large_attachment_from_a_file_goes_through_starttls_and_auth(
+    ses_like: Controller, tls_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Several MB through TLS: the writer waits on the socket (flow control) between chunks.
+    data = os.urandom(6 * 1024 * 1024 + 1)
+    await Mailer(ses_settings(ses_like, tls_files[0])).send(
+        export_message(io.BytesIO(data), len(data))
+    )
+    (path,) = list((tmp_path / "ses-outbox").glob("*.eml"))
+    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    (part,) = list(message.iter_attachments())
+    assert part.get_payload(decode=True) == data

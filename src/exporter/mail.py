@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import html
+import re
 import textwrap
 import unicodedata
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from typing import IO
 
 import aiosmtplib
+from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 
 from exporter.config import SmtpSettings
 from exporter.errors import MailError
@@ -23,9 +29,13 @@ EXPORT_ID_HEADER = "X-Exporter-Export-Id"
 
 @dataclass(frozen=True, slots=True)
 class ExportAttachment:
-    """The finished file, small enough to travel inside the email."""
+    """The finished file, small enough to travel inside the email.
 
-    content: bytes
+    ``content`` is the file itself, or the open file to read it from while the message is
+    sent (``OutgoingMessage``): then it is never in memory as a whole, nor is its base64.
+    """
+
+    content: bytes | IO[bytes]
     file_name: str
     row_count: int
     byte_size: int
@@ -83,7 +93,7 @@ def build_export_message(
     attachment: ExportAttachment | None = None,
     link: DownloadLink | None = None,
     recipient_name: str | None = None,
-) -> EmailMessage:
+) -> ExportEmail:
     """The email for a finished export: the file attached, or a link to it (exactly one).
 
     multipart/alternative (plain text + HTML; every value from a user or a record is
@@ -98,7 +108,7 @@ def build_export_message(
     file_name = _one_line(file.file_name, 255)
     subject = f"Your memberships export is ready ({rows})"
 
-    message = EmailMessage()
+    message = ExportEmail()
     message["From"] = sender
     message["To"] = recipient
     message["Subject"] = subject
@@ -117,14 +127,39 @@ def build_export_message(
     message.set_content(_text_body(name, facts, link))
     message.add_alternative(_html_body(subject, name, facts, link), subtype="html")
     if attachment is not None:
+        content = attachment.content
         message.add_attachment(
-            attachment.content,
+            content if isinstance(content, bytes) else _placeholder(message, content),
             maintype=attachment.content_type[0],
             subtype=attachment.content_type[1],
             filename=attachment.file_name,
             params={"charset": "utf-8"} if attachment.content_type[0] == "text" else {},
         )
     return message
+
+
+# Stands for an attachment read from a file while the message is sent: one short base64
+# line in the flattened message, found and replaced by the file's base64 on the wire.
+# At most 57 bytes, so its base64 is a single line.
+_PLACEHOLDER_PREFIX = b"exporter-attachment:"
+
+
+def _placeholder(message: ExportEmail, source: IO[bytes]) -> bytes:
+    marker = _PLACEHOLDER_PREFIX + uuid.uuid4().hex.encode()
+    assert len(marker) <= 57
+    message.streamed_attachment = (marker, source)
+    return marker
+
+
+class ExportEmail(EmailMessage):
+    """An EmailMessage that may take its attachment from a file while it is sent.
+
+    ``streamed_attachment`` is (placeholder, file): the message holds the placeholder where
+    the file's content goes, and ``Mailer.send`` puts the file's base64 in its place on the
+    wire. ``as_bytes()`` of such a message shows the placeholder, not the file.
+    """
+
+    streamed_attachment: tuple[bytes, IO[bytes]] | None = None
 
 
 _FORMAT_NOTE = (
@@ -204,7 +239,11 @@ class Mailer:
     ) -> None:
         """Send one message. ``on_accepted`` runs as soon as the server accepted it, before
         the goodbye (QUIT): recording the send there keeps the window in which a crash
-        causes a second email as short as one write (docs/reliability.md)."""
+        causes a second email as short as one write (docs/reliability.md).
+
+        The message goes out in chunks (``wire_chunks``): an attachment read from a file is
+        base64-encoded as it is sent, so memory does not grow with the attachment.
+        """
         cfg = self._settings
         client = aiosmtplib.SMTP(
             hostname=cfg.host,
@@ -220,14 +259,14 @@ class Mailer:
                     await client.login(
                         cfg.username.get_secret_value(), cfg.password.get_secret_value()
                     )
-                await client.send_message(message)
+                await _send_in_chunks(client, message, timeout_s=cfg.timeout_s)
                 if on_accepted is not None:
                     await on_accepted()
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            transient = all(400 <= c < 500 for c in codes)
+        except aiosmtplib.SMTPRecipientRefused as exc:
             raise MailError(
-                "recipient_refused", f"SMTP refused recipient ({codes})", transient=transient
+                "recipient_refused",
+                f"SMTP refused recipient ({exc.code})",
+                transient=400 <= exc.code < 500,
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             # 4xx (e.g. SES "454 Throttling failure") is worth retrying; 5xx is final.
@@ -236,11 +275,115 @@ class Mailer:
                 f"SMTP {exc.code}: {exc.message[:200]}",
                 transient=400 <= exc.code < 500,
             ) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # Connection refused, timeouts, TLS failures: the server may be back later.
             raise MailError(
                 "smtp_unavailable", f"SMTP unavailable: {type(exc).__name__}", transient=True
             ) from exc
+
+
+# Bytes of the file base64-encoded per chunk on the wire: a multiple of 57, so every chunk
+# but the last is whole 76-character lines (as the email package writes base64).
+_WIRE_CHUNK_BYTES = 57 * 1024
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+
+
+def _transparent(data: bytes) -> tuple[int, bytes]:
+    """CRLF line ends, then RFC 5321 dot-stuffing, as aiosmtplib applies to a message; with
+    the size SIZE declares (RFC 1870: CRLF counted, doubled dots not)."""
+    normalised = _LINE_ENDS.sub(b"\r\n", data)
+    return len(normalised), _DOT_AT_LINE_START.sub(b"..", normalised)
+
+
+def _base64_size(size: int) -> int:
+    encoded = 4 * -(-size // 3)
+    return encoded + 2 * -(-encoded // 76)
+
+
+def _base64_lines(source: IO[bytes], size: int) -> Iterator[bytes]:
+    source.seek(0)
+    left = size
+    while left > 0:
+        chunk = source.read(min(_WIRE_CHUNK_BYTES, left))
+        if not chunk:
+            raise ValueError(f"attachment file ended {left} bytes short of its size")
+        left -= len(chunk)
+        encoded = base64.b64encode(chunk)
+        yield b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
+
+
+def wire_chunks(flat: bytes, message: EmailMessage) -> tuple[int, Iterator[bytes]]:
+    """What DATA carries for ``flat`` (the flattened ``message``), and its SIZE in octets.
+
+    Without a streamed attachment that is ``flat`` made transparent. With one, the
+    placeholder's base64 line is cut out and the file's base64 goes in its place, read in
+    chunks as the iterator is consumed (base64 lines never start with a dot).
+    """
+    streamed = getattr(message, "streamed_attachment", None)
+    if streamed is None:
+        size, whole = _transparent(flat)
+        return size, iter((whole,))
+    placeholder, source = streamed
+    line = base64.b64encode(placeholder) + b"\r\n"
+    before, found, after = flat.partition(line)
+    if not found:
+        raise ValueError("the attachment's placeholder is missing from the message")
+    (head_size, head), (tail_size, tail) = _transparent(before), _transparent(after)
+    file_size = source.seek(0, 2)
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        yield from _base64_lines(source, file_size)
+        yield tail
+
+    return head_size + _base64_size(file_size) + tail_size, chunks()
+
+
+async def _send_in_chunks(
+    client: aiosmtplib.SMTP, message: EmailMessage, *, timeout_s: float
+) -> None:
+    """MAIL, RCPT and DATA with the message written chunk by chunk under flow control.
+
+    aiosmtplib's own ``send_message`` flattens, normalises and copies the whole message
+    several times (about 8x an attachment's size in memory); this writes as it reads. It
+    uses aiosmtplib's protocol for DATA (pinned in requirements.lock; tests/test_mail.py
+    runs it against a plain sink and an SES-like STARTTLS + AUTH relay).
+    """
+    sender = extract_sender(message)
+    recipients = extract_recipients(message)
+    if sender is None or not recipients:
+        raise ValueError("a message needs From and To")
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
+    eight_bit = client.supports_extension("8BITMIME")
+    flat = flatten_message(message, cte_type="8bit" if eight_bit else "7bit")
+    size, chunks = wire_chunks(flat, message)
+    del flat  # the chunks hold what they need
+    options = [f"SIZE={size}"] if client.supports_extension("size") else []
+    if eight_bit:
+        options.append("BODY=8BITMIME")
+    await client.mail(sender, options=options)
+    for recipient in recipients:
+        await client.rcpt(recipient)
+    protocol = client.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    async with protocol._command_lock:
+        protocol._response_pending = True
+        protocol.write(b"DATA\r\n")
+        started = await protocol.read_response(timeout=timeout_s)
+        if started.code != aiosmtplib.SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(started.code, started.message)
+        for chunk in chunks:
+            protocol.write(chunk)
+            async with asyncio.timeout(timeout_s):
+                await protocol._drain_helper()  # waits while the socket's buffer is full
+        protocol._response_pending = True
+        protocol.write(b".\r\n")
+        done = await protocol.read_response(timeout=timeout_s)
+        if done.code != aiosmtplib.SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(done.code, done.message)
 
 
 def build_failure_message(

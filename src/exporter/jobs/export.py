@@ -189,38 +189,40 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         streamed = time.monotonic()
         spool.seek(0)
         delivery = await _delivery(resources, job, user, spool, written=written, progress=progress)
-    message = delivery.message
-    current = await resources.jobs.get(job.job_id)
-    if current is not None and current.email_sent_at is not None:
-        # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
-        return await finish_already_sent(resources, current)
-    mail_started = time.monotonic()
-    accepted: list[float] = []
+        # The spool stays open until the email is sent: an attached file is read from it
+        # while it goes out, never held in memory whole.
+        message = delivery.message
+        current = await resources.jobs.get(job.job_id)
+        if current is not None and current.email_sent_at is not None:
+            # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
+            return await finish_already_sent(resources, current)
+        mail_started = time.monotonic()
+        accepted: list[float] = []
 
-    async def record_sent() -> None:
-        # The guard, written the moment the server accepted (before QUIT), then the outcome
-        # below: a crash between the two leaves a re-run that only finishes the record. A
-        # crash before this write is the one window for a second email.
-        accepted.append(time.monotonic())
-        await resources.jobs.mark_email_sent(
-            job.job_id,
-            status=JobState.IN_PROGRESS,
-            now=utcnow(),
-            fields={
-                "row_count": row_count,
-                "byte_size": byte_size,
-                "file_name": delivery.file_name,
-                "delivery": delivery.kind,
-            },
-        )
+        async def record_sent() -> None:
+            # The guard, written the moment the server accepted (before QUIT), then the outcome
+            # below: a crash between the two leaves a re-run that only finishes the record. A
+            # crash before this write is the one window for a second email.
+            accepted.append(time.monotonic())
+            await resources.jobs.mark_email_sent(
+                job.job_id,
+                status=JobState.IN_PROGRESS,
+                now=utcnow(),
+                fields={
+                    "row_count": row_count,
+                    "byte_size": byte_size,
+                    "file_name": delivery.file_name,
+                    "delivery": delivery.kind,
+                },
+            )
 
-    try:
-        # The heartbeat goes on while the mail goes out (a slow relay is not a dead worker).
-        await progress.run(resources.mailer.send(message, on_accepted=record_sent))
-    except Exception:
-        if not accepted:
-            observe_email(time.monotonic() - mail_started, ok=False)
-        raise
+        try:
+            # The heartbeat goes on while the mail goes out (a slow relay is not a dead worker).
+            await progress.run(resources.mailer.send(message, on_accepted=record_sent))
+        except Exception:
+            if not accepted:
+                observe_email(time.monotonic() - mail_started, ok=False)
+            raise
     mailed = accepted[0]
     observe_email(mailed - mail_started, ok=True)
     now = utcnow()
@@ -306,7 +308,7 @@ async def _delivery(
     )
     if encoded_message_size(written.file_bytes) <= settings.exports.attachment_max_bytes:
         attachment = ExportAttachment(
-            content=spool.read(),
+            content=spool,
             file_name=file_name,
             row_count=written.rows,
             byte_size=written.file_bytes,
