@@ -1,41 +1,57 @@
 """Export engine benchmark: the project's export path against psql's own \\copy, same run.
 
-    python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--progress] [--json]
+    python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--no-progress]
+                           [--no-delivery] [--keep-db] [--json]
 
-Creates its own database, seeds one user per size with N memberships scattered among
-other users' rows (two others after each of theirs), then alternates, at least ``--runs``
-times each: the floor (``psql \\copy (plain SELECT) to file``), the project's export
-(``write_export_file``, the function the worker calls, through to the finished file), the
-gzip floor (``\\copy … to program 'gzip -6 > file'``) and the project's ``csv.gz`` export.
-Reports medians (COPY on 2 cores is bimodal run to run), the peak RSS growth of this
-process while exporting (VmHWM after resetting it, minus VmRSS before), and client CPU.
-The last line is a JSON array with one object per size. ``--progress`` runs the project's
-exports as the worker does, with progress tracking (the count in the COPY's snapshot, lines
-counted per chunk, the heartbeat task), its writes going nowhere.
+Creates its own database (dropped at the end unless ``--keep-db``), seeds one user per size
+with N memberships scattered among other users' rows (two others after each of theirs),
+then alternates, at least ``--runs`` (>= 5) times each: the floor (``psql \\copy (plain
+SELECT) to file``), the project's export (``write_export_file``, the function the worker
+calls, with the worker's progress tracking, through to the finished file), the gzip floor
+(``\\copy … to program 'gzip -6 > file'``) and the project's ``csv.gz`` export. Reports
+medians (COPY on 2 cores is bimodal run to run), the peak RSS growth of this process while
+exporting (VmHWM after resetting it, minus VmRSS before), and client CPU.
+
+Delivery (unless ``--no-delivery``): three more runs per size measure peak RSS from the
+start of the export to the end of its delivery, as the worker delivers: into a spooled temp
+file, then an email with the file attached when it fits ``exports.attachment_max_bytes``,
+otherwise a streamed multipart upload to S3 (moto's server, a separate process) and an email
+with the link; the SMTP server is an aiosmtpd sink in a separate process.
+
+The last line is a JSON array with one object per size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import platform
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from exporter.jobs.export import write_export_file
+from exporter.config import ExportSettings, S3Settings, SmtpSettings
+from exporter.dev.ports import free_port, spawn_server, stop_process
+from exporter.dev.s3 import start_s3
+from exporter.jobs.export import encoded_message_size, write_export_file
 from exporter.jobs.progress import ExportProgress
-from exporter.models import ExportFormat
+from exporter.mail import DownloadLink, ExportAttachment, Mailer, build_export_message
+from exporter.models import ExportFormat, utcnow
+from exporter.store.files import ExportFiles, open_s3
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 
@@ -79,6 +95,12 @@ class Series:
         return statistics.median(self.times)
 
 
+def _note(text: str) -> None:
+    # Progress notes go to stderr, so stdout is the table and the JSON line (or the JSON
+    # line alone with --json).
+    print(text, file=sys.stderr, flush=True)
+
+
 async def _seed(dsn: str, sizes: list[int]) -> dict[int, str]:
     users = {n: str(uuid.uuid4()) for n in sizes}
     conn = await asyncpg.connect(dsn)
@@ -86,15 +108,22 @@ async def _seed(dsn: str, sizes: list[int]) -> dict[int, str]:
         for n, user in users.items():
             started = time.perf_counter()
             await seed_memberships(conn, user, n, others_per_row=2)
-            print(
+            _note(
                 f"seeded {n:>9,} rows for one user (+{2 * n:,} others) "
-                f"in {time.perf_counter() - started:.1f}s",
-                flush=True,
+                f"in {time.perf_counter() - started:.1f}s"
             )
         await conn.execute("VACUUM ANALYZE memberships")
     finally:
         await conn.close()
     return users
+
+
+async def _drop_db() -> None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def _recreate_db() -> str:
@@ -140,6 +169,108 @@ async def _ours(
     series.cpu_s.append(_cpu_s() - cpu0)
     series.rss_delta_mb.append((_status_kb("VmHWM") - idle_kb) / 1024)
     series.size = written.file_bytes
+
+
+@dataclass
+class DeliveryTarget:
+    """Where delivery runs send to: S3 (moto) and SMTP (an aiosmtpd sink), both local."""
+
+    files: ExportFiles
+    mailer: Mailer
+    attachment_max_bytes: int
+
+
+async def _delivered(
+    pool: asyncpg.Pool[Any], user: str, target: DeliveryTarget, *, progress: bool
+) -> tuple[str, float]:
+    """One export delivered as the worker delivers it (jobs/export.py ``_export`` and
+    ``_delivery``, minus the job record writes); the delivery kind and peak RSS growth."""
+    _reset_peak_rss()
+    idle_kb = _status_kb("VmRSS")
+    export_id = str(uuid.uuid4())
+    file_name = f"memberships-{utcnow():%Y-%m-%d}.csv"
+    compose = functools.partial(
+        build_export_message,
+        sender=target.mailer.sender,
+        recipient="bench@example.com",
+        export_id=export_id,
+    )
+    tracker = ExportProgress(_nowhere, interval_s=2.0) if progress else None
+    with tempfile.SpooledTemporaryFile(max_size=ExportSettings().spool_max_bytes) as spool:
+        written = await write_export_file(
+            pool, user, spool, fmt=ExportFormat.CSV, bom=False, progress=tracker
+        )
+        spool.seek(0)
+        if encoded_message_size(written.file_bytes) <= target.attachment_max_bytes:
+            kind = "email_attachment"
+            attachment = ExportAttachment(
+                content=spool,  # read while the email is sent, as the worker does
+                file_name=file_name,
+                row_count=written.rows,
+                byte_size=written.file_bytes,
+            )
+            message = compose(attachment=attachment)
+        else:
+            kind = "download_link"
+            key = target.files.key_for(export_id, file_name)
+            await target.files.upload(key, spool, size=written.file_bytes, content_type="text/csv")
+            link = DownloadLink(
+                url=f"http://127.0.0.1/v1/exports/{export_id}/download",
+                expires_at=utcnow(),
+                file_name=file_name,
+                row_count=written.rows,
+                byte_size=written.file_bytes,
+            )
+            message = compose(link=link)
+        await target.mailer.send(message)
+    return kind, (_status_kb("VmHWM") - idle_kb) / 1024
+
+
+@contextlib.asynccontextmanager
+async def delivery_target() -> AsyncIterator[DeliveryTarget]:
+    """moto's S3 server and an aiosmtpd sink, each its own process (not in our RSS)."""
+    s3 = start_s3()
+    smtp_port = free_port()
+    sink = spawn_server(
+        [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{smtp_port}",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+        ],
+        smtp_port,
+        log_path=None,
+    )
+    try:
+        s3_settings = S3Settings(endpoint_url=s3.endpoint_url, bucket="exporter-bench")
+        async with open_s3(s3_settings) as client:
+            files = ExportFiles(client, s3_settings)
+            await files.ensure_bucket()
+            yield DeliveryTarget(
+                files=files,
+                mailer=Mailer(SmtpSettings(host="127.0.0.1", port=smtp_port)),
+                attachment_max_bytes=ExportSettings().attachment_max_bytes,
+            )
+    finally:
+        stop_process(sink)
+        s3.stop()
+
+
+async def bench_delivery(
+    pool: asyncpg.Pool[Any], user: str, target: DeliveryTarget, *, runs: int, progress: bool
+) -> dict[str, Any]:
+    """Peak RSS through delivery: the first (cold) run apart, then the worst of ``runs``."""
+    kind, first = await _delivered(pool, user, target, progress=progress)
+    warm = [(await _delivered(pool, user, target, progress=progress))[1] for _ in range(runs)]
+    return {
+        "delivery": kind,
+        "delivery_first_rss_delta_mb": round(first, 1),
+        "delivery_rss_delta_mb": round(max(warm), 1),
+    }
 
 
 async def bench_size(
@@ -198,39 +329,70 @@ async def bench_size(
     }
 
 
+def _at_least_five(text: str) -> int:
+    runs = int(text)
+    if runs < 5:
+        # COPY timings on 2 cores are bimodal: fewer runs give a median that is one mode.
+        raise argparse.ArgumentTypeError("at least 5 runs, so the medians mean something")
+    return runs
+
+
 async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 100_000, 10_000])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument(
-        "--progress", action="store_true", help="export with the worker's progress tracking"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 100_000, 10_000])
+    parser.add_argument("--runs", type=_at_least_five, default=5)
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="export without the worker's progress tracking (to see what it costs)",
+    )
+    parser.add_argument(
+        "--no-delivery", dest="delivery", action="store_false", help="skip the delivery runs"
+    )
+    parser.add_argument("--keep-db", action="store_true", help=f"keep database {DB_NAME}")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     dsn = await _recreate_db()
-    users = await _seed(dsn, args.rows)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    assert pool is not None
     results = []
     try:
-        with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
-            for n in args.rows:
-                results.append(
-                    await bench_size(
-                        dsn, pool, users[n], n, args.runs, Path(tmp), progress=args.progress
+        users = await _seed(dsn, args.rows)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
+                for n in args.rows:
+                    _note(f"benchmarking {n:,} rows")
+                    results.append(
+                        await bench_size(
+                            dsn, pool, users[n], n, args.runs, Path(tmp), progress=args.progress
+                        )
                     )
-                )
+            if args.delivery:
+                async with delivery_target() as target:
+                    for result in results:
+                        _note(f"delivering {result['rows']:,} rows")
+                        result |= await bench_delivery(
+                            pool, users[result["rows"]], target, runs=3, progress=args.progress
+                        )
+        finally:
+            await pool.close()
     finally:
-        await pool.close()
+        if not args.keep_db:
+            await _drop_db()
     if not args.json:
         print(
-            f"\n{time.strftime('%Y-%m-%d')} · {platform.node()} · {os.cpu_count()} cores · "
-            f"Python {platform.python_version()} · medians of {args.runs} alternating runs"
-            + (" · with progress tracking" if args.progress else "")
+            f"\n{time.strftime('%Y-%m-%d')} · {platform.node()} · {_cpu_model()} · "
+            f"{os.cpu_count()} cores · Python {platform.python_version()} · "
+            f"medians of {args.runs} alternating runs"
+            + (" · with progress tracking" if args.progress else " · without progress")
         )
         header = (
             f"{'rows':>9} {'floor s':>8} {'ours s':>7} {'ratio':>6} {'gz floor':>9} "
             f"{'gz ours':>8} {'gz ratio':>8} {'gz size':>8} {'RSS +MB':>8} {'CPU s':>6}"
+            + (f" {'delivery':>17} {'+MB':>5}" if args.delivery else "")
         )
         print(header)
         for r in results:
@@ -239,9 +401,21 @@ async def main(argv: list[str] | None = None) -> int:
                 f"{r['ratio']:>6.2f} {r['gz_floor_median_s']:>9.3f} {r['gz_median_s']:>8.3f} "
                 f"{r['gz_ratio']:>8.2f} {r['gz_size_ratio']:>8.2f} "
                 f"{r['peak_rss_delta_mb']:>8.1f} {r['client_cpu_s']:>6.2f}"
+                + (
+                    f" {r['delivery']:>17} {r['delivery_rss_delta_mb']:>5.1f}"
+                    if args.delivery
+                    else ""
+                )
             )
     print(json.dumps(results))
     return 0
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 if __name__ == "__main__":

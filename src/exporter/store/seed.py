@@ -64,7 +64,8 @@ async def seed_memberships(
                (ARRAY['active', 'trialing', 'past_due', 'cancelled', 'expired'])[1 + g % 5],
                (ARRAY['member', 'admin', 'owner', 'billing'])[1 + g % 4],
                date '2020-01-01' + (g % 1500),
-               CASE WHEN g % 3 = 0 THEN NULL ELSE date '2020-01-01' + (g % 1500) + 365 END,
+               -- 7 shares no factor with the usual strides, so every user gets some NULLs
+               CASE WHEN g % 7 = 0 THEN NULL ELSE date '2020-01-01' + (g % 1500) + 365 END,
                g % 2 = 0,
                round(((g % 10000) / 100.0)::numeric, 2),
                (ARRAY['EUR', 'USD', 'GBP', 'JPY'])[1 + g % 4],
