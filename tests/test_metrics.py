@@ -132,6 +132,7 @@ async def test_queue_snapshot_counts_past_its_scan_limit(resources: Resources) -
 async def test_refresh_sets_the_queue_gauges(resources: Resources) -> None:
     queue = resources.settings.redis.queue_name
     job_id = await _enqueue(resources)
+    await resources.queue.count_operator_cancellation()  # as `exporter jobs cancel` does
     try:
         await refresh_queue_metrics(resources.queue.redis, queue)
     finally:
@@ -139,6 +140,7 @@ async def test_refresh_sets_the_queue_gauges(resources: Resources) -> None:
     assert sample_value("exporter_queue_ready_jobs", {"queue": queue}) == 1
     assert sample_value("exporter_queue_jobs", {"queue": queue}) == 1
     assert sample_value("exporter_queue_oldest_ready_age_seconds", {"queue": queue}) >= 0
+    assert sample_value("exporter_operator_cancellations_total", {"queue": queue}) == 1
 
 
 @pytest.mark.timeout(30)
