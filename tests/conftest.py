@@ -40,6 +40,7 @@ from exporter.dev.dynamodb import LocalDynamo, start_dynamodb
 from exporter.dev.s3 import LocalS3, start_s3
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
+from exporter.queue import operator_cancellations_key
 from exporter.resources import Resources, open_dynamo, open_resources
 from exporter.store.files import ExportFiles, open_s3
 from exporter.store.migrations import migrate
@@ -159,7 +160,8 @@ def _fix_settings(base_settings: Settings) -> Settings:
 async def _fix_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with open_resources(settings) as resources:
         yield resources
-        await resources.queue.redis.delete(settings.redis.queue_name)
+        queue = settings.redis.queue_name
+        await resources.queue.redis.delete(queue, operator_cancellations_key(queue))
 
 
 @pytest.fixture(name="tokens")

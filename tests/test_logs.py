@@ -1,10 +1,17 @@
-"""One export followed through the JSON logs: request id from the API request to the email."""
+"""One export followed through the JSON logs: request id from the API request to the email;
+JSON off a terminal, readable lines on one."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
+import pty
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,9 +20,9 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
-from exporter.config import Settings
+from exporter.config import Environment, Settings
 from exporter.dev.smtp import SmtpSink
-from exporter.logs import configure_logging
+from exporter.logs import configure_logging, renders_json
 from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import login
 
@@ -113,3 +120,75 @@ async def test_a_generated_request_id_is_returned_and_carried_to_the_worker(
     ]
     assert worker_lines
     assert all(line["request_id"] == request_id for line in worker_lines)
+
+
+# --- the renderer: JSON for machines, readable lines for a person at a terminal -------------
+
+
+@pytest.fixture(name="terminal")
+def _fix_terminal() -> Iterator[tuple[int, int]]:
+    """A pseudo-terminal: (the side a terminal emulator reads, the side a program writes)."""
+    reader, writer = pty.openpty()
+    yield reader, writer
+    for fd in (reader, writer):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def test_the_renderer_follows_whether_stderr_is_a_terminal(terminal: tuple[int, int]) -> None:
+    auto = Settings(environment=Environment.TEST, log_json=None)
+    with os.fdopen(os.dup(terminal[1]), "w") as tty:
+        assert renders_json(auto, tty) is False
+        # EXPORTER_LOG_JSON wins over the guess, either way.
+        assert renders_json(auto.model_copy(update={"log_json": True}), tty) is True
+    assert renders_json(auto, io.StringIO()) is True
+    assert renders_json(auto.model_copy(update={"log_json": False}), io.StringIO()) is False
+
+
+# A process of its own, with the service's logging set up from the environment as in production.
+_LOG_ONE_LINE = """
+from exporter.config import Settings
+from exporter.logs import configure_logging, get_logger
+configure_logging(Settings())
+get_logger("exporter.test").info("export.succeeded", rows=42)
+"""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    return {**env, "EXPORTER_ENVIRONMENT": "test"}
+
+
+def test_a_process_on_a_terminal_logs_readable_lines(terminal: tuple[int, int]) -> None:
+    reader, writer = terminal
+    subprocess.run(
+        [sys.executable, "-c", _LOG_ONE_LINE],
+        stderr=writer,
+        env=_child_env(),
+        check=True,
+        timeout=60,
+    )
+    os.close(writer)
+    out = b""
+    with contextlib.suppress(OSError):  # EIO once the written side is closed and drained
+        while chunk := os.read(reader, 4096):
+            out += chunk
+    line = _ANSI.sub("", out.decode()).strip()
+    assert "export.succeeded" in line and "rows=42" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)
+
+
+def test_a_process_writing_to_a_pipe_logs_json_lines() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOG_ONE_LINE],
+        capture_output=True,
+        env=_child_env(),
+        check=True,
+        timeout=60,
+    )
+    (line,) = done.stderr.decode().splitlines()
+    event = json.loads(line)
+    assert event["event"] == "export.succeeded" and event["rows"] == 42
+    assert event["level"] == "info" and event["logger"] == "exporter.test"

@@ -28,10 +28,14 @@ from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.errors import MailError
 from exporter.mail import (
     EXPORT_ID_HEADER,
+    KIND_EXPORT,
+    KIND_FAILURE_NOTICE,
+    KIND_HEADER,
     DownloadLink,
     ExportAttachment,
     Mailer,
     build_export_message,
+    build_failure_message,
     download_url,
     human_size,
 )
@@ -160,6 +164,30 @@ def test_a_message_carries_exactly_one_of_attachment_and_link(both: bool) -> Non
             attachment=attachment,
             link=LINK if both else None,
         )
+
+
+def test_the_kind_header_tells_the_file_from_a_failure_notice_for_the_same_export() -> None:
+    attached = parsed(message())
+    linked = parsed(
+        build_export_message(
+            sender="Exporter <exports@exporter.local>",
+            recipient="user@example.com",
+            export_id=EXPORT_ID,
+            link=LINK,
+        )
+    )
+    notice = parsed(
+        build_failure_message(
+            sender="Exporter <exports@exporter.local>",
+            recipient="user@example.com",
+            export_id=EXPORT_ID,
+            reason="our mail service could not send the file.",
+        )
+    )
+    # All three name the export; only the kind says whether the user got their data.
+    assert {m[EXPORT_ID_HEADER] for m in (attached, linked, notice)} == {EXPORT_ID}
+    assert attached[KIND_HEADER] == linked[KIND_HEADER] == KIND_EXPORT
+    assert notice[KIND_HEADER] == KIND_FAILURE_NOTICE
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,7 @@ async def test_queue_snapshot_counts_past_its_scan_limit(resources: Resources) -
 async def test_refresh_sets_the_queue_gauges(resources: Resources) -> None:
     queue = resources.settings.redis.queue_name
     job_id = await _enqueue(resources)
+    await resources.queue.count_operator_cancellation()  # as `exporter jobs cancel` does
     try:
         await refresh_queue_metrics(resources.queue.redis, queue)
     finally:
@@ -139,6 +140,7 @@ async def test_refresh_sets_the_queue_gauges(resources: Resources) -> None:
     assert sample_value("exporter_queue_ready_jobs", {"queue": queue}) == 1
     assert sample_value("exporter_queue_jobs", {"queue": queue}) == 1
     assert sample_value("exporter_queue_oldest_ready_age_seconds", {"queue": queue}) >= 0
+    assert sample_value("exporter_operator_cancellations_total", {"queue": queue}) == 1
 
 
 @pytest.mark.timeout(30)
@@ -161,7 +163,8 @@ async def test_worker_metrics_server_serves_and_stops(resources: Resources) -> N
             await asyncio.sleep(0.05)
     await resources.queue.redis.delete(job_key_prefix + job_id)
     assert f'exporter_queue_ready_jobs{{queue="{queue}"}} 1.0' in text
-    assert "exporter_export_duration_seconds_bucket" in text
+    # The Redis-held counter comes from its own collector; the worker's endpoint serves it.
+    assert f'exporter_operator_cancellations_total{{queue="{queue}"}} 0.0' in text
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(f"http://127.0.0.1:{port}/metrics")

@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq.constants import result_key_prefix
 from arq.worker import Worker
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cancellation import CANCELLED_BY_OPERATOR
 from exporter.cli import create_user, main
@@ -188,6 +189,41 @@ async def test_cancel_takes_a_running_export_too(
     assert await exporter_cli(settings, "jobs", "cancel", job.job_id) == 0
     cancelled = await resources.jobs.get(job.job_id)
     assert cancelled is not None and cancelled.status is JobState.CANCELLED
+
+
+def scraped(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample's value from a Prometheus text exposition, None when it is not there."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+async def test_operator_cancels_are_counted_where_metrics_are_scraped(
+    client: TestClient[Any, Any],
+    resources: Resources,
+    settings: Settings,
+    make_user: MakeUser,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queue = {"queue": settings.redis.queue_name}
+    for _ in range(2):
+        job = await new_job(resources, (await make_user()).user_id)
+        assert await exporter_cli(settings, "jobs", "cancel", job.job_id) == 0
+    # An owner's cancel is the API's own metric, not an operator's.
+    owner = await make_user()
+    headers = await login(client, owner)
+    export_id = (await (await client.post("/v1/exports", json={}, headers=headers)).json())["id"]
+    assert (await client.delete(f"/v1/exports/{export_id}", headers=headers)).status == 200
+
+    # The command's process is gone by now; the count lives in Redis, and the API (like
+    # every worker, on its queue refresh) reads it back for the scrape.
+    text = await (await client.get("/metrics")).text()
+    assert scraped(text, "exporter_operator_cancellations_total", queue) == 2
+    capsys.readouterr()
+    assert await exporter_cli(settings, "queue", "stats", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["operator_cancellations"] == 2
 
 
 async def test_cancel_refuses_a_finished_export(

@@ -8,6 +8,11 @@ transition of a running one is conditional on ``in_progress``, so it loses. The 
 what stops a running worker early (it gets ``asyncio.CancelledError`` at its next await and
 removes its temporary file on the way out). The one window left: an email the SMTP server
 accepted just before the abort reached the worker; the record still says cancelled.
+
+Counting: the API counts its owners' cancellations in its own metrics (it is scraped). An
+operator's ``exporter jobs cancel`` runs in a process that exits before any scrape, so it
+counts in Redis instead, where the API and workers read the count back with the queue
+gauges (``exporter_operator_cancellations_total``).
 """
 
 from __future__ import annotations
@@ -63,7 +68,14 @@ async def cancel_export(
         if current is None:
             raise ExportGone(job.job_id) from None
         raise AlreadyFinished(current) from None
-    observe_export_finished(JobState.CANCELLED.value, reason)
+    if by_operator:
+        try:
+            await resources.queue.count_operator_cancellation()
+        except QueueUnavailable as exc:
+            # The record says what happened; only the metric misses this one.
+            log.warning("export.cancel_uncounted", export_id=job.job_id, error=str(exc))
+    else:
+        observe_export_finished(JobState.CANCELLED.value, reason)
     log.info("export.cancelled", export_id=job.job_id, reason=reason, was=job.status.value)
     try:
         await resources.queue.abort_export(job.job_id)

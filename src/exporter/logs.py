@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
@@ -12,9 +12,15 @@ from exporter.config import Settings
 from exporter.redact import redact_secrets
 
 
+def renders_json(settings: Settings, stream: IO[str]) -> bool:
+    """JSON lines for machines (pipes, files, log collectors); readable lines for a person at
+    a terminal. ``log_json`` (``EXPORTER_LOG_JSON``), when set, decides instead."""
+    return settings.log_json if settings.log_json is not None else not stream.isatty()
+
+
 def configure_logging(settings: Settings) -> None:
     """Route structlog and the standard library (aiohttp, arq, botocore) through one renderer."""
-    as_json = settings.log_json if settings.log_json is not None else not sys.stderr.isatty()
+    as_json = renders_json(settings, sys.stderr)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

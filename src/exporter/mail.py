@@ -25,6 +25,11 @@ from exporter.models import utcnow
 
 # Lets the recipient's mail rules, support and our tests tie a message to its export.
 EXPORT_ID_HEADER = "X-Exporter-Export-Id"
+# Both kinds of message carry the export id; this tells the file (or its link) from the
+# notice that the export failed, without parsing a subject meant for people.
+KIND_HEADER = "X-Exporter-Kind"
+KIND_EXPORT = "export"
+KIND_FAILURE_NOTICE = "failure-notice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,7 @@ def build_export_message(
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid(domain="exporter.local")
     message[EXPORT_ID_HEADER] = export_id
+    message[KIND_HEADER] = KIND_EXPORT
 
     facts = [
         ("File", file_name),
@@ -400,6 +406,7 @@ def build_failure_message(
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid(domain="exporter.local")
     message[EXPORT_ID_HEADER] = export_id
+    message[KIND_HEADER] = KIND_FAILURE_NOTICE
     message.set_content(
         "Hello,\n\n"
         "We could not complete the export of your memberships that you asked for.\n\n"

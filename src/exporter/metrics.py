@@ -10,15 +10,18 @@ paths; unmatched paths are one ``route="unmatched"`` series; failure reasons are
 stable error codes of ``ExportFailed``.
 
 The queue gauges describe Redis, not this process, so every process that refreshes them
-reports the same numbers: aggregate them with ``max()``, not ``sum()``.
+reports the same numbers: aggregate them with ``max()``, not ``sum()``. So does
+``exporter_operator_cancellations_total``: ``exporter jobs cancel`` runs in a process that
+exits before any scrape, so it counts in Redis and the queue refresh reads the count back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +32,18 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
+
+from exporter.queue import operator_cancellations_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -145,6 +153,36 @@ QUEUE_OLDEST_AGE = Gauge(
     ["queue"],
     namespace=NAMESPACE,
 )
+
+
+class RedisCounter(Collector):
+    """A counter kept in Redis by processes nobody scrapes, exposed by those that are scraped
+    with the value their last queue refresh read (one series per queue)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name, self._documentation = name, documentation
+        self._values: dict[str, float] = {}
+        self._lock = threading.Lock()  # set by the event loop, read by the scrape thread
+
+    def set(self, queue: str, value: float) -> None:
+        with self._lock:
+            self._values[queue] = value
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=["queue"])
+        with self._lock:
+            values = sorted(self._values.items())
+        for queue, value in values:
+            family.add_metric([queue], value)
+        yield family
+
+
+OPERATOR_CANCELLATIONS = RedisCounter(
+    f"{NAMESPACE}_operator_cancellations",
+    "Exports cancelled with `exporter jobs cancel`, counted in Redis (the command's process "
+    "is never scraped); every process reports the same count: aggregate with max().",
+)
+REGISTRY.register(OPERATOR_CANCELLATIONS)
 
 # Bound on the work a refresh does: jobs due now that are inspected one by one. Past this
 # the counts are lower bounds (a backlog that large needs no finer number to act on).
@@ -273,6 +311,7 @@ class QueueSnapshot:
     in_progress: int  # started by a worker, not finished
     deferred: int  # due later (retries in backoff, deferred enqueues)
     oldest_ready_age_s: float  # 0.0 when nothing is ready
+    operator_cancellations: int = 0  # `exporter jobs cancel` so far (since Redis last lost it)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -282,6 +321,7 @@ class QueueSnapshot:
             "in_progress": self.in_progress,
             "deferred": self.deferred,
             "oldest_ready_age_s": round(self.oldest_ready_age_s, 3),
+            "operator_cancellations": self.operator_cancellations,
         }
 
 
@@ -296,7 +336,10 @@ async def queue_snapshot(
     # arq scores with round(time * 1000); truncating here would see a job enqueued this
     # very millisecond as not yet due.
     now_ms = timestamp_ms() if now_ms is None else now_ms
-    total = int(await redis.zcard(queue))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue)
+        pipe.get(operator_cancellations_key(queue))
+        total, cancelled = await pipe.execute()
     due: list[tuple[bytes, float]] = await redis.zrangebyscore(
         queue, "-inf", now_ms, start=0, num=limit, withscores=True
     )
@@ -313,11 +356,12 @@ async def queue_snapshot(
     ready = len(ready_scores) + max(0, due_total - len(due))
     return QueueSnapshot(
         queue=queue,
-        jobs=total,
+        jobs=int(total),
         ready=ready,
         in_progress=in_progress,
-        deferred=max(0, total - due_total),
+        deferred=max(0, int(total) - due_total),
         oldest_ready_age_s=oldest,
+        operator_cancellations=int(cancelled or 0),
     )
 
 
@@ -326,6 +370,7 @@ def publish_queue_snapshot(snapshot: QueueSnapshot) -> None:
     QUEUE_READY.labels(snapshot.queue).set(snapshot.ready)
     QUEUE_IN_PROGRESS.labels(snapshot.queue).set(snapshot.in_progress)
     QUEUE_OLDEST_AGE.labels(snapshot.queue).set(snapshot.oldest_ready_age_s)
+    OPERATOR_CANCELLATIONS.set(snapshot.queue, snapshot.operator_cancellations)
 
 
 async def refresh_queue_metrics(redis: ArqRedis, queue: str) -> QueueSnapshot:
@@ -377,7 +422,5 @@ def render_latest() -> tuple[bytes, str]:
 
 def sample_value(name: str, labels: Mapping[str, str] | None = None) -> float:
     """The current value of one sample (0.0 if absent): for tests and the ops CLI."""
-    from prometheus_client import REGISTRY
-
     value = REGISTRY.get_sample_value(name, dict(labels or {}))
     return 0.0 if value is None else float(value)

@@ -254,6 +254,7 @@ def cmd_queue_stats(settings: Settings, args: argparse.Namespace) -> int:
     print(f"in progress        {stats['in_progress']}")
     print(f"deferred           {stats['deferred']}")
     print(f"oldest ready age   {stats['oldest_ready_age_s']:.1f} s")
+    print(f"operator cancels   {stats['operator_cancellations']}")
     print(f"workers alive      {stats['workers_alive']}")
     for name, health in sorted(stats["workers"].items()):
         print(f"  {name}: {health}")

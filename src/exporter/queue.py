@@ -34,6 +34,13 @@ class QueueUnavailable(ExporterError):
     """Redis could not take the message."""
 
 
+def operator_cancellations_key(queue_name: str) -> str:
+    """Where ``exporter jobs cancel`` counts what it cancelled: in Redis, next to the queue,
+    because the command's own process exits long before anything could scrape it. The API
+    and workers read it back with the queue gauges (``metrics.queue_snapshot``)."""
+    return f"{queue_name}:operator-cancellations"
+
+
 def arq_redis_settings(config: RedisConfig) -> RedisSettings:
     settings = RedisSettings.from_dsn(config.url.get_secret_value())
     return replace(
@@ -165,6 +172,13 @@ class ExportQueue:
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"abort failed: {type(exc).__name__}") from exc
         return True
+
+    async def count_operator_cancellation(self) -> int:
+        """One more export cancelled by an operator; the count so far."""
+        try:
+            return int(await self._redis.incr(operator_cancellations_key(self._queue_name)))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"counting a cancellation: {type(exc).__name__}") from exc
 
     async def depth(self) -> int:
         try:

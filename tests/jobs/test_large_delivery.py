@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from email.message import EmailMessage
@@ -268,7 +269,9 @@ async def test_a_job_whose_email_went_out_is_never_failed(
     )
     await resources.jobs.create(job)
 
-    outcome = await fail_export(resources, job.job_id, ExportFailed("smtp_rejected", "QUIT: 554"))
+    outcome = await fail_export(
+        resources, job.job_id, ExportFailed("smtp_rejected", "QUIT: 554"), started=time.monotonic()
+    )
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     after = await resources.jobs.get(job.job_id)

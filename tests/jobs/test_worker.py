@@ -1,18 +1,25 @@
-"""Worker wiring: a health key per process for liveness probes, settings from Settings."""
+"""Worker wiring: a health key per process for liveness probes, settings from Settings, and
+the metrics a real arq worker records for the exports it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
+from aiosmtpd.controller import Controller
 from arq import Retry
 from arq.worker import Worker
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Settings
 from exporter.dev.ports import free_port, port_open
+from exporter.dev.smtp import SmtpSink
 from exporter.jobs.worker import (
     build_worker_settings,
     health_check_key,
@@ -21,7 +28,7 @@ from exporter.jobs.worker import (
 )
 from exporter.mail import Mailer
 from exporter.metrics import sample_value
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from tests.conftest import MakeUser, SeedRows
 
@@ -56,27 +63,51 @@ def test_worker_settings_follow_our_settings(settings: Settings) -> None:
     assert health_check_key(settings).startswith(settings.redis.queue_name + ":health-check:")
 
 
-async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settings) -> None:
+def scraped(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample's value from a Prometheus text exposition, None when it is not there."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+SUCCEEDED = {"status": "succeeded", "reason": ""}
+
+
+async def test_worker_serves_its_metrics_on_the_configured_port(
+    settings: Settings, resources: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 3)
+    job = await new_job(resources, user.user_id)
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
+    succeeded_before = sample_value("exporter_exports_finished_total", SUCCEEDED)
     port = free_port()
     with_metrics = settings.model_copy(
         update={"worker": settings.worker.model_copy(update={"metrics_port": port})}
     )
-    worker = Worker(**build_worker_settings(with_metrics, handle_signals=False, poll_delay=0.05))
+    worker = Worker(
+        **build_worker_settings(with_metrics, handle_signals=False, poll_delay=0.05, cron_jobs=[])
+    )
     task = asyncio.create_task(worker.main())
     # The registry is per process, so earlier tests may have published gauges for their
     # own queues: wait for this queue's series, not for any queue's.
-    this_queue = f'exporter_queue_jobs{{queue="{settings.redis.queue_name}"}}'
+    this_queue = {"queue": settings.redis.queue_name}
     text = ""
     try:
         async with aiohttp.ClientSession() as http:
-            # Polls until the first queue refresh shows up; generous, because start-up
-            # (pools, clients) and the refresh are slow on a loaded 2-core CI machine.
+            # Polls until the export this worker ran and its first queue refresh show up;
+            # generous, because start-up (pools, clients) and the refresh are slow on a
+            # loaded 2-core CI machine.
             deadline = asyncio.get_running_loop().time() + 30
             while asyncio.get_running_loop().time() < deadline:
                 with contextlib.suppress(aiohttp.ClientConnectionError):
                     async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                         text = await response.text()
-                if this_queue in text:
+                finished = scraped(text, "exporter_exports_finished_total", SUCCEEDED)
+                queued = scraped(text, "exporter_queue_jobs", this_queue)
+                if finished == succeeded_before + 1 and queued is not None:
                     break
                 await asyncio.sleep(0.05)
     finally:
@@ -84,8 +115,10 @@ async def test_worker_serves_its_metrics_on_the_configured_port(settings: Settin
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await worker.close()
-    assert this_queue in text
-    assert "exporter_export_duration_seconds_bucket" in text
+    # The endpoint tells what this worker did (the export it finished) and what it read
+    # from Redis (its own queue's gauges).
+    assert scraped(text, "exporter_exports_finished_total", SUCCEEDED) == succeeded_before + 1
+    assert scraped(text, "exporter_queue_jobs", this_queue) is not None
     assert not port_open(port)  # closed with the worker
 
 
@@ -109,3 +142,155 @@ async def test_transient_failure_is_counted_as_a_retry_with_its_reason(
         await run_export_task(ctx, ExportMessageV1(job.job_id, user.user_id).to_payload())
 
     assert sample_value("exporter_export_retries_total", labels) == before + 1
+
+
+# --- what a real worker records for the exports it runs -------------------------------------
+
+
+async def new_job(resources: Resources, user_id: str) -> ExportJob:
+    job = ExportJob.new(user_id=user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600)
+    await resources.jobs.create(job)
+    return job
+
+
+async def run_burst(settings: Settings) -> Worker:
+    """A real arq worker built from ``settings``, run until its queue is empty. No crons: a
+    sweep that fell due would add its own numbers to the ones these tests pin."""
+    worker = Worker(
+        **build_worker_settings(
+            settings, burst=True, poll_delay=0, handle_signals=False, cron_jobs=[]
+        )
+    )
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker
+
+
+def export_metrics(*, failed_reason: str) -> dict[str, float]:
+    """The export metrics of the default registry as they stand now, by short name."""
+    samples: dict[str, tuple[str, dict[str, str]]] = {
+        "succeeded": ("exporter_exports_finished_total", SUCCEEDED),
+        "failed": (
+            "exporter_exports_finished_total",
+            {"status": "failed", "reason": failed_reason},
+        ),
+        "duration_count{succeeded}": (
+            "exporter_export_duration_seconds_count",
+            {"status": "succeeded"},
+        ),
+        "duration_sum{succeeded}": (
+            "exporter_export_duration_seconds_sum",
+            {"status": "succeeded"},
+        ),
+        "duration_count{failed}": ("exporter_export_duration_seconds_count", {"status": "failed"}),
+        "duration_sum{failed}": ("exporter_export_duration_seconds_sum", {"status": "failed"}),
+        "rows_count": ("exporter_export_rows_count", {}),
+        "rows_sum": ("exporter_export_rows_sum", {}),
+        "bytes_count": ("exporter_export_size_bytes_count", {}),
+        "bytes_sum": ("exporter_export_size_bytes_sum", {}),
+        "email_count": ("exporter_email_send_duration_seconds_count", {}),
+        "email_sum": ("exporter_email_send_duration_seconds_sum", {}),
+        "email_failures": ("exporter_email_send_failures_total", {}),
+        "notices{sent}": ("exporter_failure_notices_total", {"outcome": "sent"}),
+        "notices{failed}": ("exporter_failure_notices_total", {"outcome": "failed"}),
+        "notices{skipped}": ("exporter_failure_notices_total", {"outcome": "skipped"}),
+    }
+    return {key: sample_value(name, labels) for key, (name, labels) in samples.items()}
+
+
+def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The metrics that changed, by how much."""
+    return {key: after[key] - before[key] for key in before if after[key] != before[key]}
+
+
+async def test_a_delivered_export_moves_the_success_metrics_by_what_it_exported(
+    settings: Settings,
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 7)
+    job = await new_job(resources, user.user_id)
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
+    before = export_metrics(failed_reason="")
+
+    started = time.monotonic()
+    worker = await run_burst(settings)
+    elapsed = time.monotonic() - started
+
+    assert worker.jobs_complete == 1
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED
+    (message,) = smtp_sink.for_export(job.job_id)
+    (part,) = list(message.iter_attachments())
+    file = part.get_payload(decode=True)
+    assert isinstance(file, bytes) and done.byte_size == len(file)
+
+    delta = moved(before, export_metrics(failed_reason=""))
+    # Times vary run to run, but they nest: the email inside the export inside the run.
+    email_s, export_s = delta.pop("email_sum"), delta.pop("duration_sum{succeeded}")
+    assert 0 < email_s < export_s <= elapsed
+    assert delta == {
+        "succeeded": 1,
+        "duration_count{succeeded}": 1,
+        "rows_count": 1,
+        "rows_sum": 7,
+        "bytes_count": 1,
+        "bytes_sum": len(file),
+        "email_count": 1,
+    }
+
+
+class RejectingData:
+    """An SMTP server that takes the envelope and refuses every message for good."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        return "554 5.7.1 Message rejected"
+
+
+@pytest.fixture(name="rejecting_smtp")
+def _fix_rejecting_smtp() -> Iterator[Controller]:
+    controller = Controller(RejectingData(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+async def test_an_export_the_mail_server_rejects_moves_the_failure_metrics_with_its_reason(
+    settings: Settings,
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    rejecting_smtp: Controller,
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 7)
+    job = await new_job(resources, user.user_id)
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
+    rejecting = settings.model_copy(
+        update={"smtp": settings.smtp.model_copy(update={"port": rejecting_smtp.port})}
+    )
+    before = export_metrics(failed_reason="smtp_rejected")
+
+    started = time.monotonic()
+    await run_burst(rejecting)
+    elapsed = time.monotonic() - started
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "smtp_rejected"  # 5xx: final at once, no retry
+    delta = moved(before, export_metrics(failed_reason="smtp_rejected"))
+    email_s, export_s = delta.pop("email_sum"), delta.pop("duration_sum{failed}")
+    assert 0 < email_s < export_s <= elapsed
+    # No rows or size for a failure; the notice went to the same server and was refused too.
+    assert delta == {
+        "failed": 1,
+        "duration_count{failed}": 1,
+        "email_count": 1,
+        "email_failures": 1,
+        "notices{failed}": 1,
+    }

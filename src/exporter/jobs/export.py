@@ -93,43 +93,54 @@ async def run_export(
     resources: Resources, payload: object, *, attempt: int, max_attempts: int
 ) -> ExportOutcome | None:
     """Run one delivery of an export message. Raises ``RetryLater`` for transient trouble."""
+    # Pick-up: both outcomes are timed from here, so the duration histogram compares them.
+    started = time.monotonic()
     try:
         message = ExportMessageV1.from_payload(payload)
     except ExportFailed as exc:
-        return await _fail_unreadable(resources, payload, exc)
+        return await _fail_unreadable(resources, payload, exc, started=started)
     structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
     job = await resources.jobs.get(message.export_id)
     if job is None:
         log.warning("export.record_missing")
         return None
     if job.user_id != message.user_id:
-        return await _fail(resources, job.job_id, ExportFailed("bad_message", "user mismatch"))
+        return await _fail(
+            resources, job.job_id, ExportFailed("bad_message", "user mismatch"), started=started
+        )
     if job.status.is_terminal:
         log.info("export.already_finished", status=job.status.value)
         return ExportOutcome(job.job_id, job.status, job.row_count, job.byte_size)
     try:
-        return await _export(resources, job)
+        return await _export(resources, job, started=started)
     except ExportFailed as exc:
         if exc.transient and attempt < max_attempts:
             _retry_within_budget(resources, job, exc, attempt)
-        return await _fail(resources, job.job_id, exc)
+        return await _fail(resources, job.job_id, exc, started=started)
     except StoreUnavailable as exc:
         if attempt < max_attempts:
             _retry_within_budget(resources, job, exc, attempt)
-        return await _fail(resources, job.job_id, ExportFailed("store_unavailable", str(exc)))
+        return await _fail(
+            resources, job.job_id, ExportFailed("store_unavailable", str(exc)), started=started
+        )
     except ConditionFailed:
         # Someone else moved the record on (a parallel delivery finished it): nothing to do.
         log.info("export.superseded")
         return None
     except StoreError as exc:
         # A store refused for good (a missing bucket, no permission): retrying cannot help.
-        return await _fail(resources, job.job_id, ExportFailed("storage_error", str(exc)))
+        return await _fail(
+            resources, job.job_id, ExportFailed("storage_error", str(exc)), started=started
+        )
     except Exception as exc:
         # A bug or a failure nobody classified: it would happen again, so fail now (with the
         # traceback in the log) rather than let the sweeper re-run it until it is too old.
         log.exception("export.unexpected_error")
         return await _fail(
-            resources, job.job_id, ExportFailed("internal_error", type(exc).__name__)
+            resources,
+            job.job_id,
+            ExportFailed("internal_error", type(exc).__name__),
+            started=started,
         )
 
 
@@ -148,9 +159,8 @@ def _retry_within_budget(
     raise RetryLater(delay) from exc
 
 
-async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
+async def _export(resources: Resources, job: ExportJob, *, started: float) -> ExportOutcome:
     settings = resources.settings.exports
-    started = time.monotonic()
     now = utcnow()
     job = await resources.jobs.transition(
         job.job_id,
@@ -429,7 +439,11 @@ async def write_export_file(
     return ExportFile(rows=rows, csv_bytes=encoder.csv_bytes, file_bytes=encoder.file_bytes)
 
 
-async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportOutcome | None:
+async def _fail(
+    resources: Resources, job_id: str, exc: ExportFailed, *, started: float
+) -> ExportOutcome | None:
+    """Move the record to ``failed`` (unless the email already went out) and count it, timed
+    from ``started`` (the pick-up, ``time.monotonic()``) as successes are."""
     now = utcnow()
     try:
         job = await resources.jobs.transition(
@@ -451,7 +465,7 @@ async def _fail(resources: Resources, job_id: str, exc: ExportFailed) -> ExportO
             return await finish_already_sent(resources, current)
         log.info("export.fail_superseded", error_code=exc.code)
         return None
-    observe_export_finished("failed", exc.code)
+    observe_export_finished("failed", exc.code, duration_s=time.monotonic() - started)
     log.warning("export.failed", error_code=exc.code, error=exc.message)
     # Only the run that made the record failed gets here, so one notice per export.
     await send_failure_notice(resources, job)
@@ -476,14 +490,14 @@ async def finish_already_sent(resources: Resources, job: ExportJob) -> ExportOut
 
 
 async def _fail_unreadable(
-    resources: Resources, payload: object, exc: ExportFailed
+    resources: Resources, payload: object, exc: ExportFailed, *, started: float
 ) -> ExportOutcome | None:
     """A message we cannot parse: fail its record if it names one, never crash-loop."""
     export_id: Any = payload.get("export_id") if isinstance(payload, dict) else None
     log.error("export.bad_message", error_code=exc.code, error=exc.message)
     if isinstance(export_id, str) and _is_uuid(export_id):
         try:
-            return await _fail(resources, export_id, exc)
+            return await _fail(resources, export_id, exc, started=started)
         except StoreUnavailable:
             return None
     return None
