@@ -98,7 +98,18 @@ async def run_export(
     except ExportFailed as exc:
         return await _fail_unreadable(resources, payload, exc)
     structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
-    job = await resources.jobs.get(message.export_id)
+    try:
+        job = await resources.jobs.get(message.export_id)
+    except StoreUnavailable as exc:
+        # DynamoDB throttled or away before anything is known of the job (not even when it
+        # was asked for, which the retry budget counts from): back off like any other
+        # transient failure, within max_tries; after that the sweeper finds it queued.
+        if attempt < max_attempts:
+            worker = resources.settings.worker
+            delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
+            log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
+            raise RetryLater(delay) from exc
+        raise
     if job is None:
         log.warning("export.record_missing")
         return None
