@@ -160,7 +160,6 @@ def _retry_within_budget(
 
 
 async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
-    settings = resources.settings.exports
     started = time.monotonic()
     now = utcnow()
     job = await resources.jobs.transition(
@@ -177,7 +176,23 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
     user = await resources.users.get(job.user_id)
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
+    uploaded: list[str] = []  # the S3 key, once this run has recorded it and starts uploading
+    try:
+        return await _produce_and_deliver(resources, job, user, started=started, uploaded=uploaded)
+    except BaseException:
+        # The arq abort (CancelledError) or a refused write (ConditionFailed) of a cancelled
+        # export: an upload that landed after the canceller deleted the object is ours to
+        # remove. A shutdown or a takeover leaves it: the record is live and the next run
+        # writes the same key.
+        if uploaded:
+            await _drop_file_if_cancelled(resources, job.job_id, uploaded[0])
+        raise
 
+
+async def _produce_and_deliver(
+    resources: Resources, job: ExportJob, user: User, *, started: float, uploaded: list[str]
+) -> ExportOutcome:
+    settings = resources.settings.exports
     with tempfile.SpooledTemporaryFile(
         max_size=settings.spool_max_bytes,
         dir=str(settings.temp_dir) if settings.temp_dir else None,
@@ -199,10 +214,16 @@ async def _export(resources: Resources, job: ExportJob) -> ExportOutcome:
         row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
         spool.seek(0)
-        delivery = await _delivery(resources, job, user, spool, written=written, progress=progress)
+        delivery = await _delivery(
+            resources, job, user, spool, written=written, progress=progress, uploaded=uploaded
+        )
     message = delivery.message
     current = await resources.jobs.get(job.job_id)
-    if current is not None and current.email_sent_at is not None:
+    if current is None or current.status is not JobState.IN_PROGRESS:
+        # Cancelled (or finished by a parallel run) while this run produced the file: no
+        # email for it.
+        raise ConditionFailed("the export moved on before its email")
+    if current.email_sent_at is not None:
         # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
         return await finish_already_sent(resources, current)
     mail_started = time.monotonic()
@@ -301,6 +322,7 @@ async def _delivery(
     *,
     written: ExportFile,
     progress: ExportProgress,
+    uploaded: list[str],
 ) -> Delivery:
     """Attach the file when the whole email stays under the limit; otherwise upload it to
     S3 (under a key fixed by the export id, so a re-run overwrites it), record where it is
@@ -348,6 +370,7 @@ async def _delivery(
         now=now,
         fields={"file_key": key, "file_expires_at": expires_at},
     )
+    uploaded.append(key)
     # The heartbeat goes on during a long upload, as during the stream.
     await progress.run(
         resources.files.upload(
@@ -366,6 +389,19 @@ async def _delivery(
     )
     log.info("export.uploaded", key=key, bytes=written.file_bytes)
     return Delivery(compose(link=link), "download_link", file_name)
+
+
+async def _drop_file_if_cancelled(resources: Resources, job_id: str, key: str) -> None:
+    """Delete ``key`` if the export is cancelled now; best effort, the expiry cron (which
+    finds the key still on the record) retries what this misses."""
+    try:
+        current = await resources.jobs.get(job_id)
+        if current is not None and current.status is JobState.CANCELLED:
+            await resources.files.delete(key)
+            log.info("export.cancelled_file_deleted", key=key)
+    except Exception as exc:
+        # Never hide why the run stopped behind a cleanup error.
+        log.warning("export.cancelled_file_not_deleted", key=key, error=str(exc))
 
 
 def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
