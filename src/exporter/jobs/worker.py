@@ -69,6 +69,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
                 port=settings.worker.metrics_port,
             )
         )
+    # Clients open, checks passed: from here on this process takes jobs.
+    log.info("worker.ready", queue=settings.redis.queue_name, max_jobs=settings.worker.max_jobs)
 
 
 async def _check_redis_durability(resources: Resources) -> None:
