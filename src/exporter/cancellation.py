@@ -13,13 +13,20 @@ Counting: the API counts its owners' cancellations in its own metrics (it is scr
 operator's ``exporter jobs cancel`` runs in a process that exits before any scrape, so it
 counts in Redis instead, where the API and workers read the count back with the queue
 gauges (``exporter_operator_cancellations_total``).
+
+A file already uploaded to S3 (``file_key`` on the record, written before the upload
+starts) is deleted right after the abort, not left for the hourly expiry cron. A worker
+may still be uploading to that key at that moment: its multipart upload is aborted when the
+abort reaches it, and an upload that completes after this delete is removed by the run
+itself once it finds the record cancelled (``jobs/export.py``). The key stays on the record,
+so the expiry cron deletes it once more in case both were cut short (a ``kill -9``).
 """
 
 from __future__ import annotations
 
 import structlog
 
-from exporter.errors import ConditionFailed, ExporterError
+from exporter.errors import ConditionFailed, ExporterError, StoreError
 from exporter.metrics import observe_export_finished
 from exporter.models import ACTIVE_STATES, ExportJob, JobState, utcnow
 from exporter.queue import QueueUnavailable
@@ -83,4 +90,17 @@ async def cancel_export(
         # The record is final already, so no worker can finish the export; without the
         # abort a running one only stops later, when it next writes the record.
         log.warning("export.abort_failed", export_id=job.job_id, error=str(exc))
+    if cancelled.file_key is not None:
+        # After the abort, so a worker mid-upload is being stopped while the object goes.
+        await _delete_file(resources, cancelled.job_id, cancelled.file_key)
     return cancelled
+
+
+async def _delete_file(resources: Resources, export_id: str, key: str) -> None:
+    try:
+        await resources.files.delete(key)
+    except StoreError as exc:
+        # The export is cancelled either way; the expiry cron finds the key and retries.
+        log.warning("export.file_delete_failed", export_id=export_id, key=key, error=str(exc))
+        return
+    log.info("export.file_deleted", export_id=export_id, key=key)

@@ -94,10 +94,14 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.jobs.worker import check_worker_health, run_worker_forever
+    from exporter.queue import RedisNotDurable
 
     if args.check:
         return check_worker_health(settings)
-    run_worker_forever(settings)
+    try:
+        run_worker_forever(settings)
+    except RedisNotDurable as exc:
+        raise CliError(f"refusing to start the worker: {exc}") from None
     return 0
 
 

@@ -49,6 +49,10 @@ class RedisSettings(BaseModel):
     # Bound on any one command (arq only polls; nothing blocks server-side), so a hung Redis
     # turns into an error instead of a request or job that never returns.
     command_timeout_s: float = Field(default=5.0, gt=0)
+    # A pending export lives only in Redis until a worker takes it: with this on, a worker
+    # refuses to start unless Redis reports maxmemory-policy noeviction (and warns when AOF
+    # is off). On in the chart; off locally and in tests, whose Redis is a plain one.
+    require_noeviction: bool = False
 
 
 class DynamoSettings(BaseModel):

@@ -41,6 +41,27 @@ def operator_cancellations_key(queue_name: str) -> str:
     return f"{queue_name}:operator-cancellations"
 
 
+class RedisNotDurable(ExporterError):
+    """Redis may drop queued messages on its own (it evicts keys when memory is full)."""
+
+
+# The one maxmemory-policy under which Redis refuses writes instead of dropping keys.
+NOEVICTION = "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisDurability:
+    """What Redis says about keeping our keys: from INFO, which managed services such as
+    ElastiCache allow where CONFIG GET is disabled."""
+
+    maxmemory_policy: str
+    aof_enabled: bool
+
+    @property
+    def evicts(self) -> bool:
+        return self.maxmemory_policy != NOEVICTION
+
+
 def arq_redis_settings(config: RedisConfig) -> RedisSettings:
     settings = RedisSettings.from_dsn(config.url.get_secret_value())
     return replace(
@@ -179,6 +200,30 @@ class ExportQueue:
             return int(await self._redis.incr(operator_cancellations_key(self._queue_name)))
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"counting a cancellation: {type(exc).__name__}") from exc
+
+    async def durability(self) -> RedisDurability:
+        """How this Redis treats our keys under memory pressure and across restarts."""
+        try:
+            memory = await self._redis.info("memory")
+            persistence = await self._redis.info("persistence")
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"redis info: {type(exc).__name__}") from exc
+        return RedisDurability(
+            maxmemory_policy=str(memory.get("maxmemory_policy", "unknown")),
+            aof_enabled=str(persistence.get("aof_enabled", "0")) == "1",
+        )
+
+    async def ensure_durable(self) -> RedisDurability:
+        """Raise ``RedisNotDurable`` unless Redis is set never to evict keys."""
+        durability = await self.durability()
+        if durability.evicts:
+            raise RedisNotDurable(
+                f"Redis evicts keys when its memory is full (maxmemory-policy "
+                f"{durability.maxmemory_policy}), so queued exports could vanish; set "
+                f"maxmemory-policy {NOEVICTION} (the ElastiCache parameter group in infra/, or "
+                f"redis.conf), or turn this check off with EXPORTER_REDIS__REQUIRE_NOEVICTION=false"
+            )
+        return durability
 
     async def depth(self) -> int:
         try:

@@ -129,6 +129,21 @@ def test_worker_grace_period_exceeds_its_shutdown_grace(rendered: list[Manifest]
     assert pod["spec"]["terminationGracePeriodSeconds"] > grace
 
 
+def test_workers_refuse_a_redis_that_would_evict_the_queue(
+    rendered: list[Manifest], production: list[Manifest]
+) -> None:
+    # The chart does not run Redis; the worker checks the one it is given (INFO memory).
+    for manifests in (rendered, production):
+        pod = one(manifests, "Deployment", "worker")["spec"]["template"]
+        env = _env(_container(pod, "worker"))
+        assert env["EXPORTER_REDIS__REQUIRE_NOEVICTION"]["value"] == "true"
+
+
+def test_the_redis_guard_takes_only_a_boolean(helm_template: Render) -> None:
+    with pytest.raises(HelmError, match="requireNoeviction"):
+        helm_template(sets=("config.redis.requireNoeviction=maybe",))
+
+
 def test_too_short_worker_grace_period_is_refused(helm_template: Render) -> None:
     with pytest.raises(HelmError, match=r"must exceed config\.worker\.shutdownGraceS"):
         helm_template(

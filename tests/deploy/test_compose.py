@@ -70,6 +70,10 @@ def test_redis_keeps_the_queue(compose: dict[str, Any]) -> None:
     assert "--appendonly yes" in command
     assert "--appendfsync everysec" in command
     assert "--maxmemory-policy noeviction" in command
+    # ...and the worker refuses to start on one that would evict it.
+    assert _environment(compose["services"]["worker"])["EXPORTER_REDIS__REQUIRE_NOEVICTION"] == (
+        "true"
+    )
 
 
 def test_worker_health_and_shutdown(compose: dict[str, Any]) -> None:

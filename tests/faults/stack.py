@@ -78,9 +78,15 @@ class Processes:
     logs: Path
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_url: str = ""
+    log_paths: dict[int, Path] = field(default_factory=dict)  # by pid
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> Path:
+        """Where ``proc`` writes its stdout and stderr."""
+        return self.log_paths[proc.pid]
 
     def spawn(self, role: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{role}-{len(self.started)}.log", "wb")  # noqa: SIM115
+        path = self.logs / f"{role}-{len(self.started)}.log"
+        log = open(path, "wb")  # noqa: SIM115
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "exporter", role, *args],
@@ -91,6 +97,7 @@ class Processes:
         finally:
             log.close()
         self.started.append(proc)
+        self.log_paths[proc.pid] = path
         return proc
 
     async def start_api(self) -> subprocess.Popen[bytes]:
@@ -198,11 +205,13 @@ class FaultySmtp:
 
 
 class PrivateRedis:
-    """``redis-server`` on a free port, without persistence: a restart starts empty."""
+    """``redis-server`` on a free port, without persistence: a restart starts empty.
+    ``options`` (``"--maxmemory-policy", "allkeys-lru"``) come last and win."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -223,6 +232,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

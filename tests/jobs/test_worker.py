@@ -1,5 +1,6 @@
 """Worker wiring: a health key per process for liveness probes, settings from Settings, and
-the metrics a real arq worker records for the exports it runs."""
+the metrics a real arq worker records for the exports it runs, and the refusal to run on a
+Redis that may evict the queue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +18,7 @@ from aiosmtpd.controller import Controller
 from arq import Retry
 from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from exporter.config import Settings
 from exporter.dev.ports import free_port, port_open
@@ -29,8 +32,10 @@ from exporter.jobs.worker import (
 from exporter.mail import Mailer
 from exporter.metrics import sample_value
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.resources import Resources
+from exporter.queue import RedisDurability, RedisNotDurable
+from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
+from tests.faults.stack import PrivateRedis
 
 
 async def test_health_key_is_live_while_the_worker_runs_and_gone_after(
@@ -294,3 +299,86 @@ async def test_an_export_the_mail_server_rejects_moves_the_failure_metrics_with_
         "email_failures": 1,
         "notices{failed}": 1,
     }
+
+
+# --- Redis must not evict the queue ----------------------------------------------------------
+
+StartRedis = Callable[..., PrivateRedis]
+
+
+@pytest.fixture(name="start_redis")
+def _fix_start_redis(tmp_path: Path) -> Iterator[StartRedis]:
+    """Private ``redis-server``s with the given options, killed at the end."""
+    started: list[PrivateRedis] = []
+
+    def start(*options: str) -> PrivateRedis:
+        workdir = tmp_path / f"redis-{len(started)}"
+        workdir.mkdir()
+        redis = PrivateRedis(workdir, *options)
+        redis.start()
+        started.append(redis)
+        return redis
+
+    yield start
+    for redis in started:
+        redis.kill()
+
+
+def guarded(settings: Settings, redis: PrivateRedis, *, require: bool = True) -> Settings:
+    """``settings`` on ``redis``, with the noeviction guard on (or off)."""
+    config = settings.redis.model_copy(
+        update={"url": SecretStr(redis.url), "require_noeviction": require}
+    )
+    return settings.model_copy(update={"redis": config})
+
+
+async def test_a_worker_refuses_to_start_on_a_redis_that_evicts_keys(
+    settings: Settings, start_redis: StartRedis
+) -> None:
+    evicting = guarded(settings, start_redis("--maxmemory-policy", "allkeys-lru"))
+    worker = Worker(**build_worker_settings(evicting, handle_signals=False, cron_jobs=[]))
+
+    try:
+        with pytest.raises(RedisNotDurable, match=r"maxmemory-policy allkeys-lru.*noeviction"):
+            await worker.main()
+    finally:
+        await worker.close()
+    assert not await worker_is_healthy(evicting)  # it never polled
+
+
+@pytest.mark.parametrize("aof", [False, True])
+async def test_a_worker_starts_on_a_redis_that_never_evicts(
+    settings: Settings, start_redis: StartRedis, aof: bool
+) -> None:
+    redis = start_redis("--maxmemory-policy", "noeviction", "--appendonly", "yes" if aof else "no")
+    safe = guarded(settings, redis)
+    async with open_resources(safe) as resources:
+        assert await resources.queue.durability() == RedisDurability("noeviction", aof)
+    worker = Worker(**build_worker_settings(safe, handle_signals=False, cron_jobs=[]))
+    task = asyncio.create_task(worker.main())
+    try:
+        for _ in range(100):
+            if await worker_is_healthy(safe):
+                break
+            await asyncio.sleep(0.05)
+        assert await worker_is_healthy(safe)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+async def test_without_the_guard_a_worker_runs_on_any_redis(
+    settings: Settings, start_redis: StartRedis
+) -> None:
+    # Local and test Redis servers are plain ones: the guard is for deployed environments.
+    assert Settings.model_construct().redis.require_noeviction is False
+    anything = guarded(settings, start_redis("--maxmemory-policy", "allkeys-lru"), require=False)
+    worker = Worker(
+        **build_worker_settings(anything, handle_signals=False, cron_jobs=[], burst=True)
+    )
+    try:
+        await worker.main()
+    finally:
+        await worker.close()

@@ -9,9 +9,11 @@ import uuid
 import aiohttp
 import pytest
 
-from exporter.errors import StoreError
+from exporter.config import S3Settings
+from exporter.errors import StoreError, StoreUnavailable
 from exporter.resources import Resources
-from exporter.store.files import ExportFiles, FileWindow
+from exporter.store.files import ExportFiles, FileWindow, open_s3
+from tests.aws_errors import AwsError, aws_error_endpoint
 
 MIB = 1024 * 1024
 
@@ -160,3 +162,50 @@ async def test_parts_are_read_from_the_file_at_their_own_offsets(resources: Reso
 
     body, _ = await read_object(resources, key)
     assert body == data
+
+
+async def upload_and_delete_against(error: AwsError) -> list[StoreError]:
+    """An upload and a delete through the real client, against an endpoint answering
+    ``error``; what each raised."""
+    raised: list[StoreError] = []
+    async with aws_error_endpoint(error) as url:
+        # One attempt: botocore's own retries (with their backoff) are not what is tested.
+        settings = S3Settings(endpoint_url=url, bucket="exports", max_attempts=1)
+        async with open_s3(settings) as client:
+            files = ExportFiles(client, settings)
+            for call in (
+                files.upload("k", io.BytesIO(b"x"), size=1, content_type="text/csv"),
+                files.delete("k"),
+            ):
+                with pytest.raises(StoreError) as caught:
+                    await call
+                raised.append(caught.value)
+    return raised
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AwsError.s3("SlowDown", status=503),
+        AwsError.s3("InternalError", status=500),
+        AwsError.s3("ServiceUnavailable", status=503),
+        # A 5xx without S3's error document (botocore calls it "502").
+        AwsError.bare(502),
+    ],
+    ids=lambda e: e.name,
+)
+async def test_throttling_and_server_errors_are_transient(error: AwsError) -> None:
+    raised = await upload_and_delete_against(error)
+
+    assert [type(e) for e in raised] == [StoreUnavailable, StoreUnavailable]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [AwsError.s3("AccessDenied", status=403), AwsError.s3("NoSuchBucket", status=404)],
+    ids=lambda e: e.name,
+)
+async def test_a_refused_request_is_a_permanent_store_error(error: AwsError) -> None:
+    raised = await upload_and_delete_against(error)
+
+    assert [type(e) for e in raised] == [StoreError, StoreError]

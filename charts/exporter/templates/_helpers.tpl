@@ -99,6 +99,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $c.postgres.poolMaxSize | quote }}
 - name: EXPORTER_REDIS__QUEUE_NAME
   value: {{ $c.redis.queueName | quote }}
+- name: EXPORTER_REDIS__REQUIRE_NOEVICTION
+  value: {{ $c.redis.requireNoeviction | quote }}
 - name: EXPORTER_DYNAMO__ENDPOINT_URL
   value: {{ $c.dynamo.endpointUrl | quote }}
 - name: EXPORTER_DYNAMO__REGION

@@ -100,7 +100,18 @@ async def run_export(
     except ExportFailed as exc:
         return await _fail_unreadable(resources, payload, exc, started=started)
     structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
-    job = await resources.jobs.get(message.export_id)
+    try:
+        job = await resources.jobs.get(message.export_id)
+    except StoreUnavailable as exc:
+        # DynamoDB throttled or away before anything is known of the job (not even when it
+        # was asked for, which the retry budget counts from): back off like any other
+        # transient failure, within max_tries; after that the sweeper finds it queued.
+        if attempt < max_attempts:
+            worker = resources.settings.worker
+            delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
+            log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
+            raise RetryLater(delay) from exc
+        raise
     if job is None:
         log.warning("export.record_missing")
         return None
@@ -160,7 +171,6 @@ def _retry_within_budget(
 
 
 async def _export(resources: Resources, job: ExportJob, *, started: float) -> ExportOutcome:
-    settings = resources.settings.exports
     now = utcnow()
     job = await resources.jobs.transition(
         job.job_id,
@@ -176,7 +186,23 @@ async def _export(resources: Resources, job: ExportJob, *, started: float) -> Ex
     user = await resources.users.get(job.user_id)
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
+    uploaded: list[str] = []  # the S3 key, once this run has recorded it and starts uploading
+    try:
+        return await _produce_and_deliver(resources, job, user, started=started, uploaded=uploaded)
+    except BaseException:
+        # The arq abort (CancelledError) or a refused write (ConditionFailed) of a cancelled
+        # export: an upload that landed after the canceller deleted the object is ours to
+        # remove. A shutdown or a takeover leaves it: the record is live and the next run
+        # writes the same key.
+        if uploaded:
+            await _drop_file_if_cancelled(resources, job.job_id, uploaded[0])
+        raise
 
+
+async def _produce_and_deliver(
+    resources: Resources, job: ExportJob, user: User, *, started: float, uploaded: list[str]
+) -> ExportOutcome:
+    settings = resources.settings.exports
     with tempfile.SpooledTemporaryFile(
         max_size=settings.spool_max_bytes,
         dir=str(settings.temp_dir) if settings.temp_dir else None,
@@ -198,12 +224,18 @@ async def _export(resources: Resources, job: ExportJob, *, started: float) -> Ex
         row_count, byte_size = written.rows, written.file_bytes
         streamed = time.monotonic()
         spool.seek(0)
-        delivery = await _delivery(resources, job, user, spool, written=written, progress=progress)
+        delivery = await _delivery(
+            resources, job, user, spool, written=written, progress=progress, uploaded=uploaded
+        )
         # The spool stays open until the email is sent: an attached file is read from it
         # while it goes out, never held in memory whole.
         message = delivery.message
         current = await resources.jobs.get(job.job_id)
-        if current is not None and current.email_sent_at is not None:
+        if current is None or current.status is not JobState.IN_PROGRESS:
+            # Cancelled (or finished by a parallel run) while this run produced the file: no
+            # email for it.
+            raise ConditionFailed("the export moved on before its email")
+        if current.email_sent_at is not None:
             # A parallel run (the sweeper gave up on a slow one) mailed it meanwhile.
             return await finish_already_sent(resources, current)
         mail_started = time.monotonic()
@@ -302,6 +334,7 @@ async def _delivery(
     *,
     written: ExportFile,
     progress: ExportProgress,
+    uploaded: list[str],
 ) -> Delivery:
     """Attach the file when the whole email stays under the limit; otherwise upload it to
     S3 (under a key fixed by the export id, so a re-run overwrites it), record where it is
@@ -349,6 +382,7 @@ async def _delivery(
         now=now,
         fields={"file_key": key, "file_expires_at": expires_at},
     )
+    uploaded.append(key)
     # The heartbeat goes on during a long upload, as during the stream.
     await progress.run(
         resources.files.upload(
@@ -367,6 +401,19 @@ async def _delivery(
     )
     log.info("export.uploaded", key=key, bytes=written.file_bytes)
     return Delivery(compose(link=link), "download_link", file_name)
+
+
+async def _drop_file_if_cancelled(resources: Resources, job_id: str, key: str) -> None:
+    """Delete ``key`` if the export is cancelled now; best effort, the expiry cron (which
+    finds the key still on the record) retries what this misses."""
+    try:
+        current = await resources.jobs.get(job_id)
+        if current is not None and current.status is JobState.CANCELLED:
+            await resources.files.delete(key)
+            log.info("export.cancelled_file_deleted", key=key)
+    except Exception as exc:
+        # Never hide why the run stopped behind a cleanup error.
+        log.warning("export.cancelled_file_not_deleted", key=key, error=str(exc))
 
 
 def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:

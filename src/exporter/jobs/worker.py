@@ -52,6 +52,12 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         await arq_pool.connection_pool.disconnect()
     stack = AsyncExitStack()
     resources = await stack.enter_async_context(open_resources(settings))
+    if settings.redis.require_noeviction:
+        try:
+            await _check_redis_durability(resources)
+        except BaseException:
+            await stack.aclose()
+            raise
     ctx[_RESOURCES] = resources
     ctx[_EXIT_STACK] = stack
     if settings.worker.metrics_port:
@@ -62,6 +68,21 @@ async def on_startup(ctx: dict[str, Any]) -> None:
                 host=settings.worker.metrics_host,
                 port=settings.worker.metrics_port,
             )
+        )
+    # Clients open, checks passed: from here on this process takes jobs.
+    log.info("worker.ready", queue=settings.redis.queue_name, max_jobs=settings.worker.max_jobs)
+
+
+async def _check_redis_durability(resources: Resources) -> None:
+    """Refuse to run on a Redis that evicts keys (a queued export would vanish with no
+    error anywhere); only warn without AOF, which ElastiCache does not offer on Redis 7
+    (Multi-AZ replication and the sweeper cover a restart there)."""
+    durability = await resources.queue.ensure_durable()
+    if not durability.aof_enabled:
+        log.warning(
+            "worker.redis_without_aof",
+            maxmemory_policy=durability.maxmemory_policy,
+            hint="a Redis restart loses the queue; the sweeper re-enqueues from DynamoDB",
         )
 
 

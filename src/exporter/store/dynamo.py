@@ -41,7 +41,10 @@ def dynamo_errors(operation: str) -> Iterator[None]:
             if any(r.get("Code") == "TransactionConflict" for r in reasons):
                 raise WriteConflict(f"{operation}: transaction conflict") from exc
             raise StoreUnavailable(f"{operation}: transaction cancelled") from exc
-        if code in RETRYABLE_CODES:
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        # A 5xx without DynamoDB's error document (a load balancer's own page) carries only
+        # its status as the code: as transient as InternalServerError.
+        if code in RETRYABLE_CODES or status >= 500:
             raise StoreUnavailable(f"{operation}: {code}") from exc
         raise StoreError(f"{operation}: {code or 'client error'}") from exc
     except BotoCoreError as exc:

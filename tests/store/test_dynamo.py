@@ -1,0 +1,92 @@
+"""How DynamoDB's refusals reach the rest of the code: throttling and 5xx are
+``StoreUnavailable`` (retried), the rest ``StoreError`` (fails at once). The real client is
+pointed at an endpoint answering as DynamoDB does, so botocore's parsing is part of it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from exporter.config import DynamoSettings
+from exporter.dev.ports import free_port
+from exporter.errors import ConditionFailed, StoreError, StoreUnavailable
+from exporter.resources import open_dynamo
+from exporter.store.dynamo import dynamo_errors
+from exporter.store.jobs import JobStore
+from tests.aws_errors import AwsError, aws_error_endpoint
+
+
+async def read_a_job_from(error: AwsError) -> None:
+    """One real JobStore read against an endpoint that answers ``error``."""
+    async with aws_error_endpoint(error) as url:
+        # One attempt: botocore's own retries (with their backoff) are not what is tested.
+        settings = DynamoSettings(endpoint_url=url, max_attempts=1)
+        async with open_dynamo(settings) as client:
+            await JobStore(client, settings).get(str(uuid.uuid4()))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AwsError.dynamo("ProvisionedThroughputExceededException"),
+        AwsError.dynamo("ThrottlingException"),
+        AwsError.dynamo("RequestLimitExceeded"),
+        AwsError.dynamo("InternalServerError", status=500),
+        # A 5xx without DynamoDB's error document (botocore calls it "503").
+        AwsError.bare(503),
+        AwsError.bare(500),
+    ],
+    ids=lambda e: e.name,
+)
+async def test_throttling_and_server_errors_are_transient(error: AwsError) -> None:
+    with pytest.raises(StoreUnavailable):
+        await read_a_job_from(error)
+
+
+@pytest.mark.parametrize(
+    "code", ["ValidationException", "AccessDeniedException", "ResourceNotFoundException"]
+)
+async def test_a_refused_request_is_a_permanent_store_error(code: str) -> None:
+    with pytest.raises(StoreError) as raised:
+        await read_a_job_from(AwsError.dynamo(code))
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert code in str(raised.value)
+
+
+async def test_an_unreachable_endpoint_is_transient() -> None:
+    settings = DynamoSettings(
+        endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1, connect_timeout_s=1
+    )
+    async with open_dynamo(settings) as client:
+        with pytest.raises(StoreUnavailable):
+            await JobStore(client, settings).get(str(uuid.uuid4()))
+
+
+def client_error(code: str, *, status: int = 400) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "UpdateItem",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raised", "translated"),
+    [
+        (client_error("ProvisionedThroughputExceededException"), StoreUnavailable),
+        (client_error("ThrottlingException"), StoreUnavailable),
+        (client_error("503", status=503), StoreUnavailable),
+        (client_error("ConditionalCheckFailedException"), ConditionFailed),
+        (client_error("ValidationException"), StoreError),
+        (EndpointConnectionError(endpoint_url="http://x"), StoreUnavailable),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, type) else str(v)[:50],
+)
+def test_the_translation_names_each_failure_by_what_to_do_about_it(
+    raised: Exception, translated: type[StoreError]
+) -> None:
+    with pytest.raises(StoreError) as caught, dynamo_errors("update"):
+        raise raised
+    assert type(caught.value) is translated
+    assert caught.value.__cause__ is raised
