@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.csvstream import neutralise_formula
 
@@ -75,3 +76,12 @@ def reference_row(record: Any) -> list[str]:
         reference_timestamp(record["created_at"]),
         reference_timestamp(record["updated_at"]),
     ]
+
+
+def scraped(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample's value from a Prometheus text exposition, None when it is not there."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None

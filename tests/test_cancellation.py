@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -127,6 +128,36 @@ def _open_files_under(folder: Path) -> list[str]:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class RunningExport:
+    resources: Resources
+    worker: Worker
+    job: ExportJob
+    arq_job: Job
+
+
+@contextlib.asynccontextmanager
+async def export_on_a_worker(settings: Settings, user_id: str) -> AsyncIterator[RunningExport]:
+    """One export queued and a real arq worker running it; the worker stops when the block
+    ends. No crons: these tests pin what the export's own run does, not what a sweep adds."""
+    worker = Worker(
+        **build_worker_settings(settings, handle_signals=False, poll_delay=0.05, cron_jobs=[])
+    )
+    async with open_resources(settings) as resources:
+        job = ExportJob.new(user_id=user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600)
+        await resources.jobs.create(job)
+        await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user_id))
+        arq_job = Job(job.job_id, resources.queue.redis, _queue_name=settings.redis.queue_name)
+        task = asyncio.create_task(worker.main())
+        try:
+            yield RunningExport(resources, worker, job, arq_job)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await worker.close()
+
+
 async def test_a_running_export_is_aborted_and_stays_cancelled(
     settings: Settings,
     make_user: MakeUser,
@@ -139,42 +170,26 @@ async def test_a_running_export_is_aborted_and_stays_cancelled(
     settings = settings.model_copy(update={"exports": exports})
     user = await make_user()
     await seed_rows(user.user_id, 50)
-    # No crons: this pins what the export's own run does, not what a sweep might add.
-    worker = Worker(
-        **build_worker_settings(settings, handle_signals=False, poll_delay=0.05, cron_jobs=[])
-    )
-    async with open_resources(settings) as resources:
-        job = ExportJob.new(
-            user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600
-        )
-        await resources.jobs.create(job)
-        await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
-        arq_job = Job(job.job_id, resources.queue.redis, _queue_name=settings.redis.queue_name)
-        task = asyncio.create_task(worker.main())
-        try:
-            # Hold the export's COPY inside PostgreSQL: the worker is mid-export, for as long
-            # as this transaction lasts.
-            async with pg.transaction():
-                await pg.execute("LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-                await _until(lambda: _copy_is_waiting(pg))
-                running = await resources.jobs.get(job.job_id)
-                assert running is not None and running.status is JobState.IN_PROGRESS
+    async with export_on_a_worker(settings, user.user_id) as run:
+        # Hold the export's COPY inside PostgreSQL: the worker is mid-export, for as long
+        # as this transaction lasts.
+        async with pg.transaction():
+            await pg.execute("LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
+            await _until(lambda: _copy_is_waiting(pg))
+            running = await run.resources.jobs.get(run.job.job_id)
+            assert running is not None and running.status is JobState.IN_PROGRESS
 
-                cancelled = await cancel_export(resources, running)
+            cancelled = await cancel_export(run.resources, running)
 
-                assert cancelled.status is JobState.CANCELLED
-                # The worker stops while the COPY is still blocked: it was cancelled, it did
-                # not run to the end.
-                await _until(lambda: _has_result(arq_job))
-            info = await arq_job.result_info()
-            assert info is not None and not info.success
-            assert isinstance(info.result, asyncio.CancelledError)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await worker.close()
-        final = await resources.jobs.get(job.job_id)
+            assert cancelled.status is JobState.CANCELLED
+            # The worker stops while the COPY is still blocked: it was cancelled, it did
+            # not run to the end.
+            await _until(lambda: _has_result(run.arq_job))
+        info = await run.arq_job.result_info()
+        assert info is not None and not info.success
+        assert isinstance(info.result, asyncio.CancelledError)
+        final = await run.resources.jobs.get(run.job.job_id)
+    job, worker = run.job, run.worker
     assert final is not None and final.status is JobState.CANCELLED
     assert final.finished_at == cancelled.finished_at and final.error_code is None
     assert not smtp_sink.for_export(job.job_id)
@@ -228,38 +243,23 @@ async def test_an_export_aborted_mid_stream_leaves_no_file_behind(
                 ),
             }
         )
-        worker = Worker(
-            **build_worker_settings(settings, handle_signals=False, poll_delay=0.05, cron_jobs=[])
-        )
-        async with open_resources(settings) as resources:
-            job = ExportJob.new(
-                user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600
-            )
-            await resources.jobs.create(job)
-            await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
-            arq_job = Job(job.job_id, resources.queue.redis, _queue_name=settings.redis.queue_name)
-            task = asyncio.create_task(worker.main())
-            try:
-                await asyncio.wait_for(proxy.stalled.wait(), 30)
-                await _until(lambda: _has_bytes_on_disk(tmp_path))
-                on_disk = _sizes_of_open_files(tmp_path)
-                running = await resources.jobs.get(job.job_id)
-                assert running is not None and running.status is JobState.IN_PROGRESS
+        async with export_on_a_worker(settings, user.user_id) as run:
+            await asyncio.wait_for(proxy.stalled.wait(), 30)
+            await _until(lambda: _has_bytes_on_disk(tmp_path))
+            on_disk = _sizes_of_open_files(tmp_path)
+            running = await run.resources.jobs.get(run.job.job_id)
+            assert running is not None and running.status is JobState.IN_PROGRESS
 
-                cancelled = await cancel_export(resources, running)
+            cancelled = await cancel_export(run.resources, running)
 
-                # The abort reached the run: asyncpg asks PostgreSQL to cancel the COPY...
-                await _until(lambda: _true(proxy.cancel_requests > 0))
-                # ...and waits for the answer, which the quiet network now lets through.
-                proxy.resume()
-                await _until(lambda: _has_result(arq_job))
-                info = await arq_job.result_info()
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                await worker.close()
-            final = await resources.jobs.get(job.job_id)
+            # The abort reached the run: asyncpg asks PostgreSQL to cancel the COPY...
+            await _until(lambda: _true(proxy.cancel_requests > 0))
+            # ...and waits for the answer, which the quiet network now lets through.
+            proxy.resume()
+            await _until(lambda: _has_result(run.arq_job))
+            info = await run.arq_job.result_info()
+            final = await run.resources.jobs.get(run.job.job_id)
+    job, worker = run.job, run.worker
     assert info is not None and not info.success
     assert isinstance(info.result, asyncio.CancelledError)
     assert len(on_disk) == 1 and on_disk[0] > 64 * 1024  # bytes really were on disk

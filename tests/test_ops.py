@@ -13,7 +13,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq.constants import result_key_prefix
 from arq.worker import Worker
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cancellation import CANCELLED_BY_OPERATOR
 from exporter.cli import create_user, main
@@ -23,7 +22,7 @@ from exporter.jobs.worker import build_worker_settings, worker_is_healthy
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from tests.conftest import MakeUser, RunWorker, SeedRows
-from tests.helpers import login
+from tests.helpers import login, scraped
 
 
 async def exporter_cli(settings: Settings, *argv: str) -> int:
@@ -189,15 +188,6 @@ async def test_cancel_takes_a_running_export_too(
     assert await exporter_cli(settings, "jobs", "cancel", job.job_id) == 0
     cancelled = await resources.jobs.get(job.job_id)
     assert cancelled is not None and cancelled.status is JobState.CANCELLED
-
-
-def scraped(text: str, name: str, labels: dict[str, str]) -> float | None:
-    """One sample's value from a Prometheus text exposition, None when it is not there."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
 
 
 async def test_operator_cancels_are_counted_where_metrics_are_scraped(

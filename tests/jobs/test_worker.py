@@ -17,7 +17,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from arq import Retry
 from arq.worker import Worker
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from exporter.config import Settings
@@ -36,6 +35,7 @@ from exporter.queue import RedisDurability, RedisNotDurable
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
 from tests.faults.stack import PrivateRedis
+from tests.helpers import scraped
 
 
 async def test_health_key_is_live_while_the_worker_runs_and_gone_after(
@@ -66,15 +66,6 @@ def test_worker_settings_follow_our_settings(settings: Settings) -> None:
     assert kwargs["allow_abort_jobs"] is True  # cancellation stops running exports
     assert kwargs["health_check_key"] == health_check_key(settings)
     assert health_check_key(settings).startswith(settings.redis.queue_name + ":health-check:")
-
-
-def scraped(text: str, name: str, labels: dict[str, str]) -> float | None:
-    """One sample's value from a Prometheus text exposition, None when it is not there."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
 
 
 SUCCEEDED = {"status": "succeeded", "reason": ""}
