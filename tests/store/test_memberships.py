@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from exporter.store.memberships import (
     EXPORT_HEADER,
@@ -186,3 +187,18 @@ async def test_total_is_counted_in_the_snapshot_the_copy_reads(
         await writer.close()
     assert totals == [40]
     assert rows == 40
+
+
+async def test_status_cannot_hold_a_formula_so_the_export_leaves_it_as_is(
+    pg: asyncpg.Connection[Any],
+) -> None:
+    # The export neutralises every free-text column but status, which the schema limits to
+    # five words; if that constraint ever goes, status needs safe_text like the others.
+    org = await pg.fetchval("INSERT INTO organizations (name) VALUES ('Org') RETURNING id")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pg.execute(
+            "INSERT INTO memberships (user_id, organization_id, plan, status, role, started_on,"
+            " price, currency) VALUES (gen_random_uuid(), $1, 'pro', '=1+1', 'member',"
+            " '2026-01-01', 1, 'EUR')",
+            org,
+        )
