@@ -212,3 +212,8 @@ class FileWindow(io.RawIOBase):
     def __len__(self) -> int:
         # aiohttp sets Content-Length from this when botocore has not.
         return self._length
+
+    def close(self) -> None:
+        """Nothing to release (the file is the worker's), and the window must stay usable:
+        aiohttp closes a request's body after each attempt, and botocore rewinds and sends
+        the same body again on a retry."""
