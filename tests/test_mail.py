@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import io
@@ -436,3 +437,72 @@ async def test_a_large_attachment_from_a_file_goes_through_starttls_and_auth(
     assert isinstance(message, EmailMessage)
     (part,) = list(message.iter_attachments())
     assert part.get_payload(decode=True) == data
+
+
+async def test_a_non_ascii_address_is_sent_with_smtputf8(tmp_path: Path) -> None:
+    handler = EnvelopeHandler(tmp_path / "outbox")
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
+    controller.start()
+    try:
+        notice = build_failure_message(
+            sender="exports@exporter.local",
+            recipient="josé@example.com",
+            export_id=EXPORT_ID,
+            reason="The database was unavailable.",
+        )
+        await Mailer(SmtpSettings(host="127.0.0.1", port=controller.port)).send(notice)
+    finally:
+        controller.stop()
+    ((_, message),) = received(handler)
+    assert message["To"] == "josé@example.com"
+    assert "SMTPUTF8" in handler.mail_options[0]
+
+
+async def test_a_non_ascii_address_without_smtputf8_is_a_mail_error(tmp_path: Path) -> None:
+    handler = EnvelopeHandler(tmp_path / "outbox")
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=False)
+    controller.start()
+    notice = build_failure_message(
+        sender="exports@exporter.local",
+        recipient="josé@example.com",
+        export_id=EXPORT_ID,
+        reason="The database was unavailable.",
+    )
+    try:
+        with pytest.raises(MailError):
+            await Mailer(SmtpSettings(host="127.0.0.1", port=controller.port)).send(notice)
+    finally:
+        controller.stop()
+    assert received(handler) == []
+
+
+class BreaksAfter(io.BytesIO):
+    """A file whose reads fail once ``limit`` bytes have been read (a disk error)."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        super().__init__(data)
+        self.limit = limit
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self.limit:
+            raise OSError("read error")
+        return super().read(size)
+
+
+async def test_a_message_that_fails_midway_is_dropped_not_quit_into(
+    envelope_sink: tuple[Controller, EnvelopeHandler],
+) -> None:
+    # Half a message is on the wire: the connection is dropped (the server discards the
+    # message) instead of a QUIT the server would read as message text and never answer.
+    controller, handler = envelope_sink
+    data = os.urandom(57 * 1024 * 4)
+    mailer = Mailer(SmtpSettings(host="127.0.0.1", port=controller.port, timeout_s=30))
+
+    with pytest.raises(MailError) as caught:
+        # Far below the 30 s SMTP timeout a QUIT would wait out.
+        await asyncio.wait_for(
+            mailer.send(export_message(BreaksAfter(data, 57 * 1024 * 2), len(data))), 10
+        )
+
+    assert caught.value.transient
+    assert received(handler) == []

@@ -362,16 +362,25 @@ async def _send_in_chunks(
         raise ValueError("a message needs From and To")
     if client.is_ehlo_or_helo_needed:
         await client.ehlo()
+    options: list[str] = []
+    # As aiosmtplib's send_message: a non-ASCII address needs SMTPUTF8 from the server.
+    utf8 = not (sender + "".join(recipients)).isascii()
+    if utf8:
+        if not client.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("a non-ASCII address needs SMTPUTF8")
+        options.append("SMTPUTF8")
     eight_bit = client.supports_extension("8BITMIME")
-    flat = flatten_message(message, cte_type="8bit" if eight_bit else "7bit")
-    size, chunks = wire_chunks(flat, message)
-    del flat  # the chunks hold what they need
-    options = [f"SIZE={size}"] if client.supports_extension("size") else []
     if eight_bit:
         options.append("BODY=8BITMIME")
-    await client.mail(sender, options=options)
+    flat = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+    size, chunks = wire_chunks(flat, message)
+    del flat  # the chunks hold what they need
+    if client.supports_extension("size"):
+        options.insert(0, f"SIZE={size}")
+    encoding = "utf-8" if utf8 else "ascii"
+    await client.mail(sender, options=options, encoding=encoding)
     for recipient in recipients:
-        await client.rcpt(recipient)
+        await client.rcpt(recipient, encoding=encoding)
     protocol = client.protocol
     if protocol is None or protocol._command_lock is None:
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
@@ -381,11 +390,19 @@ async def _send_in_chunks(
         started = await protocol.read_response(timeout=timeout_s)
         if started.code != aiosmtplib.SMTPStatus.start_input:
             raise aiosmtplib.SMTPDataError(started.code, started.message)
-        for chunk in chunks:
-            protocol.write(chunk)
-            async with asyncio.timeout(timeout_s):
-                await protocol._drain_helper()  # waits while the socket's buffer is full
+        # Set before the body, as aiosmtplib does: a server that refuses mid-message (552,
+        # too big) has its answer kept for the read below instead of dropped.
         protocol._response_pending = True
+        try:
+            for chunk in chunks:
+                protocol.write(chunk)
+                async with asyncio.timeout(timeout_s):
+                    await protocol._drain_helper()  # waits while the socket's buffer is full
+        except BaseException:
+            # Half a message is on the wire: a QUIT now would be read as message text (and
+            # wait out the timeout). Drop the connection; the server discards the message.
+            client.close()
+            raise
         protocol.write(b".\r\n")
         done = await protocol.read_response(timeout=timeout_s)
         if done.code != aiosmtplib.SMTPStatus.completed:
