@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import uuid
+from typing import IO
 
 import aiohttp
 import pytest
@@ -152,16 +154,22 @@ def test_a_file_window_reads_only_its_range_and_rewinds() -> None:
     assert not window.closed and window.read() == b"3456"
 
 
-async def test_parts_are_read_from_the_file_at_their_own_offsets(resources: Resources) -> None:
-    # The worker's spool is positioned anywhere when the upload starts; each part seeks
-    # for itself, so what arrives does not depend on where the file was left.
+@pytest.mark.parametrize("on_disk", [False, True])
+async def test_parts_are_read_from_the_file_at_their_own_offsets(
+    resources: Resources, on_disk: bool
+) -> None:
+    # The worker's spool is positioned anywhere when the upload starts; each part reads at
+    # its own offsets (pread on a real file), so what arrives does not depend on that.
     files = files_with_part_size(resources, 5 * MIB)
     key = files.key_for(str(uuid.uuid4()), "memberships.csv")
     data = os.urandom(11 * MIB)
-    source = io.BytesIO(data)
+    source: IO[bytes] = tempfile.TemporaryFile() if on_disk else io.BytesIO()  # noqa: SIM115
+    source.write(data)
+    source.flush()
     source.seek(7 * MIB)
 
-    await files.upload(key, source, size=len(data), content_type="text/csv")
+    with source:
+        await files.upload(key, source, size=len(data), content_type="text/csv")
 
     body, _ = await read_object(resources, key)
     assert body == data

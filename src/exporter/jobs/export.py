@@ -212,6 +212,7 @@ async def _produce_and_deliver(
         )
         # ConditionFailed from a progress write (the job moved on) leaves this block, so
         # the spooled file is discarded with it.
+        stream_started = time.monotonic()
         written = await write_export_file(
             resources.pg_export,
             job.user_id,
@@ -299,7 +300,7 @@ async def _produce_and_deliver(
         "export.succeeded",
         rows=row_count,
         bytes=byte_size,
-        stream_s=round(streamed - started, 3),
+        stream_s=round(streamed - stream_started, 3),
         mail_s=round(mailed - streamed, 3),
         total_s=round(mailed - started, 3),
     )

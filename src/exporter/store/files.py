@@ -8,6 +8,7 @@ demand by the download route and never stored.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import IO, Any
@@ -174,8 +175,8 @@ class FileWindow(io.RawIOBase):
     """``length`` bytes of ``source`` from ``start``, as a seekable file of their own.
 
     botocore hashes (or checksums) a body and rewinds it for retries; aiohttp then streams it
-    in 64 KiB reads. Each read seeks the shared file first, so windows onto one file must be
-    read one at a time (parts go up one after another).
+    in 64 KiB reads, in an executor thread. The source must be flushed: a file on disk is
+    read with ``os.pread`` at the window's own offsets; an in-memory one by seek and read.
     """
 
     def __init__(self, source: IO[bytes], start: int, length: int) -> None:
@@ -184,6 +185,12 @@ class FileWindow(io.RawIOBase):
         self._start = start
         self._length = length
         self._pos = 0
+        # A real file is read with pread: no shared position, so a read still running in an
+        # executor thread after its request was cancelled cannot shift the next one's.
+        try:
+            self._fd: int | None = source.fileno()
+        except (OSError, ValueError):  # in memory (BytesIO, a small spool): no descriptor
+            self._fd = None
 
     def readable(self) -> bool:
         return True
@@ -203,14 +210,17 @@ class FileWindow(io.RawIOBase):
         want = min(len(buffer), self._length - self._pos)
         if want <= 0:
             return 0
-        self._source.seek(self._start + self._pos)
-        data = self._source.read(want)
+        if self._fd is not None:
+            data = os.pread(self._fd, want, self._start + self._pos)
+        else:
+            self._source.seek(self._start + self._pos)
+            data = self._source.read(want)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
     def __len__(self) -> int:
-        # aiohttp sets Content-Length from this when botocore has not.
+        # botocore takes the request's Content-Length from this.
         return self._length
 
     def close(self) -> None:
