@@ -302,7 +302,9 @@ def _transparent(data: bytes) -> tuple[int, bytes]:
     return len(normalised), _DOT_AT_LINE_START.sub(b"..", normalised)
 
 
-def _base64_size(size: int) -> int:
+def base64_wire_size(size: int) -> int:
+    """Octets of ``size`` bytes in base64 on the wire: 4 per 3, in 76-character lines with
+    CRLF (as the email package writes them)."""
     encoded = 4 * -(-size // 3)
     return encoded + 2 * -(-encoded // 76)
 
@@ -343,7 +345,7 @@ def wire_chunks(flat: bytes, message: EmailMessage) -> tuple[int, Iterator[bytes
         yield from _base64_lines(source, file_size)
         yield tail
 
-    return head_size + _base64_size(file_size) + tail_size, chunks()
+    return head_size + base64_wire_size(file_size) + tail_size, chunks()
 
 
 async def _send_in_chunks(

@@ -20,7 +20,6 @@ close, and so delete, the temporary file on the way out.
 from __future__ import annotations
 
 import functools
-import math
 import random
 import tempfile
 import time
@@ -38,7 +37,13 @@ from exporter.csvstream import ExportEncoder
 from exporter.errors import ConditionFailed, ExportFailed, StoreError, StoreUnavailable
 from exporter.jobs.notice import send_failure_notice
 from exporter.jobs.progress import ExportProgress, ProgressWriter
-from exporter.mail import DownloadLink, ExportAttachment, build_export_message, download_url
+from exporter.mail import (
+    DownloadLink,
+    ExportAttachment,
+    base64_wire_size,
+    build_export_message,
+    download_url,
+)
 from exporter.metrics import observe_email, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, User, utcnow
 from exporter.resources import Resources
@@ -107,10 +112,7 @@ async def run_export(
         # was asked for, which the retry budget counts from): back off like any other
         # transient failure, within max_tries; after that the sweeper finds it queued.
         if attempt < max_attempts:
-            worker = resources.settings.worker
-            delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
-            log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
-            raise RetryLater(delay) from exc
+            _retry_within_budget(resources, None, exc, attempt)
         raise
     if job is None:
         log.warning("export.record_missing")
@@ -156,16 +158,18 @@ async def run_export(
 
 
 def _retry_within_budget(
-    resources: Resources, job: ExportJob, exc: Exception, attempt: int
+    resources: Resources, job: ExportJob | None, exc: Exception, attempt: int
 ) -> None:
     """Raise ``RetryLater`` unless the next try would start past the retry budget (counted
-    from the request, so a job cannot hop between transient errors for hours)."""
+    from the request, so a job cannot hop between transient errors for hours). Without the
+    job (its record could not be read) only ``max_tries`` bounds the retries."""
     worker = resources.settings.worker
     delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
-    elapsed = (utcnow() - job.created_at).total_seconds()
-    if elapsed + delay > worker.retry_budget_s:
-        log.warning("export.retry_budget_spent", error=str(exc), attempt=attempt)
-        return
+    if job is not None:
+        elapsed = (utcnow() - job.created_at).total_seconds()
+        if elapsed + delay > worker.retry_budget_s:
+            log.warning("export.retry_budget_spent", error=str(exc), attempt=attempt)
+            return
     log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
     raise RetryLater(delay) from exc
 
@@ -313,11 +317,9 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 def encoded_message_size(file_bytes: int) -> int:
-    """What an email carrying ``file_bytes`` weighs on the wire: base64 (4 bytes per 3) in
-    76-character lines with CRLF, plus the rest of the message. SES counts this size."""
-    base64_bytes = 4 * math.ceil(file_bytes / 3)
-    line_breaks = 2 * math.ceil(base64_bytes / 76)
-    return base64_bytes + line_breaks + MESSAGE_OVERHEAD_BYTES
+    """What an email carrying ``file_bytes`` weighs on the wire: the file's base64 lines,
+    plus the rest of the message. SES counts this size."""
+    return base64_wire_size(file_bytes) + MESSAGE_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
