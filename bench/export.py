@@ -44,6 +44,7 @@ from typing import Any
 
 import asyncpg
 
+from exporter.aws import open_s3
 from exporter.config import ExportSettings, S3Settings, SmtpSettings
 from exporter.dev.ports import free_port, spawn_server, stop_process
 from exporter.dev.s3 import start_s3
@@ -51,7 +52,7 @@ from exporter.jobs.export import encoded_message_size, write_export_file
 from exporter.jobs.progress import ExportProgress
 from exporter.mail import DownloadLink, ExportAttachment, Mailer, build_export_message
 from exporter.models import ExportFormat, utcnow
-from exporter.store.files import ExportFiles, open_s3
+from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 

@@ -54,6 +54,7 @@ from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 from exporter.auth import DEFAULT_SCOPES, SigningKey, TokenService
+from exporter.aws import open_dynamo
 from exporter.config import (
     ApiSettings,
     DynamoSettings,
@@ -70,7 +71,6 @@ from exporter.mail import EXPORT_ID_HEADER, KIND_EXPORT, KIND_FAILURE_NOTICE, KI
 from exporter.models import User, utcnow
 from exporter.passwords import Passwords
 from exporter.queue import open_arq_redis
-from exporter.resources import open_dynamo
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 from exporter.store.tables import create_tables

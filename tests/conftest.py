@@ -22,9 +22,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from arq.worker import Worker
 from pydantic import SecretStr
 
+from exporter.accounts import create_user
 from exporter.app import create_app
 from exporter.auth import SigningKey, TokenService
-from exporter.cli import create_user
+from exporter.aws import open_dynamo, open_s3
 from exporter.config import (
     DynamoSettings,
     Environment,
@@ -41,8 +42,8 @@ from exporter.dev.s3 import LocalS3, start_s3
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
 from exporter.queue import operator_cancellations_key
-from exporter.resources import Resources, open_dynamo, open_resources
-from exporter.store.files import ExportFiles, open_s3
+from exporter.resources import Resources, open_resources
+from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 from exporter.store.tables import create_tables

@@ -10,15 +10,15 @@ import aiohttp
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
+from exporter.jobs.metrics_server import serve_worker_metrics
 from exporter.metrics import (
     observe_email,
     observe_export_finished,
     observe_export_retry,
-    queue_snapshot,
     refresh_queue_metrics,
     sample_value,
-    serve_worker_metrics,
 )
+from exporter.queue import queue_snapshot
 from exporter.resources import Resources
 
 

@@ -16,6 +16,7 @@ from marshmallow import ValidationError
 
 from exporter import __version__
 from exporter.api import setup_routes
+from exporter.api.metrics import metrics_middleware
 from exporter.api.openapi import Handler, document_problems
 from exporter.api.security import security_headers_middleware
 from exporter.auth import TokenService, build_token_service
@@ -30,7 +31,6 @@ from exporter.errors import (
     ValidationFailed,
 )
 from exporter.keys import PASSWORDS, RESOURCES, SETTINGS, TOKENS
-from exporter.metrics import metrics_middleware
 from exporter.passwords import Passwords
 from exporter.resources import open_resources
 

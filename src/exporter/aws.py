@@ -1,8 +1,19 @@
-"""What every AWS client of ours shares: where its credentials come from."""
+"""Everything our AWS clients (DynamoDB, S3) share: how they are opened and how their
+errors are translated into the store errors of ``exporter.errors``, at one boundary."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
+
+from exporter.config import DynamoSettings, S3Settings
+from exporter.errors import StoreError, StoreUnavailable
 
 
 def client_credentials(
@@ -18,3 +29,68 @@ def client_credentials(
     if endpoint_url:
         return {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
     return {}
+
+
+@asynccontextmanager
+async def _open_client(
+    service: str, settings: DynamoSettings | S3Settings, **config: Any
+) -> AsyncIterator[Any]:
+    """A client with bounded timeouts and botocore's standard retries (jittered backoff)."""
+    credentials = client_credentials(
+        settings.endpoint_url, settings.access_key_id, settings.secret_access_key
+    )
+    aio_config = AioConfig(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        **config,
+    )
+    async with get_session().create_client(
+        service,
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        config=aio_config,
+        **credentials,
+    ) as client:
+        yield client
+
+
+def open_dynamo(settings: DynamoSettings) -> Any:
+    """``async with open_dynamo(settings) as client``: a DynamoDB client."""
+    return _open_client("dynamodb", settings)
+
+
+def open_s3(settings: S3Settings) -> Any:
+    """``async with open_s3(settings) as client``: an S3 client (SigV4; path-style against a
+    local endpoint, which has no wildcard DNS on loopback)."""
+    return _open_client(
+        "s3",
+        settings,
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if settings.endpoint_url else "virtual"},
+    )
+
+
+def error_code(exc: ClientError) -> tuple[str, int]:
+    """The AWS error code and the HTTP status of a ``ClientError``."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+@contextmanager
+def aws_errors(operation: str, *, retryable_codes: frozenset[str]) -> Iterator[None]:
+    """Translate botocore errors: transient trouble (a retryable code, any 5xx, including a
+    load balancer's own page without an AWS error document, or an unreachable endpoint) is
+    ``StoreUnavailable``; the rest ``StoreError``. Services with codes of their own catch
+    those first (``store/dynamo.py``)."""
+    try:
+        yield
+    except ClientError as exc:
+        code, status = error_code(exc)
+        if code in retryable_codes or status >= 500:
+            raise StoreUnavailable(f"{operation}: {code or status}") from exc
+        raise StoreError(f"{operation}: {code or 'client error'}") from exc
+    except BotoCoreError as exc:
+        # Connection refused, timeouts, DNS: the endpoint is unreachable for now.
+        raise StoreUnavailable(f"{operation}: {type(exc).__name__}") from exc

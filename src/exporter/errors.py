@@ -13,21 +13,40 @@
     │   ├── UnsupportedMediaType (415)
     │   ├── TooManyRequests (429)     carries Retry-After
     │   └── ServiceUnavailable (503)  a dependency failed; safe to retry
-    ├── StoreError                    DynamoDB / PostgreSQL trouble
+    ├── StoreError                    DynamoDB / PostgreSQL / S3 trouble
     │   ├── StoreUnavailable          transient: timeouts, throttling, connection loss
     │   │   └── WriteConflict         a transaction collided with another on the same item
-    │   └── ConditionFailed           a conditional write lost (state moved on)
+    │   ├── ConditionFailed           a conditional write lost (state moved on)
+    │   └── InvalidCursor             a page cursor this store did not issue for this caller
+    ├── QueueError                    the arq queue in Redis
+    │   ├── QueueUnavailable          Redis could not take or answer (transient)
+    │   └── RedisNotDurable           Redis may evict queued messages (workers refuse to start)
+    ├── ExportRefused                 a use case (``exporter.exports``) said no, by a rule
+    │   ├── ExportNotFound            no such export (of this caller)
+    │   ├── AlreadyFinished           a final export cannot be cancelled; carries the job
+    │   ├── QuotaExceeded             over the daily quota; carries retry_after_s
+    │   ├── IdempotencyKeyReused      a key repeated with another body
+    │   ├── CreateContended           racing creates of one user did not settle
+    │   └── NotRetryable              an operator retry of an export that is not failed
     ├── TokenError                    a JWT failed verification (never says why to the client)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
         └── MailError                 SMTP trouble (transient for 4xx and connection loss)
 
-Handlers raise; ``errors_middleware`` in ``app.py`` turns ``ApiError`` into a response.
+    └── CommandError                  an operator command refused (one sentence, exit 1)
+
+Stores raise ``StoreError``s and use cases ``ExportRefused``; neither knows HTTP. The API
+layer maps them to ``ApiError`` (``api/problems.py``), handlers raise, and
+``errors_middleware`` in ``app.py`` turns ``ApiError`` into a response. The CLI prints a
+``CommandError`` and exits 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exporter.models import ExportJob
 
 
 class ExporterError(Exception):
@@ -145,6 +164,59 @@ class ConditionFailed(StoreError):
     """A conditional write was refused: the item was not in the expected state."""
 
 
+class InvalidCursor(StoreError):
+    """A page cursor that does not decode to one this store issued for this caller."""
+
+
+class QueueError(ExporterError):
+    """The queue (arq on Redis) failed."""
+
+
+class QueueUnavailable(QueueError):
+    """Redis could not take the message."""
+
+
+class RedisNotDurable(QueueError):
+    """Redis may drop queued messages on its own (it evicts keys when memory is full)."""
+
+
+class ExportRefused(ExporterError):
+    """A use case refused by one of the export's rules; the message is fit for the caller."""
+
+
+class ExportNotFound(ExportRefused):
+    """No such export, or not the caller's (the two are never told apart)."""
+
+
+class AlreadyFinished(ExportRefused):
+    """The export reached a final state before the cancel; ``job`` is how it ended."""
+
+    def __init__(self, job: ExportJob) -> None:
+        super().__init__(f"export {job.job_id} is already {job.status.value}")
+        self.job = job
+
+
+class QuotaExceeded(ExportRefused):
+    """The user asked for more exports than the rolling 24-hour quota allows."""
+
+    def __init__(self, message: str, *, limit: int, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class IdempotencyKeyReused(ExportRefused):
+    """An Idempotency-Key came back with a different request body."""
+
+
+class CreateContended(ExportRefused):
+    """Concurrent creates for one user kept changing what this one read; retry shortly."""
+
+
+class NotRetryable(ExportRefused):
+    """Only failed exports can be put back on the queue."""
+
+
 class TokenError(ExporterError):
     """A token failed verification. The reason is for logs, never for the client."""
 
@@ -165,3 +237,7 @@ class ExportFailed(ExporterError):
 
 class MailError(ExportFailed):
     """Sending the email failed."""
+
+
+class CommandError(ExporterError):
+    """An operator command refused; the message is the one sentence it prints."""

@@ -3,7 +3,9 @@
 Names follow the Prometheus conventions (``exporter_`` namespace, base units, ``_total`` on
 counters, ``_seconds`` / ``_bytes`` on histograms). Metrics live in prometheus-client's
 default registry, one per process: the API serves them at ``/metrics``; a worker serves its
-own on ``worker.metrics_port`` (off when 0).
+own on ``worker.metrics_port`` (off when 0; ``jobs/metrics_server.py``). This module
+defines the metrics and the ``observe_*`` functions that record them; the HTTP middleware
+is ``api/metrics.py``, and what the queue gauges read comes from ``queue.py``.
 
 Label values are bounded: routes are templates (``/v1/exports/{export_id}``), never raw
 paths; unmatched paths are one ``route="unmatched"`` series; failure reasons are the short
@@ -17,19 +19,9 @@ exits before any scrape, so it counts in Redis and the queue refresh reads the c
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Mapping
 
-import structlog
-from aiohttp import web
-from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -37,17 +29,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
 
-from exporter.queue import operator_cancellations_key
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-log = structlog.stdlib.get_logger("exporter.metrics")
+from exporter.queue import QueueRedis, QueueSnapshot, queue_snapshot
 
 NAMESPACE = "exporter"
 
@@ -184,31 +170,12 @@ OPERATOR_CANCELLATIONS = RedisCounter(
 )
 REGISTRY.register(OPERATOR_CANCELLATIONS)
 
-# Bound on the work a refresh does: jobs due now that are inspected one by one. Past this
-# the counts are lower bounds (a backlog that large needs no finer number to act on).
-QUEUE_SCAN_LIMIT = 10_000
-# How often a worker re-reads the queue for its gauges: finer than a typical 15-30 s scrape.
-QUEUE_REFRESH_S = 5.0
 
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request by method, route template and final status."""
-    started = time.perf_counter()
-    status = 500  # an exception that escapes every other middleware becomes a 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        labels = (request.method, route, str(status))
-        HTTP_REQUESTS.labels(*labels).inc()
-        HTTP_REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+def observe_http_request(method: str, route: str, status: int, duration_s: float) -> None:
+    """One request answered: ``route`` is the template (or ``unmatched``), never a raw path."""
+    labels = (method, route, str(status))
+    HTTP_REQUESTS.labels(*labels).inc()
+    HTTP_REQUEST_DURATION.labels(*labels).observe(duration_s)
 
 
 def observe_export_created(fmt: str) -> None:
@@ -301,70 +268,6 @@ def observe_failure_notice(outcome: str) -> None:
     FAILURE_NOTICES.labels(outcome).inc()
 
 
-@dataclass(frozen=True, slots=True)
-class QueueSnapshot:
-    """What is in an arq queue right now."""
-
-    queue: str
-    jobs: int  # everything in the sorted set
-    ready: int  # due, not started
-    in_progress: int  # started by a worker, not finished
-    deferred: int  # due later (retries in backoff, deferred enqueues)
-    oldest_ready_age_s: float  # 0.0 when nothing is ready
-    operator_cancellations: int = 0  # `exporter jobs cancel` so far (since Redis last lost it)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "jobs": self.jobs,
-            "ready": self.ready,
-            "in_progress": self.in_progress,
-            "deferred": self.deferred,
-            "oldest_ready_age_s": round(self.oldest_ready_age_s, 3),
-            "operator_cancellations": self.operator_cancellations,
-        }
-
-
-async def queue_snapshot(
-    redis: ArqRedis, queue: str, *, now_ms: int | None = None, limit: int = QUEUE_SCAN_LIMIT
-) -> QueueSnapshot:
-    """Read an arq queue: a sorted set of job ids scored by when each may run (ms).
-
-    arq leaves a job in the set while it runs (it removes it when the job finishes) and marks
-    it running with an ``arq:in-progress:<id>`` key, so "ready" is "due and not marked".
-    """
-    # arq scores with round(time * 1000); truncating here would see a job enqueued this
-    # very millisecond as not yet due.
-    now_ms = timestamp_ms() if now_ms is None else now_ms
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(queue)
-        pipe.get(operator_cancellations_key(queue))
-        total, cancelled = await pipe.execute()
-    due: list[tuple[bytes, float]] = await redis.zrangebyscore(
-        queue, "-inf", now_ms, start=0, num=limit, withscores=True
-    )
-    running: list[int] = []
-    if due:
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in due:
-                pipe.exists(in_progress_key_prefix + job_id.decode())
-            running = await pipe.execute()
-    in_progress = sum(1 for r in running if r)
-    ready_scores = [score for (_, score), r in zip(due, running, strict=True) if not r]
-    oldest = max(0.0, (now_ms - min(ready_scores)) / 1000) if ready_scores else 0.0
-    due_total = int(await redis.zcount(queue, "-inf", now_ms)) if len(due) >= limit else len(due)
-    ready = len(ready_scores) + max(0, due_total - len(due))
-    return QueueSnapshot(
-        queue=queue,
-        jobs=int(total),
-        ready=ready,
-        in_progress=in_progress,
-        deferred=max(0, int(total) - due_total),
-        oldest_ready_age_s=oldest,
-        operator_cancellations=int(cancelled or 0),
-    )
-
-
 def publish_queue_snapshot(snapshot: QueueSnapshot) -> None:
     QUEUE_JOBS.labels(snapshot.queue).set(snapshot.jobs)
     QUEUE_READY.labels(snapshot.queue).set(snapshot.ready)
@@ -373,46 +276,11 @@ def publish_queue_snapshot(snapshot: QueueSnapshot) -> None:
     OPERATOR_CANCELLATIONS.set(snapshot.queue, snapshot.operator_cancellations)
 
 
-async def refresh_queue_metrics(redis: ArqRedis, queue: str) -> QueueSnapshot:
+async def refresh_queue_metrics(redis: QueueRedis, queue: str) -> QueueSnapshot:
     """Read the queue and set the queue gauges from it."""
     snapshot = await queue_snapshot(redis, queue)
     publish_queue_snapshot(snapshot)
     return snapshot
-
-
-async def _refresh_queue_forever(redis: ArqRedis, queue: str, interval_s: float) -> None:
-    while True:
-        try:
-            await asyncio.wait_for(refresh_queue_metrics(redis, queue), interval_s)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("metrics.queue_read_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval_s)
-
-
-@contextlib.asynccontextmanager
-async def serve_worker_metrics(
-    redis: ArqRedis,
-    queue: str,
-    *,
-    host: str,
-    port: int,
-    refresh_s: float = QUEUE_REFRESH_S,
-) -> AsyncIterator[int]:
-    """Serve this process's metrics on ``host:port`` (a thread) and keep the queue gauges
-    fresh (a task) until the block ends. Yields the bound port (``port=0`` picks one)."""
-    server, thread = start_http_server(port, addr=host)
-    refresher = asyncio.create_task(_refresh_queue_forever(redis, queue, refresh_s))
-    bound = int(server.server_address[1])
-    log.info("metrics.serving", host=host, port=bound)
-    try:
-        yield bound
-    finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
-        await asyncio.to_thread(server.shutdown)  # waits out serve_forever's poll
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def render_latest() -> tuple[bytes, str]:

@@ -1,6 +1,9 @@
 """The seam between us and arq (maintenance-only upstream): the rest of the code sees this.
 
-arq's own names appear only here and in ``jobs/worker.py``.
+Everything known about arq's Redis keys lives here: enqueue, requeue, abort and withdraw a
+message, probe one export, snapshot the whole queue for the gauges and ``exporter queue
+stats``, and the workers' health keys. arq's own names appear only here and in
+``jobs/worker.py`` (the only arq adapter: the worker settings and task functions).
 """
 
 from __future__ import annotations
@@ -24,14 +27,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exporter.config import RedisSettings as RedisConfig
-from exporter.errors import ExporterError
+from exporter.errors import QueueUnavailable, RedisNotDurable
 from exporter.models import ExportMessageV1
 
 RUN_EXPORT = "run_export"
-
-
-class QueueUnavailable(ExporterError):
-    """Redis could not take the message."""
 
 
 def operator_cancellations_key(queue_name: str) -> str:
@@ -39,10 +38,6 @@ def operator_cancellations_key(queue_name: str) -> str:
     because the command's own process exits long before anything could scrape it. The API
     and workers read it back with the queue gauges (``metrics.queue_snapshot``)."""
     return f"{queue_name}:operator-cancellations"
-
-
-class RedisNotDurable(ExporterError):
-    """Redis may drop queued messages on its own (it evicts keys when memory is full)."""
 
 
 # The one maxmemory-policy under which Redis refuses writes instead of dropping keys.
@@ -84,6 +79,113 @@ async def open_arq_redis(config: RedisConfig) -> ArqRedis:
     redis.connection_pool.connection_kwargs["socket_timeout"] = config.command_timeout_s
     await redis.connection_pool.disconnect()
     return redis
+
+
+# Bound on the work a snapshot does: jobs due now that are inspected one by one. Past this
+# the counts are lower bounds (a backlog that large needs no finer number to act on).
+QUEUE_SCAN_LIMIT = 10_000
+
+# The client of our queue, for the few that pass it around (metrics, tests).
+QueueRedis = ArqRedis
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """What is in an arq queue right now."""
+
+    queue: str
+    jobs: int  # everything in the sorted set
+    ready: int  # due, not started
+    in_progress: int  # started by a worker, not finished
+    deferred: int  # due later (retries in backoff, deferred enqueues)
+    oldest_ready_age_s: float  # 0.0 when nothing is ready
+    operator_cancellations: int = 0  # `exporter jobs cancel` so far (since Redis last lost it)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "jobs": self.jobs,
+            "ready": self.ready,
+            "in_progress": self.in_progress,
+            "deferred": self.deferred,
+            "oldest_ready_age_s": round(self.oldest_ready_age_s, 3),
+            "operator_cancellations": self.operator_cancellations,
+        }
+
+
+async def queue_snapshot(
+    redis: ArqRedis, queue: str, *, now_ms: int | None = None, limit: int = QUEUE_SCAN_LIMIT
+) -> QueueSnapshot:
+    """Read an arq queue: a sorted set of job ids scored by when each may run (ms).
+
+    arq leaves a job in the set while it runs (it removes it when the job finishes) and marks
+    it running with an ``arq:in-progress:<id>`` key, so "ready" is "due and not marked".
+    """
+    # arq scores with round(time * 1000); truncating here would see a job enqueued this
+    # very millisecond as not yet due.
+    now_ms = timestamp_ms() if now_ms is None else now_ms
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue)
+        pipe.get(operator_cancellations_key(queue))
+        total, cancelled = await pipe.execute()
+    due: list[tuple[bytes, float]] = await redis.zrangebyscore(
+        queue, "-inf", now_ms, start=0, num=limit, withscores=True
+    )
+    running: list[int] = []
+    if due:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id, _ in due:
+                pipe.exists(in_progress_key_prefix + job_id.decode())
+            running = await pipe.execute()
+    in_progress = sum(1 for r in running if r)
+    ready_scores = [score for (_, score), r in zip(due, running, strict=True) if not r]
+    oldest = max(0.0, (now_ms - min(ready_scores)) / 1000) if ready_scores else 0.0
+    due_total = int(await redis.zcount(queue, "-inf", now_ms)) if len(due) >= limit else len(due)
+    ready = len(ready_scores) + max(0, due_total - len(due))
+    return QueueSnapshot(
+        queue=queue,
+        jobs=int(total),
+        ready=ready,
+        in_progress=in_progress,
+        deferred=max(0, int(total) - due_total),
+        oldest_ready_age_s=oldest,
+        operator_cancellations=int(cancelled or 0),
+    )
+
+
+async def workers_alive(redis: ArqRedis, queue: str) -> dict[str, str]:
+    """Health keys of live workers on ``queue`` (one per process; they expire when it stops)."""
+    found: dict[str, str] = {}
+    prefix = health_check_prefix(queue)
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        name = key.decode()
+        value = await redis.get(name)
+        if value is not None:
+            found[name[len(prefix) :]] = value.decode()
+    return found
+
+
+def health_check_prefix(queue: str) -> str:
+    """arq's health-check key is ``{queue}:health-check``; ours add ``:{host}`` to it, one per
+    worker process (``jobs/worker.py``)."""
+    return f"{queue}:health-check:"
+
+
+async def job_state(redis: ArqRedis, queue: str, job_id: str) -> dict[str, Any]:
+    """What arq holds for one job id: queued (and since when), running, retry count, result."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zscore(queue, job_id)
+        pipe.exists(in_progress_key_prefix + job_id)
+        pipe.get(retry_key_prefix + job_id)
+        pipe.exists(result_key_prefix + job_id)
+        score, running, tries, result = await pipe.execute()
+    return {
+        "queued": score is not None,
+        "queued_since_ms": int(score) if score is not None else None,
+        "running": bool(running),
+        "tries": int(tries) if tries is not None else 0,
+        "result_kept": bool(result),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +295,14 @@ class ExportQueue:
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"abort failed: {type(exc).__name__}") from exc
         return True
+
+    async def forget_result(self, export_id: str) -> None:
+        """Drop the result arq keeps of a finished run, which makes it refuse the id (an
+        operator's retry of a failed export enqueues the same id again)."""
+        try:
+            await self._redis.delete(result_key_prefix + export_id)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"forget result: {type(exc).__name__}") from exc
 
     async def count_operator_cancellation(self) -> int:
         """One more export cancelled by an operator; the count so far."""

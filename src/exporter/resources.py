@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 
-from exporter.aws import client_credentials
-from exporter.config import DynamoSettings, PostgresSettings, Settings
+from exporter.aws import open_dynamo, open_s3
+from exporter.config import PostgresSettings, Settings
 from exporter.mail import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
-from exporter.store.files import ExportFiles, open_s3
+from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore
 from exporter.store.users import UserStore
@@ -48,27 +46,6 @@ async def open_pg_pool(
     )
     assert pool is not None
     return pool
-
-
-@asynccontextmanager
-async def open_dynamo(settings: DynamoSettings) -> AsyncIterator[Any]:
-    """A DynamoDB client with bounded timeouts and standard retries (jittered backoff)."""
-    credentials = client_credentials(
-        settings.endpoint_url, settings.access_key_id, settings.secret_access_key
-    )
-    config = AioConfig(
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-    )
-    async with get_session().create_client(
-        "dynamodb",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        config=config,
-        **credentials,
-    ) as client:
-        yield client
 
 
 @asynccontextmanager

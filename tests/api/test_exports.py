@@ -12,11 +12,11 @@ from aiohttp.test_utils import TestClient
 from arq.connections import ArqRedis
 
 from exporter.auth import Scope, TokenService
+from exporter.aws import open_dynamo
 from exporter.dev.ports import free_port
 from exporter.keys import RESOURCES
 from exporter.models import JobState, utcnow
 from exporter.queue import ExportQueue
-from exporter.resources import open_dynamo
 from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser
 from tests.helpers import login, sign_in

@@ -81,7 +81,7 @@ def _fix_make_users(resources: Resources) -> MakeUsers:
 
 @pytest.fixture(name="big_user", scope="session")
 async def _fix_big_user(base_settings: Settings, pg_dsn: str) -> User:
-    from exporter.resources import open_dynamo
+    from exporter.aws import open_dynamo
 
     async with open_dynamo(base_settings.dynamo) as dynamo:
         (user,) = await create_users(base_settings, dynamo, 1)

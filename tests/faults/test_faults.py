@@ -14,12 +14,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from exporter.aws import open_dynamo
 from exporter.config import Settings
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port
 from exporter.models import ExportJob, JobState, User
 from exporter.queue import QueueEntry
-from exporter.resources import Resources, open_dynamo
+from exporter.resources import Resources
 from exporter.store.jobs import JobStore
 from exporter.store.tables import create_tables
 from tests.faults.conftest import BIG_EXPORT_ROWS, Api, MakeUsers, create_users

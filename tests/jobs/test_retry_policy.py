@@ -16,6 +16,7 @@ from arq import Retry
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
+from exporter.aws import open_dynamo, open_s3
 from exporter.config import S3Settings, Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
@@ -24,8 +25,8 @@ from exporter.jobs.export import RetryLater, backoff_delay, run_export
 from exporter.jobs.worker import build_worker_settings, run_export_task
 from exporter.mail import Mailer
 from exporter.models import ExportMessageV1, JobState
-from exporter.resources import Resources, open_dynamo, open_pg_pool
-from exporter.store.files import ExportFiles, open_s3
+from exporter.resources import Resources, open_pg_pool
+from exporter.store.files import ExportFiles
 from exporter.store.jobs import JobStore
 from tests.aws_errors import AwsError, aws_error_endpoint
 from tests.conftest import PG_ADMIN_DSN, MakeUser, SeedRows

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from exporter.config import Settings
 from exporter.dev.ports import free_port, port_open
 from exporter.dev.smtp import SmtpSink
+from exporter.errors import RedisNotDurable
 from exporter.jobs.worker import (
     build_worker_settings,
     health_check_key,
@@ -31,7 +32,7 @@ from exporter.jobs.worker import (
 from exporter.mail import Mailer
 from exporter.metrics import sample_value
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.queue import RedisDurability, RedisNotDurable
+from exporter.queue import RedisDurability
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
 from tests.faults.stack import PrivateRedis

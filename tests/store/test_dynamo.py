@@ -9,10 +9,10 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from exporter.aws import open_dynamo
 from exporter.config import DynamoSettings
 from exporter.dev.ports import free_port
 from exporter.errors import ConditionFailed, StoreError, StoreUnavailable
-from exporter.resources import open_dynamo
 from exporter.store.dynamo import dynamo_errors
 from exporter.store.jobs import JobStore
 from tests.aws_errors import AwsError, aws_error_endpoint

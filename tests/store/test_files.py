@@ -11,10 +11,11 @@ from typing import IO
 import aiohttp
 import pytest
 
+from exporter.aws import open_s3
 from exporter.config import S3Settings
 from exporter.errors import StoreError, StoreUnavailable
 from exporter.resources import Resources
-from exporter.store.files import ExportFiles, FileWindow, open_s3
+from exporter.store.files import ExportFiles, FileWindow
 from tests.aws_errors import AwsError, aws_error_endpoint
 
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from exporter.errors import BadRequest, ConditionFailed
+from exporter.errors import ConditionFailed, InvalidCursor
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources
 from exporter.store.jobs import CurrentExport, JobStore
@@ -202,7 +202,7 @@ async def test_cursor_for_another_user_is_refused(resources: Resources) -> None:
         await resources.jobs.create(new_job(user))
     page = await resources.jobs.list_for_user(user, limit=1)
     assert page.next_cursor is not None
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidCursor):
         await resources.jobs.list_for_user(str(uuid.uuid4()), limit=1, cursor=page.next_cursor)
 
 

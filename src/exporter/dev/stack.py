@@ -28,16 +28,16 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
-from exporter.cli import DEMO_EMAIL, seed_demo
+from exporter.aws import open_dynamo, open_s3
 from exporter.config import Settings
+from exporter.dev.demo import DEMO_EMAIL, seed_demo
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port, port_open
 from exporter.dev.s3 import start_s3
 from exporter.dev.smtp import read_outbox, start_smtp_sink
 from exporter.mail import EXPORT_ID_HEADER
 from exporter.queue import open_arq_redis
-from exporter.resources import open_dynamo
-from exporter.store.files import ExportFiles, open_s3
+from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
 from exporter.store.tables import create_tables
 

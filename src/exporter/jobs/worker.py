@@ -20,9 +20,10 @@ from arq.worker import Function, func
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.export import RetryLater, run_export
+from exporter.jobs.metrics_server import serve_worker_metrics
 from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
-from exporter.metrics import observe_export_retry, serve_worker_metrics
+from exporter.metrics import observe_export_retry
 from exporter.models import clean_request_id
 from exporter.queue import RUN_EXPORT, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources

@@ -1,14 +1,17 @@
-"""Small helpers shared by the DynamoDB stores: attribute encoding and error translation."""
+"""Small helpers shared by the DynamoDB stores: attribute and timestamp encoding, error
+translation."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from exporter.errors import ConditionFailed, StoreError, StoreUnavailable, WriteConflict
+from exporter.aws import aws_errors, error_code
+from exporter.errors import ConditionFailed, StoreUnavailable, WriteConflict
 
 # Error codes AWS documents as retryable for DynamoDB.
 RETRYABLE_CODES = frozenset(
@@ -27,29 +30,32 @@ Item = dict[str, dict[str, Any]]
 
 @contextmanager
 def dynamo_errors(operation: str) -> Iterator[None]:
-    """Translate botocore errors into the store's own exceptions."""
-    try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code == "ConditionalCheckFailedException":
-            raise ConditionFailed(operation) from exc
-        if code == "TransactionCanceledException":
-            reasons = exc.response.get("CancellationReasons", [])
-            if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+    """Translate botocore errors into the store's own exceptions: DynamoDB's condition and
+    transaction outcomes here, everything else as every AWS client does (``aws_errors``)."""
+    with aws_errors(operation, retryable_codes=RETRYABLE_CODES):
+        try:
+            yield
+        except ClientError as exc:
+            code, _ = error_code(exc)
+            if code == "ConditionalCheckFailedException":
                 raise ConditionFailed(operation) from exc
-            if any(r.get("Code") == "TransactionConflict" for r in reasons):
-                raise WriteConflict(f"{operation}: transaction conflict") from exc
-            raise StoreUnavailable(f"{operation}: transaction cancelled") from exc
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        # A 5xx without DynamoDB's error document (a load balancer's own page) carries only
-        # its status as the code: as transient as InternalServerError.
-        if code in RETRYABLE_CODES or status >= 500:
-            raise StoreUnavailable(f"{operation}: {code}") from exc
-        raise StoreError(f"{operation}: {code or 'client error'}") from exc
-    except BotoCoreError as exc:
-        # Connection refused, timeouts, DNS: the endpoint is unreachable for now.
-        raise StoreUnavailable(f"{operation}: {type(exc).__name__}") from exc
+            if code == "TransactionCanceledException":
+                reasons = exc.response.get("CancellationReasons", [])
+                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                    raise ConditionFailed(operation) from exc
+                if any(r.get("Code") == "TransactionConflict" for r in reasons):
+                    raise WriteConflict(f"{operation}: transaction conflict") from exc
+                raise StoreUnavailable(f"{operation}: transaction cancelled") from exc
+            raise
+
+
+def format_ts(value: datetime) -> str:
+    """Fixed-width UTC ISO 8601, so strings sort in time order (a GSI range key)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def s(value: str) -> dict[str, str]:

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager
 from typing import IO, Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from exporter.aws import client_credentials
+from exporter.aws import aws_errors
 from exporter.config import S3Settings
-from exporter.errors import StoreError, StoreUnavailable
 
 # S3 answers these (or any 5xx) when a later attempt may succeed.
 _RETRYABLE_CODES = frozenset(
@@ -27,45 +23,10 @@ _RETRYABLE_CODES = frozenset(
 )
 
 
-@contextmanager
-def s3_errors(operation: str) -> Iterator[None]:
+def s3_errors(operation: str) -> AbstractContextManager[None]:
     """Translate botocore errors into the store's own exceptions (one boundary, as for
     DynamoDB): transient trouble is ``StoreUnavailable``, the rest ``StoreError``."""
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _RETRYABLE_CODES or status >= 500:
-            raise StoreUnavailable(f"{operation}: {code or status}") from exc
-        raise StoreError(f"{operation}: {code or 'client error'}") from exc
-    except BotoCoreError as exc:
-        raise StoreUnavailable(f"{operation}: {type(exc).__name__}") from exc
-
-
-@asynccontextmanager
-async def open_s3(settings: S3Settings) -> AsyncIterator[Any]:
-    """An S3 client with bounded timeouts and standard (jittered) retries."""
-    credentials = client_credentials(
-        settings.endpoint_url, settings.access_key_id, settings.secret_access_key
-    )
-    config = AioConfig(
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-        signature_version="s3v4",
-        # Path-style against a local endpoint (no wildcard DNS on loopback).
-        s3={"addressing_style": "path" if settings.endpoint_url else "virtual"},
-    )
-    async with get_session().create_client(
-        "s3",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        config=config,
-        **credentials,
-    ) as client:
-        yield client
+    return aws_errors(operation, retryable_codes=_RETRYABLE_CODES)
 
 
 class ExportFiles:

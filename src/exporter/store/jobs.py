@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
-from exporter.errors import BadRequest
+from exporter.errors import InvalidCursor
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
-from exporter.store.dynamo import Item, dynamo_errors, get_n, get_s, n, s
+from exporter.store.dynamo import Item, dynamo_errors, format_ts, get_n, get_s, n, parse_ts, s
 from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, USER_CREATED_INDEX
 
 # Optional attributes written by transitions: name -> how to encode
@@ -49,15 +49,6 @@ _RUN_OUTCOME_FIELDS = (
     "file_key",
     "file_expires_at",
 )
-
-
-def format_ts(value: datetime) -> str:
-    """Fixed-width UTC ISO 8601, so strings sort in time order (the GSI range key)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_ts(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def job_to_item(job: ExportJob) -> Item:
@@ -643,5 +634,5 @@ def _decode_cursor(cursor: str, user_id: str) -> dict[str, Any]:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         shape_ok = False
     if not shape_ok or key["user_id"]["S"] != user_id:
-        raise BadRequest("The page cursor is not valid.", code="invalid_cursor")
+        raise InvalidCursor("The page cursor is not valid.")
     return dict(key)

@@ -7,8 +7,7 @@ from typing import Any
 
 from exporter.config import DynamoSettings
 from exporter.models import User
-from exporter.store.dynamo import Item, dynamo_errors, get_bool, get_s, s
-from exporter.store.jobs import format_ts, parse_ts
+from exporter.store.dynamo import Item, dynamo_errors, format_ts, get_bool, get_s, parse_ts, s
 
 
 def normalise_email(email: str) -> str:

@@ -18,10 +18,11 @@ from arq.worker import Worker
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
-from exporter.cancellation import AlreadyFinished, cancel_export
 from exporter.config import Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
+from exporter.errors import AlreadyFinished
+from exporter.exports.cancel import cancel_export
 from exporter.jobs.expire import expire_files
 from exporter.jobs.export import RetryLater, run_export
 from exporter.jobs.worker import build_worker_settings, on_startup, resources_of

@@ -10,31 +10,28 @@ both finished and running.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import uuid
-from collections.abc import Coroutine
 from typing import Any
 
-from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, result_key_prefix
-from arq.constants import retry_key_prefix as arq_retry_key_prefix
-
-from exporter.api.exports import job_body
-from exporter.cancellation import CANCELLED_BY_OPERATOR, AlreadyFinished, ExportGone, cancel_export
-from exporter.cli import CliError
+from exporter.cli.common import with_resources
 from exporter.config import Settings
-from exporter.errors import ConditionFailed
-from exporter.metrics import queue_snapshot
-from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.queue import QueueUnavailable
-from exporter.resources import Resources, open_resources
+from exporter.errors import (
+    AlreadyFinished,
+    CommandError,
+    ExportNotFound,
+    NotRetryable,
+    QueueUnavailable,
+)
+from exporter.exports.cancel import cancel_export
+from exporter.exports.lifecycle import CANCELLED_BY_OPERATOR
+from exporter.exports.retry import retry_export
+from exporter.exports.view import job_body
+from exporter.models import ExportJob, JobState
+from exporter.queue import job_state, queue_snapshot, workers_alive
+from exporter.resources import Resources
 
 LIST_LIMIT_DEFAULT = 50
-
-
-class OpsError(CliError):
-    """An operator command refused, with the reason in one sentence."""
 
 
 # --- what the commands do -------------------------------------------------------------------
@@ -61,28 +58,11 @@ async def list_jobs(
     return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
 
 
-async def queue_state(redis: ArqRedis, queue: str, job_id: str) -> dict[str, Any]:
-    """What arq holds for one job id: queued (and since when), running, retry count, result."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zscore(queue, job_id)
-        pipe.exists(in_progress_key_prefix + job_id)
-        pipe.get(arq_retry_key_prefix + job_id)
-        pipe.exists(result_key_prefix + job_id)
-        score, running, tries, result = await pipe.execute()
-    return {
-        "queued": score is not None,
-        "queued_since_ms": int(score) if score is not None else None,
-        "running": bool(running),
-        "tries": int(tries) if tries is not None else 0,
-        "result_kept": bool(result),
-    }
-
-
 async def show_job(resources: Resources, job_id: str) -> dict[str, Any]:
     job = await _get(resources, job_id)
     body = job_body(job)
     body["user_id"] = job.user_id
-    body["queue"] = await queue_state(
+    body["queue"] = await job_state(
         resources.queue.redis, resources.settings.redis.queue_name, job.job_id
     )
     return body
@@ -91,35 +71,12 @@ async def show_job(resources: Resources, job_id: str) -> dict[str, Any]:
 async def retry_job(resources: Resources, job_id: str) -> ExportJob:
     """Put a failed export back on the queue, as if just requested (same id, same user)."""
     job = await _get(resources, job_id)
-    if job.status is not JobState.FAILED:
-        raise OpsError(f"only failed exports can be retried; {job_id} is {job.status.value}")
-    redis = resources.queue.redis
-    # arq refuses a job id while it keeps the previous run's result; our record holds it.
-    await redis.delete(result_key_prefix + job_id)
     try:
-        job = await resources.jobs.requeue_failed(job_id, now=utcnow())
-    except ConditionFailed:
-        raise OpsError(f"{job_id} changed while retrying it; look again") from None
-    message = ExportMessageV1(
-        export_id=job.job_id, user_id=job.user_id, request_id=f"ops-retry-{uuid.uuid4().hex}"
-    )
-    try:
-        await resources.queue.enqueue_export(message)
+        return await retry_export(resources, job)
+    except NotRetryable as exc:
+        raise CommandError(str(exc)) from None
     except QueueUnavailable as exc:
-        now = utcnow()
-        await resources.jobs.transition(
-            job_id,
-            to=JobState.FAILED,
-            expected=(JobState.QUEUED,),
-            now=now,
-            fields={
-                "finished_at": now,
-                "error_code": "enqueue_failed",
-                "error_message": "an operator's retry could not be queued",
-            },
-        )
-        raise OpsError(f"the queue is unavailable ({exc}); {job_id} stays failed") from None
-    return job
+        raise CommandError(f"the queue is unavailable ({exc}); {job_id} stays failed") from None
 
 
 async def cancel_job(resources: Resources, job_id: str) -> ExportJob:
@@ -129,23 +86,11 @@ async def cancel_job(resources: Resources, job_id: str) -> ExportJob:
     try:
         return await cancel_export(resources, job, by_operator=True)
     except AlreadyFinished as exc:
-        raise OpsError(
+        raise CommandError(
             f"only queued or running exports can be cancelled; {job_id} is {exc.job.status.value}"
         ) from None
-    except ExportGone:
-        raise OpsError(f"no export {job_id}") from None
-
-
-async def workers_alive(redis: ArqRedis, queue: str) -> dict[str, str]:
-    """Health keys of live workers on ``queue`` (one per process; they expire when it stops)."""
-    found: dict[str, str] = {}
-    prefix = f"{queue}:health-check:"
-    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
-        name = key.decode()
-        value = await redis.get(name)
-        if value is not None:
-            found[name[len(prefix) :]] = value.decode()
-    return found
+    except ExportNotFound:
+        raise CommandError(f"no export {job_id}") from None
 
 
 async def queue_stats(resources: Resources) -> dict[str, Any]:
@@ -159,10 +104,10 @@ async def _get(resources: Resources, job_id: str) -> ExportJob:
     try:
         uuid.UUID(job_id)
     except ValueError:
-        raise OpsError(f"{job_id!r} is not an export id (a UUID)") from None
+        raise CommandError(f"{job_id!r} is not an export id (a UUID)") from None
     job = await resources.jobs.get(job_id)
     if job is None:
-        raise OpsError(f"no export {job_id}")
+        raise CommandError(f"no export {job_id}")
     return job
 
 
@@ -196,18 +141,9 @@ def add_ops_parsers(sub: Any) -> None:
     stats.set_defaults(func=cmd_queue_stats)
 
 
-def _with_resources(settings: Settings, work: Any) -> Any:
-    async def go() -> Any:
-        async with open_resources(settings, pg_min_size=0, export_reads=False) as resources:
-            coro: Coroutine[Any, Any, Any] = work(resources)
-            return await coro
-
-    return asyncio.run(go())
-
-
 def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
     status = JobState(args.status) if args.status else None
-    jobs: list[ExportJob] = _with_resources(
+    jobs: list[ExportJob] = with_resources(
         settings,
         lambda r: list_jobs(r, user_id=args.user, status=status, limit=args.limit),
     )
@@ -227,24 +163,24 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(settings: Settings, args: argparse.Namespace) -> int:
-    print(json.dumps(_with_resources(settings, lambda r: show_job(r, args.job_id)), indent=2))
+    print(json.dumps(with_resources(settings, lambda r: show_job(r, args.job_id)), indent=2))
     return 0
 
 
 def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
-    job: ExportJob = _with_resources(settings, lambda r: retry_job(r, args.job_id))
+    job: ExportJob = with_resources(settings, lambda r: retry_job(r, args.job_id))
     print(f"{job.job_id} is queued again")
     return 0
 
 
 def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    job: ExportJob = _with_resources(settings, lambda r: cancel_job(r, args.job_id))
+    job: ExportJob = with_resources(settings, lambda r: cancel_job(r, args.job_id))
     print(f"{job.job_id} cancelled ({CANCELLED_BY_OPERATOR})")
     return 0
 
 
 def cmd_queue_stats(settings: Settings, args: argparse.Namespace) -> int:
-    stats: dict[str, Any] = _with_resources(settings, queue_stats)
+    stats: dict[str, Any] = with_resources(settings, queue_stats)
     if args.json:
         print(json.dumps(stats))
         return 0

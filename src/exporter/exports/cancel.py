@@ -1,5 +1,5 @@
 """Cancelling an export: one code path for its owner (DELETE /v1/exports/{id}) and operators
-(``exporter jobs cancel``).
+(``exporter jobs cancel``), and one for a scheduler later.
 
 The record moves first, with a conditional update (queued or in_progress -> cancelled), and
 only then is arq asked to abort the job. Once the record is final no worker can finish it:
@@ -18,7 +18,7 @@ A file already uploaded to S3 (``file_key`` on the record, written before the up
 starts) is deleted right after the abort, not left for the hourly expiry cron. A worker
 may still be uploading to that key at that moment: its multipart upload is aborted when the
 abort reaches it, and an upload that completes after this delete is removed by the run
-itself once it finds the record cancelled (``jobs/export.py``). The key stays on the record,
+itself once it finds the record cancelled (the worker's run). The key stays on the record,
 so the expiry cron deletes it once more in case both were cut short (a ``kill -9``).
 """
 
@@ -26,28 +26,19 @@ from __future__ import annotations
 
 import structlog
 
-from exporter.errors import ConditionFailed, ExporterError, StoreError
+from exporter.errors import (
+    AlreadyFinished,
+    ConditionFailed,
+    ExportNotFound,
+    QueueUnavailable,
+    StoreError,
+)
+from exporter.exports.lifecycle import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, mark_cancelled
 from exporter.metrics import observe_export_finished
-from exporter.models import ACTIVE_STATES, ExportJob, JobState, utcnow
-from exporter.queue import QueueUnavailable
+from exporter.models import ExportJob, JobState
 from exporter.resources import Resources
 
-log = structlog.stdlib.get_logger("exporter.cancellation")
-
-CANCELLED_BY_USER = "cancelled_by_user"
-CANCELLED_BY_OPERATOR = "cancelled_by_operator"
-
-
-class AlreadyFinished(ExporterError):
-    """The export reached a final state before the cancel; ``job`` is how it ended."""
-
-    def __init__(self, job: ExportJob) -> None:
-        super().__init__(f"export {job.job_id} is already {job.status.value}")
-        self.job = job
-
-
-class ExportGone(ExporterError):
-    """The record disappeared (retention ended) while it was being cancelled."""
+log = structlog.stdlib.get_logger("exporter.exports.cancel")
 
 
 async def cancel_export(
@@ -55,25 +46,19 @@ async def cancel_export(
 ) -> ExportJob:
     """Cancel a queued or running export and abort its arq job; the record as it is now.
 
-    Raises ``AlreadyFinished`` when the export is (or meanwhile became) final.
+    Raises ``AlreadyFinished`` when the export is (or meanwhile became) final, and
+    ``ExportNotFound`` when its record disappeared meanwhile (retention ended).
     """
     if job.status.is_terminal:
         raise AlreadyFinished(job)
-    now = utcnow()
     reason = CANCELLED_BY_OPERATOR if by_operator else CANCELLED_BY_USER
-    fields: dict[str, object] = {"finished_at": now}
-    if by_operator:
-        # The owner sees why an export they did not cancel stopped.
-        fields |= {"error_code": CANCELLED_BY_OPERATOR, "error_message": "cancelled by an operator"}
     try:
-        cancelled = await resources.jobs.transition(
-            job.job_id, to=JobState.CANCELLED, expected=ACTIVE_STATES, now=now, fields=fields
-        )
+        cancelled = await mark_cancelled(resources.jobs, job.job_id, by_operator=by_operator)
     except ConditionFailed:
         # A worker finished it (or someone else cancelled it) in the meantime.
         current = await resources.jobs.get(job.job_id)
         if current is None:
-            raise ExportGone(job.job_id) from None
+            raise ExportNotFound(job.job_id) from None
         raise AlreadyFinished(current) from None
     if by_operator:
         try:

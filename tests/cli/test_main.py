@@ -8,7 +8,7 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
-from exporter.cli import main
+from exporter.cli.main import main
 from exporter.config import Environment, PostgresSettings, Settings
 from exporter.dev.ports import free_port
 

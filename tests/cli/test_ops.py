@@ -14,10 +14,11 @@ from aiohttp.test_utils import TestClient
 from arq.constants import result_key_prefix
 from arq.worker import Worker
 
-from exporter.cancellation import CANCELLED_BY_OPERATOR
-from exporter.cli import create_user, main
+from exporter.accounts import create_user
+from exporter.cli.main import main
 from exporter.config import Settings
 from exporter.dev.smtp import SmtpSink
+from exporter.exports.lifecycle import CANCELLED_BY_OPERATOR
 from exporter.jobs.worker import build_worker_settings, worker_is_healthy
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources

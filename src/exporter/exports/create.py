@@ -1,0 +1,250 @@
+"""Creating an export: the one-active-export rule, idempotency keys, the daily quota, and
+recording the job before its message is queued.
+
+    create_export(resources, user_id, ExportRequest(...), idempotency_key=..., request_id=...)
+        -> Created(job)       recorded and queued just now
+         | Active(job)        the user already has a queued or running export: that one
+         | Replayed(job, n)   the key was seen: the export it named, as it is now, and the
+                              status code (202 or 200) the first answer had
+
+Refusals are ``ExportRefused`` (``QuotaExceeded``, ``IdempotencyKeyReused``,
+``CreateContended``); a store or queue that fails raises ``StoreError`` / ``QueueUnavailable``
+(the record of an export that could not be queued is closed first, so nothing is left
+half-done). The API, the operator CLI and a scheduler all call ``create_export``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from exporter.errors import (
+    ConditionFailed,
+    CreateContended,
+    IdempotencyKeyReused,
+    QueueUnavailable,
+    QuotaExceeded,
+    StoreError,
+    WriteConflict,
+)
+from exporter.exports.lifecycle import mark_enqueue_failed
+from exporter.metrics import observe_export_created, observe_export_finished
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
+from exporter.resources import Resources
+from exporter.store.idempotency import KeyRecord, request_fingerprint
+from exporter.store.jobs import CurrentExport
+
+log = structlog.stdlib.get_logger("exporter.exports.create")
+
+# An export that was recorded but could not be queued: closed at once, and not counted in
+# the quota.
+ENQUEUE_FAILED = "enqueue_failed"
+# A create re-reads and tries again when a concurrent one changed what it read; more rounds
+# than this means heavy contention on one user's slot (``CreateContended``, retryable).
+CREATE_ROUNDS = 4
+QUOTA_WINDOW_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    """What the user asked for (validated by the caller)."""
+
+    fmt: ExportFormat = ExportFormat.CSV
+    bom: bool = False
+
+    def options(self) -> dict[str, Any]:
+        """The request's meaning as plain data (what an idempotency key's fingerprint hashes)."""
+        return {"format": self.fmt.value, "bom": self.bom}
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    job: ExportJob
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    job: ExportJob
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    job: ExportJob
+    status: int
+
+
+CreateResult = Created | Active | Replayed
+
+
+async def create_export(
+    resources: Resources,
+    user_id: str,
+    request: ExportRequest,
+    *,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+) -> CreateResult:
+    """Record and queue a new export for ``user_id``, unless one is active or the key was
+    seen (see the module docstring)."""
+    fingerprint = request_fingerprint(request.options())
+    for _ in range(CREATE_ROUNDS):
+        decided = await _decide(resources, user_id, request, idempotency_key, fingerprint)
+        if decided is not None:
+            break
+    else:
+        raise CreateContended(
+            "Other requests are creating an export for you right now. Please retry."
+        )
+    if not isinstance(decided, ExportJob):
+        return decided
+    job = decided
+    structlog.contextvars.bind_contextvars(export_id=job.job_id)
+    # The request id rides along so the worker's log lines for this export carry it too.
+    message = ExportMessageV1(export_id=job.job_id, user_id=job.user_id, request_id=request_id)
+    try:
+        await resources.queue.enqueue_export(message)
+    except QueueUnavailable as exc:
+        await _abandon(resources, job, str(exc), idempotency_key=idempotency_key)
+        raise
+    log.info("export.created", format=job.format.value)
+    observe_export_created(job.format.value)
+    return Created(job)
+
+
+async def _decide(
+    resources: Resources,
+    user_id: str,
+    request: ExportRequest,
+    key: str | None,
+    fingerprint: str,
+) -> Active | Replayed | ExportJob | None:
+    """One round of a create: an answer (a replay, or the active export), the new job
+    (recorded, not yet queued), or None when a concurrent request changed what this one
+    read, so the caller reads again."""
+    settings = resources.settings.exports
+    now = utcnow()
+    if key is not None:
+        record = await resources.idempotency.get(user_id, key, now=now)
+        if record is not None:
+            return await _replay(resources, user_id, key, record, fingerprint)
+    current = await resources.jobs.current_for_user(user_id)
+    active = current.active
+    if active is not None:
+        if key is not None:
+            try:
+                await resources.idempotency.put(
+                    user_id, key, job_id=active.job_id, status=200, fingerprint=fingerprint, now=now
+                )
+            except ConditionFailed:
+                return None  # the same key, in a request running beside this one
+        log.info("export.already_active", export_id=active.job_id)
+        return Active(active)
+    # Creates of one user are serialised by the slot (create_exclusive is conditional on
+    # the slot still naming what current_for_user read), so counting first and creating
+    # after cannot let two racing requests both squeeze under the quota.
+    check_quota(
+        await counted_exports(resources, user_id, current, now=now),
+        max_per_day=settings.max_per_day,
+        now=now,
+    )
+    job = ExportJob.new(
+        user_id=user_id,
+        fmt=request.fmt,
+        bom=request.bom,
+        now=now,
+        # The record outlives the file, so a late download gets 410 rather than 404.
+        retention_s=(settings.retention_days + settings.record_grace_days) * 86_400,
+    )
+    also = []
+    if key is not None:
+        also.append(
+            resources.idempotency.put_item(
+                user_id, key, job_id=job.job_id, status=202, fingerprint=fingerprint, now=now
+            )
+        )
+    try:
+        await resources.jobs.create_exclusive(job, previous=current.slot_job_id, also=also)
+    except (ConditionFailed, WriteConflict):
+        return None
+    return job
+
+
+async def _replay(
+    resources: Resources, user_id: str, key: str, record: KeyRecord, fingerprint: str
+) -> Replayed | None:
+    """The answer a key already got: its status code, and its export as it is now."""
+    if record.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used for a request with a different body; use a "
+            "new key for a new request."
+        )
+    job = await resources.jobs.get_for_user(record.job_id, user_id)
+    if job is None:
+        # The export is gone (its retention ended); the key means nothing any more.
+        await resources.idempotency.release(user_id, key, job_id=record.job_id)
+        return None
+    return Replayed(job, record.status)
+
+
+async def counted_exports(
+    resources: Resources, user_id: str, current: CurrentExport, *, now: datetime
+) -> list[ExportJob]:
+    """The user's exports that count against the quota now, oldest first."""
+    limit = resources.settings.exports.max_per_day
+    since = now - timedelta(seconds=QUOTA_WINDOW_S)
+    counted = await resources.jobs.created_since(
+        user_id, since, limit=limit, excluding_error=ENQUEUE_FAILED
+    )
+    # The index lags the table by a moment; the slot's job (the latest) is read consistently.
+    last = current.job
+    if (
+        last is not None
+        and last.created_at >= since
+        and last.error_code != ENQUEUE_FAILED
+        and all(j.job_id != last.job_id for j in counted)
+    ):
+        counted.append(last)
+    return counted
+
+
+def check_quota(counted: list[ExportJob], *, max_per_day: int, now: datetime) -> None:
+    """Raise ``QuotaExceeded`` when ``counted`` fills the rolling 24-hour window."""
+    if len(counted) < max_per_day:
+        return
+    oldest = min(j.created_at for j in counted)
+    frees_at = oldest + timedelta(seconds=QUOTA_WINDOW_S)
+    retry_after = max(1, math.ceil((frees_at - now).total_seconds()))
+    raise QuotaExceeded(
+        f"You can ask for {max_per_day} exports per 24 hours; the next one is "
+        f"possible in {retry_after} seconds.",
+        limit=max_per_day,
+        retry_after_s=retry_after,
+    )
+
+
+async def _abandon(
+    resources: Resources, job: ExportJob, reason: str, *, idempotency_key: str | None
+) -> None:
+    """The record exists but no message does: close it so it is not left queued forever
+    (which also frees the user's slot), and forget the key so a retry starts afresh."""
+    if idempotency_key is not None:
+        try:
+            await resources.idempotency.release(job.user_id, idempotency_key, job_id=job.job_id)
+        except StoreError as exc:
+            # A retry with this key will replay the 202 of the (failed) export instead.
+            log.error("export.key_release_failed", error=str(exc))
+    try:
+        await mark_enqueue_failed(
+            resources.jobs, job.job_id, message="the job could not be queued; please ask again"
+        )
+    except StoreError as exc:
+        # Both stores are failing. The record stays queued; the expiry sweep removes it
+        # at the end of its retention.
+        log.error("export.abandon_failed", error=str(exc), reason=reason)
+    else:
+        log.error("export.enqueue_failed", reason=reason)
+        observe_export_finished("failed", ENQUEUE_FAILED)

@@ -1,0 +1,54 @@
+"""The export job as the API and the operator CLI show it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from exporter.models import ExportJob, JobState
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with ``Z``, or None."""
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def export_path(job_id: str) -> str:
+    return f"/v1/exports/{job_id}"
+
+
+def download_path(job_id: str) -> str:
+    return f"/v1/exports/{job_id}/download"
+
+
+def job_body(job: ExportJob) -> dict[str, Any]:
+    """The public JSON representation of one export."""
+    error = None
+    if job.error_code is not None:
+        error = {"code": job.error_code, "message": job.error_message or ""}
+    links = {"self": export_path(job.job_id)}
+    if job.file_key is not None and job.status is JobState.SUCCEEDED:
+        links["download"] = download_path(job.job_id)
+    return {
+        "id": job.job_id,
+        "status": job.status.value,
+        "format": job.format.value,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "expires_at": iso(job.expires_at),
+        "attempts": job.attempts,
+        "row_count": job.row_count,
+        # While running: rows written so far (an estimate until row_count is set), the
+        # total counted when streaming started, and their ratio.
+        "rows_exported": job.rows_exported,
+        "total_rows": job.total_rows,
+        "progress": job.progress,
+        "byte_size": job.byte_size,
+        "file_name": job.file_name,
+        "delivery": job.delivery,
+        "bom": job.bom,
+        "download_expires_at": iso(job.file_expires_at),
+        "error": error,
+        "links": links,
+    }
