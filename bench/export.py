@@ -49,7 +49,8 @@ from exporter.dev.ports import free_port, spawn_server, stop_process
 from exporter.dev.s3 import start_s3
 from exporter.jobs.export import encoded_message_size, write_export_file
 from exporter.jobs.progress import ExportProgress
-from exporter.mail import DownloadLink, ExportAttachment, Mailer, build_export_message
+from exporter.mail.messages import DownloadLink, ExportAttachment, build_export_message
+from exporter.mail.smtp import Mailer
 from exporter.models import ExportFormat, utcnow
 from exporter.store.files import ExportFiles, open_s3
 from exporter.store.migrations import migrate

@@ -13,7 +13,7 @@ from aiobotocore.session import get_session
 
 from exporter.aws import client_credentials
 from exporter.config import DynamoSettings, PostgresSettings, Settings
-from exporter.mail import Mailer
+from exporter.mail.smtp import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
 from exporter.store.files import ExportFiles, open_s3
 from exporter.store.idempotency import IdempotencyStore

@@ -21,7 +21,7 @@ from aiosmtpd.controller import Controller
 from exporter.config import Settings
 from exporter.dev.ports import free_port, wait_for_port
 from exporter.dev.smtp import OutboxHandler, read_outbox
-from exporter.mail import EXPORT_ID_HEADER
+from exporter.mail.messages import EXPORT_ID_HEADER
 
 # Short everything: a dead run is noticed within seconds, retries wait fractions of a second.
 FAST_WORKER = {

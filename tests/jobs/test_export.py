@@ -215,7 +215,7 @@ async def test_smtp_outage_is_retried_then_recorded_as_failed(
     resources: Resources, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:
     from exporter.dev.ports import free_port
-    from exporter.mail import Mailer
+    from exporter.mail.smtp import Mailer
 
     user = await make_user()
     await seed_rows(user.user_id, 5)
@@ -369,7 +369,7 @@ async def test_a_notice_that_cannot_be_sent_leaves_the_failure_as_it_is(
     resources: Resources, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:
     from exporter.dev.ports import free_port
-    from exporter.mail import Mailer
+    from exporter.mail.smtp import Mailer
 
     user = await make_user()
     job = await new_job(resources, user.user_id)
@@ -391,7 +391,7 @@ async def test_transient_errors_stop_retrying_once_the_time_budget_is_spent(
     from datetime import timedelta
 
     from exporter.dev.ports import free_port
-    from exporter.mail import Mailer
+    from exporter.mail.smtp import Mailer
 
     user = await make_user()
     job = ExportJob.new(
@@ -632,7 +632,7 @@ async def test_the_heartbeat_goes_on_while_the_email_is_sent(
     from aiosmtpd.controller import Controller
 
     from exporter.dev.ports import free_port
-    from exporter.mail import Mailer
+    from exporter.mail.smtp import Mailer
 
     user = await make_user()
     await seed_rows(user.user_id, 5)

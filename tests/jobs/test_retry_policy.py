@@ -22,7 +22,7 @@ from exporter.dev.smtp import SmtpSink
 from exporter.errors import ExportFailed, StoreUnavailable
 from exporter.jobs.export import RetryLater, backoff_delay, run_export
 from exporter.jobs.worker import build_worker_settings, run_export_task
-from exporter.mail import Mailer
+from exporter.mail.smtp import Mailer
 from exporter.models import ExportMessageV1, JobState
 from exporter.resources import Resources, open_dynamo, open_pg_pool
 from exporter.store.files import ExportFiles, open_s3

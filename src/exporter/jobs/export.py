@@ -37,13 +37,13 @@ from exporter.csvstream import ExportEncoder
 from exporter.errors import ConditionFailed, ExportFailed, StoreError, StoreUnavailable
 from exporter.jobs.notice import send_failure_notice
 from exporter.jobs.progress import ExportProgress, ProgressWriter
-from exporter.mail import (
+from exporter.mail.messages import (
     DownloadLink,
     ExportAttachment,
-    base64_wire_size,
     build_export_message,
     download_url,
 )
+from exporter.mail.smtp import base64_wire_size
 from exporter.metrics import observe_email, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, User, utcnow
 from exporter.resources import Resources

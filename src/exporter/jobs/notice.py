@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 
 from exporter.errors import ExporterError
-from exporter.mail import build_failure_message
+from exporter.mail.messages import build_failure_message
 from exporter.metrics import observe_failure_notice
 from exporter.models import ExportJob, JobState, utcnow
 from exporter.resources import Resources
