@@ -19,7 +19,8 @@
     │   └── ConditionFailed           a conditional write lost (state moved on)
     ├── TokenError                    a JWT failed verification (never says why to the client)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
-        └── MailError                 SMTP trouble (transient for 4xx and connection loss)
+        └── DeliveryFailed            a delivery channel could not hand the file over
+            └── MailError             SMTP trouble (transient for 4xx and connection loss)
 
 Handlers raise; ``errors_middleware`` in ``app.py`` turns ``ApiError`` into a response.
 """
@@ -163,5 +164,10 @@ class ExportFailed(ExporterError):
         self.transient = transient
 
 
-class MailError(ExportFailed):
+class DeliveryFailed(ExportFailed):
+    """A delivery channel (``exporter.delivery``) could not hand the file over; a new
+    channel raises its own subclass, with ``transient`` set when a later try may succeed."""
+
+
+class MailError(DeliveryFailed):
     """Sending the email failed."""

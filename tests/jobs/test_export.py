@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from exporter.config import Settings
 from exporter.dev.smtp import OutboxHandler, SmtpSink
-from exporter.jobs.export import ExportOutcome, RetryLater, run_export
+from exporter.jobs.run import ExportOutcome, RetryLater, run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources, open_resources
 from exporter.store.jobs import JobStore

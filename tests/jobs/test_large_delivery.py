@@ -21,11 +21,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from exporter.app import create_app
 from exporter.auth import TokenService
 from exporter.config import Settings
+from exporter.delivery.email import encoded_message_size
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import ConditionFailed, ExportFailed
-from exporter.jobs.export import RetryLater, encoded_message_size
-from exporter.jobs.export import _fail as fail_export
+from exporter.jobs.run import RetryLater
+from exporter.jobs.run import _fail as fail_export
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources, open_resources

@@ -20,7 +20,7 @@ from exporter.config import S3Settings, Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import ExportFailed, StoreUnavailable
-from exporter.jobs.export import RetryLater, backoff_delay, run_export
+from exporter.jobs.run import RetryLater, backoff_delay, run_export
 from exporter.jobs.worker import build_worker_settings, run_export_task
 from exporter.mail.smtp import Mailer
 from exporter.models import ExportMessageV1, JobState
