@@ -29,7 +29,7 @@ from exporter.store.files import ExportFiles, open_s3
 from exporter.store.jobs import JobStore
 from tests.aws_errors import AwsError, aws_error_endpoint
 from tests.conftest import PG_ADMIN_DSN, MakeUser, SeedRows
-from tests.jobs.test_export import deliver, new_job, with_exports
+from tests.helpers import deliver, new_job, with_exports
 
 # Enough draws that "the whole range is used" cannot fail by chance: the largest of 2000
 # uniform draws stays below 90 % of the bound with probability 0.9**2000 (about 1e-92).
