@@ -46,11 +46,13 @@ import asyncpg
 
 from exporter.aws import open_s3
 from exporter.config import ExportSettings, S3Settings, SmtpSettings
+from exporter.delivery.email import encoded_message_size
 from exporter.dev.ports import free_port, spawn_server, stop_process
 from exporter.dev.s3 import start_s3
-from exporter.jobs.export import encoded_message_size, write_export_file
+from exporter.jobs.produce import write_export_file
 from exporter.jobs.progress import ExportProgress
-from exporter.mail import DownloadLink, ExportAttachment, Mailer, build_export_message
+from exporter.mail.messages import DownloadLink, ExportAttachment, build_export_message
+from exporter.mail.smtp import Mailer
 from exporter.models import ExportFormat, utcnow
 from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
@@ -184,8 +186,9 @@ class DeliveryTarget:
 async def _delivered(
     pool: asyncpg.Pool[Any], user: str, target: DeliveryTarget, *, progress: bool
 ) -> tuple[str, float]:
-    """One export delivered as the worker delivers it (jobs/export.py ``_export`` and
-    ``_delivery``, minus the job record writes); the delivery kind and peak RSS growth."""
+    """One export delivered as the worker delivers it (jobs/run.py ``_produce_and_deliver``
+    and delivery/email.py ``EmailChannel``, minus the job record writes); the delivery kind
+    and peak RSS growth."""
     _reset_peak_rss()
     idle_kb = _status_kb("VmRSS")
     export_id = str(uuid.uuid4())

@@ -67,7 +67,7 @@ from exporter.config import (
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port
 from exporter.dev.stack import ensure_database
-from exporter.mail import EXPORT_ID_HEADER, KIND_EXPORT, KIND_FAILURE_NOTICE, KIND_HEADER
+from exporter.mail.messages import EXPORT_ID_HEADER, KIND_EXPORT, KIND_FAILURE_NOTICE, KIND_HEADER
 from exporter.models import User, utcnow
 from exporter.passwords import Passwords
 from exporter.queue import open_arq_redis

@@ -41,13 +41,14 @@ from exporter.dev.dynamodb import LocalDynamo, start_dynamodb
 from exporter.dev.s3 import LocalS3, start_s3
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
+from exporter.models import ExportJob
 from exporter.queue import operator_cancellations_key
 from exporter.resources import Resources, open_resources
 from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 from exporter.store.tables import create_tables
-from tests.helpers import TestUser
+from tests.helpers import TestUser, new_job
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -241,3 +242,18 @@ def _fix_artifacts() -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
     return path
+
+
+SeededJob = Callable[[int], Awaitable[tuple[TestUser, ExportJob]]]
+
+
+@pytest.fixture(name="seeded_job")
+def _fix_seeded_job(resources: Resources, make_user: MakeUser, seed_rows: SeedRows) -> SeededJob:
+    """A new user with ``rows`` memberships, and a queued export (not enqueued) of them."""
+
+    async def make(rows: int) -> tuple[TestUser, ExportJob]:
+        user = await make_user()
+        await seed_rows(user.user_id, rows)
+        return user, await new_job(resources, user.user_id)
+
+    return make

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
+import asyncpg
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.csvstream import neutralise_formula
+from exporter.dev.ports import free_port
+from exporter.jobs.run import ExportOutcome, run_export
+from exporter.mail.smtp import Mailer
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
+from exporter.resources import Resources
 
 
 @dataclass(frozen=True)
@@ -85,3 +95,56 @@ def scraped(text: str, name: str, labels: dict[str, str]) -> float | None:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return None
+
+
+# --- the export job, run directly as the worker runs it ------------------------------------
+
+
+async def new_job(
+    resources: Resources, user_id: str, *, age_s: float = 0, bom: bool = False
+) -> ExportJob:
+    """A queued export record for ``user_id``, requested ``age_s`` seconds ago."""
+    job = ExportJob.new(
+        user_id=user_id,
+        fmt=ExportFormat.CSV,
+        now=utcnow() - timedelta(seconds=age_s),
+        retention_s=3600,
+        bom=bom,
+    )
+    await resources.jobs.create(job)
+    return job
+
+
+async def deliver(
+    resources: Resources, job_id: str, user_id: str, *, attempt: int = 1
+) -> ExportOutcome | None:
+    """One delivery of the job's queue message, as the worker would run it."""
+    payload = ExportMessageV1(job_id, user_id).to_payload()
+    return await run_export(resources, payload, attempt=attempt, max_attempts=3)
+
+
+def with_exports(resources: Resources, **changes: Any) -> Resources:
+    """``resources`` with some export settings changed (e.g. a fast heartbeat)."""
+    exports = resources.settings.exports.model_copy(update=changes)
+    return dataclasses.replace(
+        resources, settings=resources.settings.model_copy(update={"exports": exports})
+    )
+
+
+def without_smtp(resources: Resources) -> Resources:
+    """``resources`` whose mailer points at a port nobody listens on (fails within 2 s)."""
+    dead_smtp = resources.settings.smtp.model_copy(update={"port": free_port(), "timeout_s": 2})
+    return dataclasses.replace(resources, mailer=Mailer(dead_smtp))
+
+
+def attachment_rows(message: EmailMessage) -> list[list[str]]:
+    """The rows of the one CSV attached to ``message``."""
+    (part,) = list(message.iter_attachments())
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return list(csv.reader(io.StringIO(payload.decode("utf-8"), newline="")))
+
+
+async def expected_rows(pg: asyncpg.Connection[Any], user_id: str) -> list[list[str]]:
+    """The user's memberships straight from PostgreSQL, rendered the way the CSV promises."""
+    return [reference_row(r) for r in await pg.fetch(RAW_EXPORT_QUERY, user_id)]

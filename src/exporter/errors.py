@@ -30,7 +30,8 @@
     │   └── NotRetryable              an operator retry of an export that is not failed
     ├── TokenError                    a JWT failed verification (never says why to the client)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
-        └── MailError                 SMTP trouble (transient for 4xx and connection loss)
+        └── DeliveryFailed            a delivery channel could not hand the file over
+            └── MailError             SMTP trouble (transient for 4xx and connection loss)
 
     └── CommandError                  an operator command refused (one sentence, exit 1)
 
@@ -235,7 +236,12 @@ class ExportFailed(ExporterError):
         self.transient = transient
 
 
-class MailError(ExportFailed):
+class DeliveryFailed(ExportFailed):
+    """A delivery channel (``exporter.delivery``) could not hand the file over; a new
+    channel raises its own subclass, with ``transient`` set when a later try may succeed."""
+
+
+class MailError(DeliveryFailed):
     """Sending the email failed."""
 
 

@@ -105,6 +105,13 @@ class ExportJob:
     file_expires_at: datetime | None = None
 
     @property
+    def delivered_at(self) -> datetime | None:
+        """When the file (or, for a failed export, its failure notice) reached the owner:
+        the once-only guard of a delivery. Stored as ``email_sent_at``, its name from when
+        email was the only channel."""
+        return self.email_sent_at
+
+    @property
     def progress(self) -> float | None:
         """0..1 while the total is known; 1 once succeeded."""
         if self.status is JobState.SUCCEEDED:

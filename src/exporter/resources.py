@@ -11,7 +11,7 @@ import asyncpg
 
 from exporter.aws import open_dynamo, open_s3
 from exporter.config import PostgresSettings, Settings
-from exporter.mail import Mailer
+from exporter.mail.smtp import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
 from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore

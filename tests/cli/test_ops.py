@@ -135,17 +135,29 @@ async def test_retry_runs_a_failed_export_again_to_the_email(
     assert message["To"] == email
 
 
-async def test_retry_refuses_an_export_that_has_not_failed(
+@pytest.mark.parametrize(
+    ("command", "state", "refusal"),
+    [
+        ("retry", JobState.QUEUED, "only failed exports can be retried"),
+        ("cancel", JobState.FAILED, "only queued or running exports can be cancelled"),
+    ],
+)
+async def test_retry_and_cancel_refuse_an_export_in_the_wrong_state(
     resources: Resources,
     settings: Settings,
     make_user: MakeUser,
     capsys: pytest.CaptureFixture[str],
+    command: str,
+    state: JobState,
+    refusal: str,
 ) -> None:
     job = await new_job(resources, (await make_user()).user_id)
-    assert await exporter_cli(settings, "jobs", "retry", job.job_id) == 2
-    assert "only failed exports can be retried" in capsys.readouterr().err
+    if state is not JobState.QUEUED:
+        await resources.jobs.transition(job.job_id, to=state, now=utcnow())
+    assert await exporter_cli(settings, "jobs", command, job.job_id) == 2
+    assert refusal in capsys.readouterr().err
     still = await resources.jobs.get(job.job_id)
-    assert still is not None and still.status is JobState.QUEUED
+    assert still is not None and still.status is state
 
 
 async def test_cancel_stops_a_queued_export_before_any_worker_runs_it(
@@ -215,20 +227,6 @@ async def test_operator_cancels_are_counted_where_metrics_are_scraped(
     capsys.readouterr()
     assert await exporter_cli(settings, "queue", "stats", "--json") == 0
     assert json.loads(capsys.readouterr().out)["operator_cancellations"] == 2
-
-
-async def test_cancel_refuses_a_finished_export(
-    resources: Resources,
-    settings: Settings,
-    make_user: MakeUser,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    job = await new_job(resources, (await make_user()).user_id)
-    await resources.jobs.transition(job.job_id, to=JobState.FAILED, now=utcnow())
-    assert await exporter_cli(settings, "jobs", "cancel", job.job_id) == 2
-    assert "only queued or running exports can be cancelled" in capsys.readouterr().err
-    still = await resources.jobs.get(job.job_id)
-    assert still is not None and still.status is JobState.FAILED
 
 
 async def test_queue_stats_counts_backlog_and_live_workers(

@@ -24,7 +24,7 @@ from exporter.dev.smtp import SmtpSink
 from exporter.errors import AlreadyFinished
 from exporter.exports.cancel import cancel_export
 from exporter.jobs.expire import expire_files
-from exporter.jobs.export import RetryLater, run_export
+from exporter.jobs.run import RetryLater, run_export
 from exporter.jobs.worker import build_worker_settings, on_startup, resources_of
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow

@@ -10,13 +10,13 @@ from arq.connections import ArqRedis
 from exporter.dev.ports import free_port
 from exporter.errors import IdempotencyKeyReused, QueueUnavailable, QuotaExceeded
 from exporter.exports.create import (
-    ENQUEUE_FAILED,
     Active,
     Created,
     ExportRequest,
     Replayed,
     create_export,
 )
+from exporter.exports.lifecycle import ENQUEUE_FAILED
 from exporter.models import ExportFormat, JobState
 from exporter.queue import ExportQueue
 from exporter.resources import Resources

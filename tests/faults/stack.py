@@ -21,7 +21,7 @@ from aiosmtpd.controller import Controller
 from exporter.config import Settings
 from exporter.dev.ports import free_port, wait_for_port
 from exporter.dev.smtp import OutboxHandler, read_outbox
-from exporter.mail import EXPORT_ID_HEADER
+from exporter.mail.messages import EXPORT_ID_HEADER
 
 # Short everything: a dead run is noticed within seconds, retries wait fractions of a second.
 FAST_WORKER = {
@@ -34,7 +34,7 @@ FAST_WORKER = {
     "EXPORTER_WORKER__RETRY_CAP_S": "1",
     "EXPORTER_EXPORTS__PROGRESS_INTERVAL_S": "1",
     # The large test export (csv.gz) travels as an attachment, so the test reads it back
-    # from the sink; S3 delivery has its own tests (tests/jobs/test_large_delivery.py).
+    # from the sink; S3 delivery has its own tests (tests/delivery/test_email.py).
     "EXPORTER_EXPORTS__ATTACHMENT_MAX_BYTES": str(40 * 1024 * 1024),
     "EXPORTER_WORKER__STALE_AFTER_S": "4",
     "EXPORTER_WORKER__SWEEP_EVERY_S": "2",

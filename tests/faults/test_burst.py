@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from exporter.config import Settings
-from exporter.mail import EXPORT_ID_HEADER
+from exporter.mail.messages import EXPORT_ID_HEADER
 from exporter.models import ExportJob, JobState, User
 from exporter.resources import Resources
 from exporter.store.seed import seed_memberships

@@ -1,5 +1,5 @@
 """ExportProgress on its own: counting, the bounded write rate (an injected clock), and the
-heartbeat beside a stalled COPY. The real store and a real COPY are in test_export.py."""
+heartbeat beside a stalled COPY. The real store and a real COPY are in test_run.py."""
 
 from __future__ import annotations
 

@@ -21,16 +21,16 @@ from exporter.config import S3Settings, Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import ExportFailed, StoreUnavailable
-from exporter.jobs.export import RetryLater, backoff_delay, run_export
+from exporter.jobs.run import RetryLater, backoff_delay, run_export
 from exporter.jobs.worker import build_worker_settings, run_export_task
-from exporter.mail import Mailer
+from exporter.mail.smtp import Mailer
 from exporter.models import ExportMessageV1, JobState
 from exporter.resources import Resources, open_pg_pool
 from exporter.store.files import ExportFiles
 from exporter.store.jobs import JobStore
 from tests.aws_errors import AwsError, aws_error_endpoint
 from tests.conftest import PG_ADMIN_DSN, MakeUser, SeedRows
-from tests.jobs.test_export import deliver, new_job, with_exports
+from tests.helpers import deliver, new_job, with_exports
 
 # Enough draws that "the whole range is used" cannot fail by chance: the largest of 2000
 # uniform draws stays below 90 % of the bound with probability 0.9**2000 (about 1e-92).

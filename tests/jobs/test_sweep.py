@@ -16,9 +16,10 @@ from exporter.dev.smtp import SmtpSink
 from exporter.errors import ConditionFailed
 from exporter.jobs.sweep import sweep_jobs
 from exporter.jobs.worker import build_worker_settings
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from tests.conftest import MakeUser, RunWorker, SeedRows
+from tests.helpers import new_job
 
 
 def tuned(resources: Resources, **worker: Any) -> Resources:
@@ -28,17 +29,6 @@ def tuned(resources: Resources, **worker: Any) -> Resources:
         update={"worker": resources.settings.worker.model_copy(update={**defaults, **worker})}
     )
     return dataclasses.replace(resources, settings=settings)
-
-
-async def new_job(resources: Resources, user_id: str, *, age_s: float = 0) -> ExportJob:
-    job = ExportJob.new(
-        user_id=user_id,
-        fmt=ExportFormat.CSV,
-        now=utcnow() - timedelta(seconds=age_s),
-        retention_s=3600,
-    )
-    await resources.jobs.create(job)
-    return job
 
 
 async def beat(resources: Resources, job: ExportJob) -> None:
@@ -59,6 +49,15 @@ async def left_running_by_a_killed_worker(resources: Resources, job: ExportJob) 
         fields={"started_at": utcnow() - timedelta(seconds=60)},
         increment_attempts=True,
     )
+
+
+@pytest.fixture(name="killed_run")
+async def _fix_killed_run(resources: Resources, make_user: MakeUser) -> ExportJob:
+    """A new user's export, left running by a killed worker (see above)."""
+    user = await make_user()
+    job = await new_job(resources, user.user_id)
+    await left_running_by_a_killed_worker(resources, job)
+    return job
 
 
 async def test_a_queued_job_redis_lost_is_enqueued_again_and_delivered(
@@ -87,15 +86,13 @@ async def test_a_queued_job_redis_lost_is_enqueued_again_and_delivered(
 
 async def test_a_job_whose_worker_was_killed_is_started_again_at_once(
     resources: Resources,
-    make_user: MakeUser,
+    killed_run: ExportJob,
     seed_rows: SeedRows,
     run_worker: RunWorker,
     smtp_sink: SmtpSink,
 ) -> None:
-    user = await make_user()
-    await seed_rows(user.user_id, 3)
-    job = await new_job(resources, user.user_id)
-    await left_running_by_a_killed_worker(resources, job)
+    job = killed_run
+    await seed_rows(job.user_id, 3)
 
     report = await sweep_jobs(tuned(resources))
 
@@ -108,10 +105,11 @@ async def test_a_job_whose_worker_was_killed_is_started_again_at_once(
     assert len(smtp_sink.for_export(job.job_id)) == 1
 
 
-async def test_a_live_run_is_never_requeued(resources: Resources, make_user: MakeUser) -> None:
-    user = await make_user()
-    job = await new_job(resources, user.user_id)
-    await left_running_by_a_killed_worker(resources, job)
+async def test_a_live_run_is_never_requeued(
+    resources: Resources,
+    killed_run: ExportJob,
+) -> None:
+    job = killed_run
     await beat(resources, job)  # ...but it is alive
 
     report = await sweep_jobs(tuned(resources))
@@ -121,11 +119,10 @@ async def test_a_live_run_is_never_requeued(resources: Resources, make_user: Mak
 
 
 async def test_a_job_deferred_for_a_retry_is_left_to_arq(
-    resources: Resources, make_user: MakeUser
+    resources: Resources,
+    killed_run: ExportJob,
 ) -> None:
-    user = await make_user()
-    job = await new_job(resources, user.user_id)
-    await left_running_by_a_killed_worker(resources, job)
+    job = killed_run
     await resources.queue.redis.delete(in_progress_key_prefix + job.job_id)  # waiting, not running
 
     report = await sweep_jobs(tuned(resources))
@@ -134,11 +131,10 @@ async def test_a_job_deferred_for_a_retry_is_left_to_arq(
 
 
 async def test_a_claim_loses_to_a_heartbeat_that_came_after_the_read(
-    resources: Resources, make_user: MakeUser
+    resources: Resources,
+    killed_run: ExportJob,
 ) -> None:
-    user = await make_user()
-    job = await new_job(resources, user.user_id)
-    await left_running_by_a_killed_worker(resources, job)
+    job = killed_run
     seen = await resources.jobs.get(job.job_id)
     assert seen is not None
     await beat(resources, job)
@@ -169,11 +165,10 @@ async def test_a_job_past_the_age_limit_fails_and_its_owner_is_told(
 
 
 async def test_a_job_that_keeps_losing_its_worker_is_given_up(
-    resources: Resources, make_user: MakeUser
+    resources: Resources,
+    killed_run: ExportJob,
 ) -> None:
-    user = await make_user()
-    job = await new_job(resources, user.user_id)
-    await left_running_by_a_killed_worker(resources, job)
+    job = killed_run
 
     await sweep_jobs(tuned(resources, max_tries=1))
 
@@ -235,11 +230,10 @@ async def test_a_job_taken_by_a_worker_that_died_before_its_first_write_is_reque
 
 
 async def test_a_stale_record_just_taken_by_a_new_worker_is_left_to_it(
-    resources: Resources, make_user: MakeUser
+    resources: Resources,
+    killed_run: ExportJob,
 ) -> None:
-    user = await make_user()
-    job = await new_job(resources, user.user_id)
-    await left_running_by_a_killed_worker(resources, job)
+    job = killed_run
     sweeping = tuned(resources)
     # ...then requeued, and a worker took the new message half a second ago.
     fresh_ms = int((sweeping.settings.worker.in_progress_marker_s - 0.5) * 1000)

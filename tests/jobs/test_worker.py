@@ -29,7 +29,7 @@ from exporter.jobs.worker import (
     run_export_task,
     worker_is_healthy,
 )
-from exporter.mail import Mailer
+from exporter.mail.smtp import Mailer
 from exporter.metrics import sample_value
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.queue import RedisDurability

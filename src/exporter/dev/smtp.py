@@ -14,7 +14,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from exporter.dev.ports import free_port
-from exporter.mail import EXPORT_ID_HEADER
+from exporter.mail.messages import EXPORT_ID_HEADER
 
 
 class OutboxHandler:

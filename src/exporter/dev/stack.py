@@ -35,7 +35,7 @@ from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port, port_open
 from exporter.dev.s3 import start_s3
 from exporter.dev.smtp import read_outbox, start_smtp_sink
-from exporter.mail import EXPORT_ID_HEADER
+from exporter.mail.messages import EXPORT_ID_HEADER
 from exporter.queue import open_arq_redis
 from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate

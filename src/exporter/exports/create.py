@@ -31,7 +31,7 @@ from exporter.errors import (
     StoreError,
     WriteConflict,
 )
-from exporter.exports.lifecycle import mark_enqueue_failed
+from exporter.exports.lifecycle import ENQUEUE_FAILED, mark_enqueue_failed
 from exporter.metrics import observe_export_created, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
 from exporter.resources import Resources
@@ -40,9 +40,6 @@ from exporter.store.jobs import CurrentExport
 
 log = structlog.stdlib.get_logger("exporter.exports.create")
 
-# An export that was recorded but could not be queued: closed at once, and not counted in
-# the quota.
-ENQUEUE_FAILED = "enqueue_failed"
 # A create re-reads and tries again when a concurrent one changed what it read; more rounds
 # than this means heavy contention on one user's slot (``CreateContended``, retryable).
 CREATE_ROUNDS = 4

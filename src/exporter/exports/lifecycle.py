@@ -1,23 +1,195 @@
-"""Every transition of an export's record, named, with the fields it writes.
+"""Every move of an export's record, named, with the fields it writes.
 
 The state machine itself (which state may follow which) is ``models.ALLOWED_TRANSITIONS``;
-the conditional writes are ``JobStore.transition``. Callers say what happened
-(``mark_enqueue_failed``, ``mark_cancelled``) instead of building field dicts.
+``JobStore`` makes each move conditional. This module says what each move *means*: the
+worker's run (``start_run`` ... ``mark_succeeded`` / ``mark_failed``), its delivery guard
+(``record_delivered``), the file it may leave in S3 (``record_file_location``,
+``clear_file_location``), the crons (``mark_expired``), and the moves made outside the
+worker (``mark_enqueue_failed``, ``mark_cancelled``, ``requeue_failed``). Each raises
+``ConditionFailed`` when the record is not where the move expects it.
+
+``delivered_at`` (``ExportJob.delivered_at``) is the once-only guard of a delivery; the
+record stores it as ``email_sent_at``, its name from when email was the only channel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from datetime import datetime
+
+import structlog
+
+from exporter.metrics import observe_export_finished
 from exporter.models import ACTIVE_STATES, ExportJob, JobState, utcnow
 from exporter.store.jobs import JobStore
+
+log = structlog.stdlib.get_logger("exporter.exports.lifecycle")
 
 ENQUEUE_FAILED = "enqueue_failed"
 CANCELLED_BY_USER = "cancelled_by_user"
 CANCELLED_BY_OPERATOR = "cancelled_by_operator"
+# Error messages are shown to the owner and kept on the record: bounded.
+_MAX_ERROR_MESSAGE = 500
+
+
+async def start_run(jobs: JobStore, job_id: str) -> ExportJob:
+    """A run takes the job (queued, or in_progress left by a dead worker): one more attempt,
+    the heartbeat starts now, and the previous run's error and progress are cleared."""
+    now = utcnow()
+    return await jobs.transition(
+        job_id,
+        to=JobState.IN_PROGRESS,
+        now=now,
+        # The heartbeat starts with the run; a re-run's progress starts from nothing.
+        fields={"started_at": now, "heartbeat_at": now},
+        clear=("error_code", "error_message", "rows_exported", "total_rows"),
+        increment_attempts=True,
+    )
+
+
+async def record_file_location(
+    jobs: JobStore, job_id: str, *, key: str, expires_at: datetime, now: datetime | None = None
+) -> ExportJob:
+    """Where the running export's file is stored, and until when; written before the upload
+    so that whatever interrupts it (a cancel, a crash), cleanup can find what arrived."""
+    return await jobs.transition(
+        job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=now or utcnow(),
+        fields={"file_key": key, "file_expires_at": expires_at},
+    )
+
+
+async def clear_file_location(jobs: JobStore, job_id: str) -> ExportJob:
+    """The running export no longer offers a stored file (an earlier run's was deleted)."""
+    return await jobs.transition(
+        job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=utcnow(),
+        clear=("file_key", "file_expires_at"),
+    )
+
+
+async def record_delivered(
+    jobs: JobStore,
+    job_id: str,
+    *,
+    row_count: int,
+    byte_size: int,
+    file_name: str,
+    delivery: str,
+) -> ExportJob:
+    """The guard: the file reached the user (``delivered_at``), written once, the moment
+    the channel's receiver accepted it. It carries what ``finish_already_sent`` needs to
+    finish the record without producing or delivering anything again."""
+    return await jobs.mark_email_sent(
+        job_id,
+        status=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={
+            "row_count": row_count,
+            "byte_size": byte_size,
+            "file_name": file_name,
+            "delivery": delivery,
+        },
+    )
+
+
+async def record_notice_sent(jobs: JobStore, job_id: str) -> ExportJob:
+    """The failure notice of a failed export went out (the same once-only guard)."""
+    return await jobs.mark_email_sent(job_id, status=JobState.FAILED, now=utcnow())
+
+
+async def mark_succeeded(
+    jobs: JobStore,
+    job_id: str,
+    *,
+    row_count: int,
+    byte_size: int,
+    file_name: str,
+    delivery: str,
+    now: datetime | None = None,
+) -> ExportJob:
+    """The run delivered the file: ``succeeded``, with what was delivered and how."""
+    now = now or utcnow()
+    return await jobs.transition(
+        job_id,
+        to=JobState.SUCCEEDED,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={
+            "finished_at": now,
+            "row_count": row_count,
+            "byte_size": byte_size,
+            "file_name": file_name,
+            "delivery": delivery,
+            "rows_exported": row_count,
+        },
+    )
+
+
+async def finish_already_sent(jobs: JobStore, job: ExportJob) -> ExportJob:
+    """A run that died after delivering left ``delivered_at`` (with the row count and size):
+    record the success, and count it, without producing or sending anything again."""
+    now = utcnow()
+    job = await jobs.transition(
+        job.job_id,
+        to=JobState.SUCCEEDED,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        # The guard write stored the row count, size, file name and delivery kind.
+        fields={"finished_at": now, "rows_exported": job.row_count or 0},
+    )
+    observe_export_finished("succeeded", rows=job.row_count, size_bytes=job.byte_size)
+    log.info("export.succeeded", rows=job.row_count, bytes=job.byte_size, resumed=True)
+    return job
+
+
+async def mark_failed(
+    jobs: JobStore,
+    job_id: str,
+    *,
+    code: str,
+    message: str,
+    expected: Collection[JobState] | None = None,
+) -> ExportJob:
+    """The export cannot finish: ``failed`` with a short code and message, unless its file
+    was already delivered (then it succeeded: failing it would let the expiry cron delete
+    the file the user was sent). ``expected`` defaults to every state ``failed`` may follow.
+    """
+    now = utcnow()
+    return await jobs.transition(
+        job_id,
+        to=JobState.FAILED,
+        expected=expected,
+        now=now,
+        fields={
+            "finished_at": now,
+            "error_code": code,
+            "error_message": message[:_MAX_ERROR_MESSAGE],
+        },
+        unsent_only=True,
+    )
+
+
+async def mark_expired(jobs: JobStore, job_id: str, *, now: datetime) -> ExportJob:
+    """A succeeded export's file time is up: ``expired``, the file's key forgotten (the
+    caller deletes the object next)."""
+    return await jobs.transition(
+        job_id,
+        to=JobState.EXPIRED,
+        expected=(JobState.SUCCEEDED,),
+        now=now,
+        clear=("file_key",),
+    )
 
 
 async def mark_enqueue_failed(jobs: JobStore, job_id: str, *, message: str) -> ExportJob:
-    """A recorded export whose message never reached the queue: failed, ``enqueue_failed``
-    (not counted in the quota), so it is not left queued forever."""
+    """The record exists but its queue message could not be sent: close it (``failed``,
+    ``enqueue_failed``) so it is not left queued forever. For the API's create and the
+    operator's retry."""
     now = utcnow()
     return await jobs.transition(
         job_id,
@@ -28,9 +200,9 @@ async def mark_enqueue_failed(jobs: JobStore, job_id: str, *, message: str) -> E
     )
 
 
-async def mark_cancelled(jobs: JobStore, job_id: str, *, by_operator: bool) -> ExportJob:
-    """Queued or running -> cancelled. An operator's cancel says so on the record, so the
-    owner sees why an export they did not cancel stopped."""
+async def mark_cancelled(jobs: JobStore, job_id: str, *, by_operator: bool = False) -> ExportJob:
+    """A queued or running export is cancelled; an operator's cancel also says so to the
+    owner, who did not ask for it."""
     now = utcnow()
     fields: dict[str, object] = {"finished_at": now}
     if by_operator:
@@ -38,3 +210,9 @@ async def mark_cancelled(jobs: JobStore, job_id: str, *, by_operator: bool) -> E
     return await jobs.transition(
         job_id, to=JobState.CANCELLED, expected=ACTIVE_STATES, now=now, fields=fields
     )
+
+
+async def requeue_failed(jobs: JobStore, job_id: str) -> ExportJob:
+    """An operator's retry: ``failed`` back to ``queued``, the previous run's outcome
+    cleared (the only move out of a final state)."""
+    return await jobs.requeue_failed(job_id, now=utcnow())

@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 
 from exporter.errors import ConditionFailed, NotRetryable, QueueUnavailable
-from exporter.exports.lifecycle import mark_enqueue_failed
-from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.exports.lifecycle import mark_enqueue_failed, requeue_failed
+from exporter.models import ExportJob, ExportMessageV1, JobState
 from exporter.resources import Resources
 
 
@@ -28,7 +28,7 @@ async def retry_export(resources: Resources, job: ExportJob) -> ExportJob:
     # arq refuses a job id while it keeps the previous run's result; our record holds it.
     await resources.queue.forget_result(job.job_id)
     try:
-        job = await resources.jobs.requeue_failed(job.job_id, now=utcnow())
+        job = await requeue_failed(resources.jobs, job.job_id)
     except ConditionFailed:
         raise NotRetryable(f"{job.job_id} changed while retrying it; look again") from None
     message = ExportMessageV1(

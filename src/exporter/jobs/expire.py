@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from exporter.errors import ConditionFailed, StoreError
+from exporter.exports import lifecycle
 from exporter.models import JobState, utcnow
 from exporter.resources import Resources
 
@@ -35,13 +36,7 @@ async def expire_files(resources: Resources) -> int:
             # The record changes first, conditionally: a job that moved on meanwhile (an
             # operator re-queued it; its re-run writes the same key) keeps its object.
             if job.status is JobState.SUCCEEDED:
-                await resources.jobs.transition(
-                    job.job_id,
-                    to=JobState.EXPIRED,
-                    expected=(JobState.SUCCEEDED,),
-                    now=now,
-                    clear=("file_key",),
-                )
+                await lifecycle.mark_expired(resources.jobs, job.job_id, now=now)
                 detached_as = JobState.EXPIRED
             else:
                 await resources.jobs.forget_file(job.job_id, job.file_key, now=now)

@@ -26,9 +26,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from exporter.delivery.notice import send_failure_notice
 from exporter.errors import ConditionFailed
-from exporter.jobs.export import finish_already_sent
-from exporter.jobs.notice import send_failure_notice
+from exporter.exports import lifecycle
 from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
@@ -154,26 +154,20 @@ async def _requeue(resources: Resources, job: ExportJob, now: datetime) -> bool:
 
 
 async def _give_up(resources: Resources, job: ExportJob, code: str, message: str) -> None:
-    now = utcnow()
     try:
-        failed = await resources.jobs.transition(
-            job.job_id,
-            to=JobState.FAILED,
-            expected=(job.status,),
-            now=now,
-            fields={"finished_at": now, "error_code": code, "error_message": message},
-            unsent_only=True,
+        failed = await lifecycle.mark_failed(
+            resources.jobs, job.job_id, code=code, message=message, expected=(job.status,)
         )
     except ConditionFailed:
-        # Moved on by itself meanwhile, or its email already went out: then it succeeded
+        # Moved on by itself meanwhile, or its file already went out: then it succeeded
         # (failing it would let the expiry cron delete the file the user was sent).
         current = await resources.jobs.get(job.job_id)
         if (
             current is not None
-            and current.email_sent_at is not None
+            and current.delivered_at is not None
             and current.status is JobState.IN_PROGRESS
         ):
-            await finish_already_sent(resources, current)
+            await lifecycle.finish_already_sent(resources.jobs, current)
             await resources.queue.withdraw(job.job_id)
         return
     await resources.queue.withdraw(job.job_id)

@@ -19,8 +19,8 @@ from arq.worker import Function, func
 
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
 from exporter.jobs.expire import expire_jobs
-from exporter.jobs.export import RetryLater, run_export
 from exporter.jobs.metrics_server import serve_worker_metrics
+from exporter.jobs.run import RetryLater, run_export
 from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry

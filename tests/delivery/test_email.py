@@ -1,6 +1,7 @@
-"""Exports too large to attach: uploaded to S3 (multipart), the email links to the download
-route, and the route hands the owner exactly the bytes of the export. A tiny attachment
-limit forces the path with small data."""
+"""The email channel (delivery/email.py): an export too large to attach is uploaded to S3
+(multipart), the email links to the download route, and the route hands the owner exactly
+the bytes of the export; a small one is attached. A tiny attachment limit forces the link
+path with small data."""
 
 from __future__ import annotations
 
@@ -21,18 +22,18 @@ from aiohttp.test_utils import TestClient, TestServer
 from exporter.app import create_app
 from exporter.auth import TokenService
 from exporter.config import Settings
+from exporter.delivery.email import encoded_message_size
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import ConditionFailed, ExportFailed
-from exporter.jobs.export import RetryLater, encoded_message_size
-from exporter.jobs.export import _fail as fail_export
+from exporter.jobs.run import RetryLater
+from exporter.jobs.run import _fail as fail_export
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources, open_resources
 from exporter.store.memberships import EXPORT_HEADER
-from tests.conftest import MakeUser, SeedRows
-from tests.helpers import RAW_EXPORT_QUERY, login, reference_row
-from tests.jobs.test_export import deliver
+from tests.conftest import MakeUser, SeededJob, SeedRows
+from tests.helpers import RAW_EXPORT_QUERY, deliver, login, reference_row
 
 Client = TestClient[Any, Any]
 
@@ -117,26 +118,30 @@ async def test_a_large_export_goes_through_s3_and_downloads_byte_for_byte(
     assert denied.status == 404
 
 
-async def test_a_rerun_after_a_failed_send_overwrites_the_same_object(
-    tiny_limit_settings: Settings,
-    big_resources: Resources,
-    make_user: MakeUser,
-    seed_rows: SeedRows,
-    smtp_sink: SmtpSink,
-) -> None:
-    user = await make_user()
-    await seed_rows(user.user_id, 50)
-    job = ExportJob.new(user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600)
-    await big_resources.jobs.create(job)
+async def uploaded_but_unsent(
+    tiny_limit_settings: Settings, resources: Resources, job: ExportJob
+) -> ExportJob | None:
+    """A first run that uploaded the file (nothing is attached under the tiny limit), then
+    found the mail server unreachable and asked to retry later; the record it left."""
     no_smtp = tiny_limit_settings.model_copy(
         update={"smtp": tiny_limit_settings.smtp.model_copy(update={"port": free_port()})}
     )
-
-    # First run: uploaded, then the mail server is unreachable: retry later.
     async with open_resources(no_smtp) as broken:
         with pytest.raises(RetryLater):
-            await deliver(broken, job.job_id, user.user_id)
-    uploaded = await big_resources.jobs.get(job.job_id)
+            await deliver(broken, job.job_id, job.user_id)
+    return await resources.jobs.get(job.job_id)
+
+
+async def test_a_rerun_after_a_failed_send_overwrites_the_same_object(
+    tiny_limit_settings: Settings,
+    big_resources: Resources,
+    seeded_job: SeededJob,
+    smtp_sink: SmtpSink,
+) -> None:
+    user, job = await seeded_job(50)
+
+    # First run: uploaded, then the mail server is unreachable: retry later.
+    uploaded = await uploaded_but_unsent(tiny_limit_settings, big_resources, job)
     assert uploaded is not None and uploaded.status is JobState.IN_PROGRESS
     assert uploaded.file_key is not None  # recorded at once, so cleanup can always find it
 
@@ -169,25 +174,6 @@ async def test_a_small_export_is_still_attached(
     assert len(list(message.iter_attachments())) == 1
 
 
-async def test_the_bom_option_reaches_the_file(
-    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
-) -> None:
-    user = await make_user()
-    await seed_rows(user.user_id, 3)
-    job = ExportJob.new(
-        user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600, bom=True
-    )
-    await resources.jobs.create(job)
-
-    await deliver(resources, job.job_id, user.user_id)
-
-    (message,) = smtp_sink.for_export(job.job_id)
-    (part,) = list(message.iter_attachments())
-    payload = part.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    assert payload.startswith(b"\xef\xbb\xbfmembership_id,")
-
-
 @pytest.mark.parametrize(
     ("file_bytes", "limit", "attached"),
     [
@@ -215,21 +201,11 @@ def test_the_size_estimate_is_never_below_the_real_message() -> None:
 async def test_a_rerun_that_attaches_drops_the_earlier_runs_file(
     tiny_limit_settings: Settings,
     resources: Resources,
-    make_user: MakeUser,
-    seed_rows: SeedRows,
+    seeded_job: SeededJob,
     smtp_sink: SmtpSink,
 ) -> None:
-    user = await make_user()
-    await seed_rows(user.user_id, 50)
-    job = ExportJob.new(user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600)
-    await resources.jobs.create(job)
-    no_smtp = tiny_limit_settings.model_copy(
-        update={"smtp": tiny_limit_settings.smtp.model_copy(update={"port": free_port()})}
-    )
-    async with open_resources(no_smtp) as broken:
-        with pytest.raises(RetryLater):
-            await deliver(broken, job.job_id, user.user_id)
-    uploaded = await resources.jobs.get(job.job_id)
+    user, job = await seeded_job(50)
+    uploaded = await uploaded_but_unsent(tiny_limit_settings, resources, job)
     assert uploaded is not None and uploaded.file_key is not None
 
     # The re-run runs under the normal limit: the file fits in the email this time.

@@ -1,26 +1,22 @@
-"""Building and sending the export email over SMTP (a local sink, or Amazon SES in AWS)."""
+"""What the emails say: the export (its file attached, or a link to it) and the failure notice.
+
+Only building messages here; ``mail/smtp.py`` sends them. A file attached from disk is a
+placeholder in the message (``ExportEmail.streamed_attachment``) that the sender replaces
+with the file's base64 on the wire.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import html
-import re
 import textwrap
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import IO
 
-import aiosmtplib
-from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
-
-from exporter.config import SmtpSettings
-from exporter.errors import MailError
 from exporter.models import utcnow
 
 # Lets the recipient's mail rules, support and our tests tie a message to its export.
@@ -228,187 +224,6 @@ def _html_body(
         f'<p style="color:#555">{e(_NOT_YOU)}</p>\n'
         "</body></html>\n"
     )
-
-
-class Mailer:
-    """Sends messages with one SMTP connection per message (SES closes idle ones anyway)."""
-
-    def __init__(self, settings: SmtpSettings) -> None:
-        self._settings = settings
-
-    @property
-    def sender(self) -> str:
-        return self._settings.from_address
-
-    async def send(
-        self, message: EmailMessage, *, on_accepted: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
-        """Send one message. ``on_accepted`` runs as soon as the server accepted it, before
-        the goodbye (QUIT): recording the send there keeps the window in which a crash
-        causes a second email as short as one write (docs/reliability.md).
-
-        The message goes out in chunks (``wire_chunks``): an attachment read from a file is
-        base64-encoded as it is sent, so memory does not grow with the attachment.
-        """
-        cfg = self._settings
-        client = aiosmtplib.SMTP(
-            hostname=cfg.host,
-            port=cfg.port,
-            start_tls=cfg.start_tls,
-            use_tls=cfg.use_tls,
-            cert_bundle=str(cfg.ca_file) if cfg.ca_file else None,
-            timeout=cfg.timeout_s,
-        )
-        try:
-            async with client:
-                if cfg.username and cfg.password:
-                    await client.login(
-                        cfg.username.get_secret_value(), cfg.password.get_secret_value()
-                    )
-                await _send_in_chunks(client, message, timeout_s=cfg.timeout_s)
-                if on_accepted is not None:
-                    await on_accepted()
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            raise MailError(
-                "recipient_refused",
-                f"SMTP refused recipient ({exc.code})",
-                transient=400 <= exc.code < 500,
-            ) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            # 4xx (e.g. SES "454 Throttling failure") is worth retrying; 5xx is final.
-            raise MailError(
-                "smtp_rejected",
-                f"SMTP {exc.code}: {exc.message[:200]}",
-                transient=400 <= exc.code < 500,
-            ) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # Connection refused, timeouts, TLS failures: the server may be back later.
-            raise MailError(
-                "smtp_unavailable", f"SMTP unavailable: {type(exc).__name__}", transient=True
-            ) from exc
-
-
-# Bytes of the file base64-encoded per chunk on the wire: a multiple of 57, so every chunk
-# but the last is whole 76-character lines (as the email package writes base64).
-_WIRE_CHUNK_BYTES = 57 * 1024
-_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
-
-
-def _transparent(data: bytes) -> tuple[int, bytes]:
-    """CRLF line ends, then RFC 5321 dot-stuffing, as aiosmtplib applies to a message; with
-    the size SIZE declares (RFC 1870: CRLF counted, doubled dots not)."""
-    normalised = _LINE_ENDS.sub(b"\r\n", data)
-    return len(normalised), _DOT_AT_LINE_START.sub(b"..", normalised)
-
-
-def base64_wire_size(size: int) -> int:
-    """Octets of ``size`` bytes in base64 on the wire: 4 per 3, in 76-character lines with
-    CRLF (as the email package writes them)."""
-    encoded = 4 * -(-size // 3)
-    return encoded + 2 * -(-encoded // 76)
-
-
-def _base64_lines(source: IO[bytes], size: int) -> Iterator[bytes]:
-    source.seek(0)
-    left = size
-    while left > 0:
-        chunk = source.read(min(_WIRE_CHUNK_BYTES, left))
-        if not chunk:
-            raise ValueError(f"attachment file ended {left} bytes short of its size")
-        left -= len(chunk)
-        encoded = base64.b64encode(chunk)
-        yield b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
-
-
-def wire_chunks(flat: bytes, message: EmailMessage) -> tuple[int, Iterator[bytes]]:
-    """What DATA carries for ``flat`` (the flattened ``message``), and its SIZE in octets.
-
-    Without a streamed attachment that is ``flat`` made transparent. With one, the
-    placeholder's base64 line is cut out and the file's base64 goes in its place, read in
-    chunks as the iterator is consumed (base64 lines never start with a dot).
-    """
-    streamed = getattr(message, "streamed_attachment", None)
-    if streamed is None:
-        size, whole = _transparent(flat)
-        return size, iter((whole,))
-    placeholder, source = streamed
-    line = base64.b64encode(placeholder) + b"\r\n"
-    before, found, after = flat.partition(line)
-    if not found:
-        raise ValueError("the attachment's placeholder is missing from the message")
-    (head_size, head), (tail_size, tail) = _transparent(before), _transparent(after)
-    file_size = source.seek(0, 2)
-
-    def chunks() -> Iterator[bytes]:
-        yield head
-        yield from _base64_lines(source, file_size)
-        yield tail
-
-    return head_size + base64_wire_size(file_size) + tail_size, chunks()
-
-
-async def _send_in_chunks(
-    client: aiosmtplib.SMTP, message: EmailMessage, *, timeout_s: float
-) -> None:
-    """MAIL, RCPT and DATA with the message written chunk by chunk under flow control.
-
-    aiosmtplib's own ``send_message`` flattens, normalises and copies the whole message
-    several times (about 8x an attachment's size in memory); this writes as it reads. It
-    uses aiosmtplib's protocol for DATA (pinned in requirements.lock; tests/test_mail.py
-    runs it against a plain sink and an SES-like STARTTLS + AUTH relay).
-    """
-    sender = extract_sender(message)
-    recipients = extract_recipients(message)
-    if sender is None or not recipients:
-        raise ValueError("a message needs From and To")
-    if client.is_ehlo_or_helo_needed:
-        await client.ehlo()
-    options: list[str] = []
-    # As aiosmtplib's send_message: a non-ASCII address needs SMTPUTF8 from the server.
-    utf8 = not (sender + "".join(recipients)).isascii()
-    if utf8:
-        if not client.supports_extension("smtputf8"):
-            raise aiosmtplib.SMTPNotSupported("a non-ASCII address needs SMTPUTF8")
-        options.append("SMTPUTF8")
-    eight_bit = client.supports_extension("8BITMIME")
-    if eight_bit:
-        options.append("BODY=8BITMIME")
-    flat = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
-    size, chunks = wire_chunks(flat, message)
-    del flat  # the chunks hold what they need
-    if client.supports_extension("size"):
-        options.insert(0, f"SIZE={size}")
-    encoding = "utf-8" if utf8 else "ascii"
-    await client.mail(sender, options=options, encoding=encoding)
-    for recipient in recipients:
-        await client.rcpt(recipient, encoding=encoding)
-    protocol = client.protocol
-    if protocol is None or protocol._command_lock is None:
-        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    async with protocol._command_lock:
-        protocol._response_pending = True
-        protocol.write(b"DATA\r\n")
-        started = await protocol.read_response(timeout=timeout_s)
-        if started.code != aiosmtplib.SMTPStatus.start_input:
-            raise aiosmtplib.SMTPDataError(started.code, started.message)
-        # Set before the body, as aiosmtplib does: a server that refuses mid-message (552,
-        # too big) has its answer kept for the read below instead of dropped.
-        protocol._response_pending = True
-        try:
-            for chunk in chunks:
-                protocol.write(chunk)
-                async with asyncio.timeout(timeout_s):
-                    await protocol._drain_helper()  # waits while the socket's buffer is full
-        except BaseException:
-            # Half a message is on the wire: a QUIT now would be read as message text (and
-            # wait out the timeout). Drop the connection; the server discards the message.
-            client.close()
-            raise
-        protocol.write(b".\r\n")
-        done = await protocol.read_response(timeout=timeout_s)
-        if done.code != aiosmtplib.SMTPStatus.completed:
-            raise aiosmtplib.SMTPDataError(done.code, done.message)
 
 
 def build_failure_message(

@@ -1,9 +1,10 @@
 """The failure notice: one short, honest email when an export ends ``failed``.
 
-Best effort and at most once. Only the run that won the conditional move to ``failed`` calls
-this (so one process per export), it tries once, and it records ``email_sent_at`` after the
-server accepted. A failure to send is logged and counted, never retried: it must not change
-the job's state or start a retry storm against a mail service that is already failing.
+Best effort and at most once. Only the run (or sweep) that won the conditional move to
+``failed`` calls this (so one process per export), it tries once, and it records
+``delivered_at`` (stored as ``email_sent_at``) after the server accepted. A failure to send
+is logged and counted, never retried: it must not change the job's state or start a retry
+storm against a mail service that is already failing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import structlog
 
 from exporter.errors import ExporterError
-from exporter.mail import build_failure_message
+from exporter.exports import lifecycle
+from exporter.mail.messages import build_failure_message
 from exporter.metrics import observe_failure_notice
-from exporter.models import ExportJob, JobState, utcnow
+from exporter.models import ExportJob, JobState
 from exporter.resources import Resources
 
-log = structlog.stdlib.get_logger("exporter.jobs.notice")
+log = structlog.stdlib.get_logger("exporter.delivery.notice")
 
 # What each error code means to the person who asked, in plain words. Codes not listed get
 # the generic sentence; nothing from an exception ever reaches the email.
@@ -40,7 +42,7 @@ NO_NOTICE = frozenset({"user_unavailable", "recipient_refused", "bad_message"})
 async def send_failure_notice(resources: Resources, job: ExportJob) -> bool:
     """Email the owner of a failed export; True if the mail server accepted the notice."""
     code = job.error_code or ""
-    if job.status is not JobState.FAILED or code in NO_NOTICE or job.email_sent_at is not None:
+    if job.status is not JobState.FAILED or code in NO_NOTICE or job.delivered_at is not None:
         observe_failure_notice("skipped")
         return False
     try:
@@ -61,7 +63,7 @@ async def send_failure_notice(resources: Resources, job: ExportJob) -> bool:
         return False
     observe_failure_notice("sent")
     try:
-        await resources.jobs.mark_email_sent(job.job_id, status=JobState.FAILED, now=utcnow())
+        await lifecycle.record_notice_sent(resources.jobs, job.job_id)
     except ExporterError as exc:
         # Sent, but not recorded: nothing re-sends notices, so this only loses the timestamp.
         log.warning("export.notice_unrecorded", error=str(exc))
