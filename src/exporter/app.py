@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
-from aiohttp_apispec import setup_aiohttp_apispec, validation_middleware
+from aiohttp_apigami import OpenApiVersion, setup_aiohttp_apispec, validation_middleware
+from aiohttp_apigami.constants import SWAGGER_DICT
 from marshmallow import ValidationError
 
 from exporter import __version__
@@ -202,9 +203,9 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
 
     app.cleanup_ctx.append(resources_ctx)
     setup_routes(app)
-    # aiohttp-apispec keeps its state under plain string keys (app and request); its
+    # aiohttp-apigami 0.x keeps its state under plain string keys (app and request); its
     # business, not a log line per request.
-    warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_apispec")
+    warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_apigami")
     _setup_openapi(app)
     return app
 
@@ -217,7 +218,7 @@ def _setup_openapi(app: web.Application) -> None:
         version=__version__,
         url=f"{DOCS_PATH}/openapi.json",
         swagger_path=DOCS_PATH,
-        openapi_version="3.0.2",
+        openapi_version=OpenApiVersion.V302,
         in_place=True,  # build the spec now, from the routes above
         error_callback=_validation_error,
         info={
@@ -233,23 +234,14 @@ def _setup_openapi(app: web.Application) -> None:
             }
         },
     )
-    _fix_swagger2_leftovers(app["swagger_dict"])
-    document_problems(app["swagger_dict"])
+    spec = app[SWAGGER_DICT]
+    _drop_produces(spec)
+    document_problems(spec)
 
 
-def _fix_swagger2_leftovers(spec: dict[str, Any]) -> None:
-    """aiohttp-apispec-acapy leaves Swagger 2 constructs in OpenAPI 3 documents (``in: body``
-    parameters, ``produces``), which validators and Swagger UI reject; rewrite them."""
+def _drop_produces(spec: dict[str, Any]) -> None:
+    """aiohttp-apigami's ``docs`` always records Swagger 2's ``produces`` on the operation and
+    copies it into OpenAPI 3 documents too, where it is not allowed; drop it."""
     for operations in spec.get("paths", {}).values():
         for operation in operations.values():
             operation.pop("produces", None)
-            operation.pop("consumes", None)
-            params = operation.get("parameters", [])
-            bodies = [p for p in params if p.get("in") == "body"]
-            if not bodies:
-                continue
-            operation["parameters"] = [p for p in params if p.get("in") != "body"]
-            operation["requestBody"] = {
-                "required": bool(bodies[0].get("required", False)),
-                "content": {"application/json": {"schema": bodies[0]["schema"]}},
-            }

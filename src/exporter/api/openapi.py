@@ -1,37 +1,31 @@
-"""Typed wrappers over aiohttp-apispec's decorators (the package ships no type hints)."""
+"""The OpenAPI decorators (aiohttp-apigami's, typed by the package itself) and what the
+document must say about every route beyond them."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
-import aiohttp_apispec
 from aiohttp import web
-from marshmallow import class_registry
-from marshmallow.exceptions import RegistryError
+from aiohttp_apigami import (
+    docs,
+    match_info_schema,
+    querystring_schema,
+    request_schema,
+    response_schema,
+)
+
+__all__ = [
+    "Handler",
+    "docs",
+    "document_problems",
+    "match_info_schema",
+    "querystring_schema",
+    "request_schema",
+    "response_schema",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Decorator = Callable[[Handler], Handler]
-
-
-def docs(**kwargs: Any) -> Decorator:
-    return cast(Decorator, aiohttp_apispec.docs(**kwargs))
-
-
-def request_schema(schema: Any, **kwargs: Any) -> Decorator:
-    return cast(Decorator, aiohttp_apispec.request_schema(schema, **kwargs))
-
-
-def match_info_schema(schema: Any) -> Decorator:
-    return cast(Decorator, aiohttp_apispec.match_info_schema(schema))
-
-
-def querystring_schema(schema: Any) -> Decorator:
-    return cast(Decorator, aiohttp_apispec.querystring_schema(schema))
-
-
-def response_schema(schema: Any, code: int = 200, **kwargs: Any) -> Decorator:
-    return cast(Decorator, aiohttp_apispec.response_schema(schema, code, **kwargs))
 
 
 PROBLEM_JSON = "application/problem+json"
@@ -80,12 +74,4 @@ def document_problems(spec: dict[str, Any]) -> None:
 
 
 def _has_required_fields(components: dict[str, Any], name: str) -> bool:
-    if name in components:
-        return bool(components[name].get("required"))
-    # aiohttp-apispec registers a request schema's component only in the first application
-    # built in a process (tests build many); ask marshmallow's registry instead.
-    try:
-        schema = class_registry.get_class(name)
-    except RegistryError:
-        return False
-    return any(f.required for f in cast(Any, schema)._declared_fields.values())
+    return bool(components.get(name, {}).get("required"))
