@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import hashlib
 import zlib
 
 import pytest
@@ -259,3 +260,14 @@ def test_size_is_a_snapshot() -> None:
 
     assert before == EncodedSize(0, 0)
     assert encoder.size() == EncodedSize(2, 2)
+
+
+@pytest.mark.parametrize("fmt", list(ExportFormat))
+@pytest.mark.parametrize("bom", [False, True])
+def test_sha256_is_of_the_file_exactly_as_written(fmt: ExportFormat, bom: bool) -> None:
+    encoder = ExportEncoder(fmt, bom=bom)
+    chunks = [b"a,b\n", b"", 'é,"x"\n'.encode(), b"1,2\n" * 1000]
+    written = b"".join(encoder.encode(c) for c in chunks) + encoder.finish()
+
+    assert encoder.sha256() == hashlib.sha256(written).hexdigest()
+    assert encoder.file_bytes == len(written)

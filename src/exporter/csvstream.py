@@ -8,6 +8,7 @@ LF line ends, UTF-8, header row first. This module owns the rules that SQL imple
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +54,9 @@ class ExportEncoder:
         self._pending_bom = bom
         self.csv_bytes = 0
         self.file_bytes = 0
+        # The file's SHA-256, computed on the bytes as they are written (no second pass):
+        # the manifest's checksum, which the owner can check with sha256sum.
+        self._digest = hashlib.sha256()
 
     def encode(self, chunk: bytes) -> bytes:
         if self._pending_bom:
@@ -61,6 +65,7 @@ class ExportEncoder:
         self.csv_bytes += len(chunk)
         out = self._compressor.compress(chunk) if self._compressor else chunk
         self.file_bytes += len(out)
+        self._digest.update(out)
         return out
 
     def finish(self) -> bytes:
@@ -68,8 +73,13 @@ class ExportEncoder:
         if self._compressor is not None:
             tail = self._compressor.flush()
             self.file_bytes += len(tail)
+            self._digest.update(tail)
             out += tail
         return out
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of every byte returned so far (the whole file after ``finish``)."""
+        return self._digest.hexdigest()
 
     def size(self) -> EncodedSize:
         return EncodedSize(self.csv_bytes, self.file_bytes)

@@ -46,6 +46,7 @@ class ExportFile:
     rows: int
     csv_bytes: int
     file_bytes: int
+    sha256: str  # of the file as written (after BOM and gzip)
 
 
 async def write_export_file(
@@ -97,4 +98,9 @@ async def write_export_file(
         raise ExportFailed("database_error", f"database: {type(exc).__name__}") from exc
     out.write(encoder.finish())
     out.flush()
-    return ExportFile(rows=rows, csv_bytes=encoder.csv_bytes, file_bytes=encoder.file_bytes)
+    return ExportFile(
+        rows=rows,
+        csv_bytes=encoder.csv_bytes,
+        file_bytes=encoder.file_bytes,
+        sha256=encoder.sha256(),
+    )
