@@ -18,6 +18,7 @@
     │   │   └── WriteConflict         a transaction collided with another on the same item
     │   └── ConditionFailed           a conditional write lost (state moved on)
     ├── TokenError                    a JWT failed verification (never says why to the client)
+    │   └── TokenExpired              genuine but past its time (a download link: 410)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
         └── MailError                 SMTP trouble (transient for 4xx and connection loss)
 
@@ -147,6 +148,10 @@ class ConditionFailed(StoreError):
 
 class TokenError(ExporterError):
     """A token failed verification. The reason is for logs, never for the client."""
+
+
+class TokenExpired(TokenError):
+    """A genuine token of ours whose lifetime is over (download links tell this apart: 410)."""
 
 
 class RefreshTokenReused(TokenError):
