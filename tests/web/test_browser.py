@@ -46,7 +46,7 @@ from tests.conftest import MakeUser, SeedRows
 from tests.helpers import RAW_EXPORT_QUERY, TestUser, reference_row
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page, Route
+    from playwright.async_api import Browser, Page, Route, ViewportSize
 
 try:
     from playwright.async_api import Error as PlaywrightError
@@ -65,8 +65,8 @@ pytestmark = [
 
 # ~150 KB of CSV: far over the forced attachment limit, so the file goes by link.
 ROWS = 1_500
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1100, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1100, "height": 900}
 
 
 @dataclass
@@ -320,7 +320,7 @@ async def test_the_self_service_page_end_to_end(
             # The list shows both, newest first, with what can still be done.
             statuses = await page.locator("#history-rows tr td.badge").all_inner_texts()
             assert statuses == ["Cancelled", "Ready to download"]
-            await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+            await page.set_viewport_size(DESKTOP)
             await snap(page, artifacts, "page-desktop")
         except BaseException:
             await snap(page, artifacts, f"{shot}-failed")
