@@ -32,7 +32,7 @@ from aiohttp import web
 from arq.worker import Worker
 
 from exporter.app import create_app
-from exporter.auth import TokenService
+from exporter.auth import SigningKey, TokenService
 from exporter.config import Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
@@ -76,8 +76,8 @@ class Live:
     resources: Resources
 
 
-@pytest.fixture(name="live")
-async def _fix_live(settings: Settings, tokens: TokenService) -> AsyncIterator[Live]:
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, tokens: TokenService) -> AsyncIterator[Live]:
     """The API on a loopback port it also names as its public URL (so the links it makes
     point at it), with files over 1 KiB delivered by link and two exports a day."""
     port = free_port()
@@ -98,6 +98,12 @@ async def _fix_live(settings: Settings, tokens: TokenService) -> AsyncIterator[L
             yield Live(url, live_settings, resources)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(name="live")
+async def _fix_live(settings: Settings, tokens: TokenService) -> AsyncIterator[Live]:
+    async with serve(settings, tokens) as live:
+        yield live
 
 
 @contextlib.asynccontextmanager
@@ -333,3 +339,41 @@ async def test_the_self_service_page_end_to_end(
     # No CSP violation, no script error; only the refusals the test asked for (401, 429).
     assert [e for e in console_errors if not e.startswith("Failed to load resource")] == []
     assert len(console_errors) == 2
+
+
+async def test_the_page_stays_signed_in_by_refreshing(
+    settings: Settings, signing_key: SigningKey, make_user: MakeUser, artifacts: Path
+) -> None:
+    """Access tokens of one second and no leeway: the next call gets a 401, the page
+    refreshes once and retries; its timer refreshes again before the next expiry."""
+    short = settings.model_copy(
+        update={"jwt": settings.jwt.model_copy(update={"access_ttl_s": 1, "leeway_s": 0})}
+    )
+    user = await make_user()
+    async with serve(short, TokenService(short.jwt, signing_key)) as live, chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        calls: list[tuple[str, int]] = []
+
+        async def seen(response: Any) -> None:
+            calls.append((urlsplit(response.url).path, response.status))
+
+        page.on("response", seen)
+        await page.goto(live.url + "/")
+        await page.fill("#email", user.email)
+        await page.fill("#password", user.password)
+        await page.click("#sign-in-button")
+        await page.wait_for_selector("#exporter:not([hidden])")
+        await asyncio.sleep(2.1)  # the access token is now expired
+        await page.click("#refresh-list")
+        await page.wait_for_function("document.querySelector('#history-empty').hidden === false")
+        for _ in range(100):  # the timer fires 5 s after each refresh (its floor)
+            if sum(1 for c in calls if c == ("/v1/auth/refresh", 200)) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert await page.is_visible("#exporter")  # still signed in
+        await snap(page, artifacts, "page-after-refresh")
+
+    lists = [status for path, status in calls if path == "/v1/exports"]
+    assert 401 in lists and lists[-1] == 200
+    assert sum(1 for c in calls if c == ("/v1/auth/refresh", 200)) >= 2
+    assert ("/v1/auth/refresh", 401) not in calls
