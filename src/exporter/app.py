@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 
 from exporter import __version__
 from exporter.api import setup_routes
+from exporter.api.access_log import RedactingAccessLogger
 from exporter.api.metrics import metrics_middleware
 from exporter.api.openapi import Handler, document_problems
 from exporter.api.security import security_headers_middleware
@@ -180,7 +181,11 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
         client_max_size=settings.api.max_body_bytes,
         # Room for the longest valid query (a 1024-character cursor, percent-encoded), so
         # such requests reach validation and get a problem, not the parser's plain 400.
-        handler_args={"max_line_size": MAX_REQUEST_LINE},
+        # The access log (when a runner turns it on) redacts download links' tokens.
+        handler_args={
+            "max_line_size": MAX_REQUEST_LINE,
+            "access_log_class": RedactingAccessLogger,
+        },
         middlewares=[
             metrics_middleware,  # outermost: sees the status the client gets
             security_headers_middleware,

@@ -51,3 +51,27 @@ def security_event(event: str, *, user_id: str | None = None, **fields: str | in
     ``fields`` must be identifiers and counts, never secrets or personal data.
     """
     log.warning(f"security.{event}", audit=True, user_id=user_id, at=_iso(utcnow()), **fields)
+
+
+def export_downloaded(
+    *,
+    user_id: str,
+    export_id: str,
+    link_id: str,
+    client: str,
+    via: str = "link",
+    at: datetime | None = None,
+) -> None:
+    """A download link was used: whose export, which link (its ``jti``, never the token),
+    from which client address, when. Mail scanners count too: every use is one line."""
+    log.info(
+        "audit.export_downloaded",
+        audit=True,
+        actor=user_id,
+        user_id=user_id,
+        export_id=export_id,
+        link_id=link_id,
+        client=client,
+        via=via,
+        at=_iso(at or utcnow()),
+    )

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from exporter.config import JwtSettings
-from exporter.errors import TokenError
+from exporter.errors import TokenError, TokenExpired
 
 ALGORITHM = "ES256"
 # Real tokens are ~500 bytes; anything far larger is hostile or broken.
@@ -38,6 +38,13 @@ MAX_TOKEN_LENGTH = 4096
 class TokenType(StrEnum):
     ACCESS = "access"
     REFRESH = "refresh"
+    # A capability link to one export's file (``issue_download``): its own type *and* its
+    # own audience, so it never passes as an access token, nor an access token as one.
+    DOWNLOAD = "download"
+
+
+# Appended to ``jwt.audience`` for download links: "exporter-api" -> "exporter-api/download".
+DOWNLOAD_AUDIENCE_SUFFIX = "/download"
 
 
 class Scope(StrEnum):
@@ -61,6 +68,16 @@ class Claims:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadClaims:
+    """What a verified download link says: whose export, which one, until when."""
+
+    subject: str
+    export_id: str
+    token_id: str
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +260,10 @@ class TokenService:
             headers={"kid": self._signing_key.kid, "typ": "JWT"},
         )
 
-    def verify(self, token: str, *, expected_type: TokenType) -> Claims:
-        """Verify signature, algorithm, issuer, audience, lifetime and token type."""
+    def _decode(
+        self, token: str, *, audience: str, require: list[str], verify_exp: bool = True
+    ) -> Mapping[str, Any]:
+        """The payload of a token our keys signed with ES256 for ``audience``."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("token missing or too long")
         try:
@@ -261,13 +280,24 @@ class TokenService:
                 token,
                 key.public_key,
                 algorithms=[ALGORITHM],
-                audience=self._settings.audience,
+                audience=audience,
                 issuer=self._settings.issuer,
                 leeway=self._settings.leeway_s,
-                options={"require": ["iss", "aud", "sub", "iat", "exp", "jti", "token_type"]},
+                options={"require": require, "verify_exp": verify_exp},
             )
         except jwt.PyJWTError as exc:
             raise TokenError(f"rejected: {type(exc).__name__}") from None
+        return payload
+
+    def verify(self, token: str, *, expected_type: TokenType) -> Claims:
+        """Verify signature, algorithm, issuer, audience, lifetime and token type."""
+        if expected_type is TokenType.DOWNLOAD:
+            raise ValueError("download links are verified by verify_download")
+        payload = self._decode(
+            token,
+            audience=self._settings.audience,
+            require=["iss", "aud", "sub", "iat", "exp", "jti", "token_type"],
+        )
         if payload.get("token_type") != expected_type.value:
             raise TokenError(f"expected token type {expected_type.value!r}")
         scope = payload.get("scope", "")
@@ -281,6 +311,61 @@ class TokenService:
             token_id=str(payload["jti"]),
             issued_at=int(payload["iat"]),
             expires_at=int(payload["exp"]),
+        )
+
+    @property
+    def download_audience(self) -> str:
+        return self._settings.audience + DOWNLOAD_AUDIENCE_SUFFIX
+
+    def issue_download(
+        self, subject: str, *, export_id: str, expires_at: datetime, now: datetime
+    ) -> str:
+        """A capability link token for one export of ``subject``, valid until ``expires_at``
+        (the file's expiry). It carries no scope and is refused everywhere but the download
+        route; it is never stored, so the only copies are in the email and the caller's hands.
+        """
+        iat = int(now.timestamp())
+        claims: dict[str, Any] = {
+            "iss": self._settings.issuer,
+            "aud": self.download_audience,
+            "sub": subject,
+            "iat": iat,
+            "nbf": iat,
+            "exp": int(expires_at.timestamp()),
+            "jti": str(uuid.uuid4()),
+            "token_type": TokenType.DOWNLOAD.value,
+            "export_id": export_id,
+        }
+        return jwt.encode(
+            claims,
+            self._signing_key.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self._signing_key.kid, "typ": "JWT"},
+        )
+
+    def verify_download(self, token: str, *, now: datetime) -> DownloadClaims:
+        """Verify a download link. ``TokenExpired`` only for a genuine link of ours whose time
+        is up (checked last, after signature, audience and type); ``TokenError`` otherwise."""
+        payload = self._decode(
+            token,
+            audience=self.download_audience,
+            require=["iss", "aud", "sub", "iat", "exp", "jti", "token_type", "export_id"],
+            verify_exp=False,
+        )
+        if payload.get("token_type") != TokenType.DOWNLOAD.value:
+            raise TokenError("expected token type 'download'")
+        subject, export_id, exp = payload["sub"], payload["export_id"], payload["exp"]
+        if (
+            not isinstance(subject, str)
+            or not subject
+            or not isinstance(export_id, str)
+            or type(exp) is not int
+        ):
+            raise TokenError("malformed claims")
+        if exp + self._settings.leeway_s <= int(now.timestamp()):
+            raise TokenExpired("download link expired")
+        return DownloadClaims(
+            subject=subject, export_id=export_id, token_id=str(payload["jti"]), expires_at=exp
         )
 
 

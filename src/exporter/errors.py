@@ -29,6 +29,7 @@
     │   ├── CreateContended           racing creates of one user did not settle
     │   └── NotRetryable              an operator retry of an export that is not failed
     ├── TokenError                    a JWT failed verification (never says why to the client)
+    │   └── TokenExpired              genuine but past its time (a download link: 410)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
         └── DeliveryFailed            a delivery channel could not hand the file over
             └── MailError             SMTP trouble (transient for 4xx and connection loss)
@@ -220,6 +221,10 @@ class NotRetryable(ExportRefused):
 
 class TokenError(ExporterError):
     """A token failed verification. The reason is for logs, never for the client."""
+
+
+class TokenExpired(TokenError):
+    """A genuine token of ours whose lifetime is over (download links tell this apart: 410)."""
 
 
 class RefreshTokenReused(TokenError):

@@ -103,6 +103,9 @@ class ExportJob:
     # Where a file too large to attach lives (object key, never a URL) and until when.
     file_key: str | None = None
     file_expires_at: datetime | None = None
+    # Uses of its download links (each one audited): counted atomically, never reset.
+    download_count: int = 0
+    last_downloaded_at: datetime | None = None
 
     @property
     def delivered_at(self) -> datetime | None:

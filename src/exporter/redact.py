@@ -24,6 +24,9 @@ _PATTERNS = (
     # scheme://user:password@host
     (re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE), r"\g<pre>***@"),
     (re.compile(r"(?P<pre>Bearer\s+)[\w.~+/-]+=*", re.IGNORECASE), r"\g<pre>[redacted]"),
+    # Download links carry their credential in the path: whatever follows the prefix,
+    # even a truncated or mangled token (the route template itself stays readable).
+    (re.compile(r"(?P<pre>/v1/downloads/)(?!\{token\})[^\s\"'?#/]+"), r"\g<pre>[redacted]"),
 )
 
 

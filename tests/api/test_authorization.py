@@ -30,6 +30,9 @@ PUBLIC = {
     "swagger.spec",
     "swagger.static",
     "metrics",  # Prometheus scrapes it; the ingress must not route it (README)
+    "open_download",  # the token in the path is the credential (test_download_links.py)
+    "home",  # the self-service page and its assets: static, they sign in through the API
+    "asset",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -308,3 +309,20 @@ async def test_created_since_counts_a_window_oldest_first(resources: Resources) 
     counted = await jobs.created_since(user_id, since, limit=10, excluding_error="enqueue_failed")
     assert [j.job_id for j in counted] == [mid.job_id, new.job_id]
     assert [j.job_id for j in await jobs.created_since(user_id, since, limit=1)] == [mid.job_id]
+
+
+async def test_downloads_are_counted_atomically(resources: Resources) -> None:
+    job = new_job().replace(status=JobState.SUCCEEDED)
+    await resources.jobs.create(job)
+    now = utcnow().replace(microsecond=0)
+
+    await asyncio.gather(*(resources.jobs.record_download(job.job_id, now=now) for _ in range(5)))
+
+    counted = await resources.jobs.get(job.job_id)
+    assert counted is not None
+    assert counted.download_count == 5 and counted.last_downloaded_at == now
+    assert counted.replace(download_count=0, last_downloaded_at=None) == job.replace(
+        updated_at=counted.updated_at
+    )
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.record_download(str(uuid.uuid4()), now=now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exporter.api import exports, health, metrics, tokens
+from exporter.api import downloads, exports, health, metrics, pages, tokens
 
 
 def setup_routes(app: web.Application) -> None:
@@ -27,3 +27,13 @@ def setup_routes(app: web.Application) -> None:
         name="download_export",
         allow_head=False,
     )
+    app.router.add_post(
+        "/v1/exports/{export_id}/download-link",
+        downloads.create_download_link,
+        name="create_download_link",
+    )
+    app.router.add_get(
+        "/v1/downloads/{token}", downloads.open_download, name="open_download", allow_head=False
+    )
+    app.router.add_get(pages.HOME_PATH, pages.home, name="home", allow_head=False)
+    app.router.add_get(pages.ASSETS_PREFIX + "{name}", pages.asset, name="asset", allow_head=False)

@@ -146,6 +146,11 @@ class ExportResponse(Schema):
     download_expires_at = fields.DateTime(
         allow_none=True, metadata={"description": "When the downloadable file is deleted."}
     )
+    download_count = fields.Integer(
+        required=True,
+        metadata={"description": "How many times its download links were used (audited)."},
+    )
+    last_downloaded_at = fields.DateTime(allow_none=True)
     error = fields.Nested(ExportError, allow_none=True)
     links = fields.Nested(ExportLinks, required=True)
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
+from exporter.auth import SigningKey
 from exporter.aws import open_dynamo, open_s3
 from exporter.config import Settings
 from exporter.dev.demo import DEMO_EMAIL, seed_demo
@@ -103,6 +104,10 @@ def _env_for(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.jwt.private_key is None and "EXPORTER_JWT__PRIVATE_KEY" not in env:
+        # One key for the API and the worker, so a download link the worker puts in an
+        # email verifies at the API (each would otherwise make its own).
+        env["EXPORTER_JWT__PRIVATE_KEY"] = SigningKey.generate().private_pem()
     return env
 
 
@@ -221,6 +226,7 @@ def run_interactive(settings: Settings, *, memberships: int) -> int:
         print(
             f"""
 exporter is running.
+  Open in a browser: {s.api_url}/  (sign in as the demo user below, ask for an export, download it)
   Swagger UI:  {s.api_url}/api/docs
   Metrics:     {s.api_url}/metrics  (worker: http://127.0.0.1:{s.settings.worker.metrics_port}/metrics)
   Demo user:   {s.email}  password: {s.password}  ({s.rows} memberships)

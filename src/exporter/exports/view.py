@@ -49,6 +49,8 @@ def job_body(job: ExportJob) -> dict[str, Any]:
         "delivery": job.delivery,
         "bom": job.bom,
         "download_expires_at": iso(job.file_expires_at),
+        "download_count": job.download_count,
+        "last_downloaded_at": iso(job.last_downloaded_at),
         "error": error,
         "links": links,
     }

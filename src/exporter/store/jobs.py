@@ -28,8 +28,16 @@ _TIMESTAMP_FIELDS = (
     "heartbeat_at",
     "email_sent_at",
     "file_expires_at",
+    "last_downloaded_at",
 )
-_INT_FIELDS = ("attempts", "row_count", "byte_size", "rows_exported", "total_rows")
+_INT_FIELDS = (
+    "attempts",
+    "row_count",
+    "byte_size",
+    "rows_exported",
+    "total_rows",
+    "download_count",
+)
 _STR_FIELDS = ("file_name", "delivery", "error_code", "error_message", "file_key")
 _BOOL_FIELDS = ("bom",)
 # What one run leaves on the record; a requeued job starts without it.
@@ -118,6 +126,8 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         email_sent_at=ts("email_sent_at"),
         file_key=get_s(item, "file_key"),
         file_expires_at=ts("file_expires_at"),
+        download_count=get_n(item, "download_count") or 0,
+        last_downloaded_at=ts("last_downloaded_at"),
     )
 
 
@@ -613,6 +623,21 @@ class JobStore:
                     if deleted >= max_items:
                         return deleted
         return deleted
+
+    async def record_download(self, job_id: str, *, now: datetime) -> ExportJob:
+        """Count one use of the job's download link: an atomic ADD (concurrent downloads
+        never lose a count) and ``last_downloaded_at``. Raises ``ConditionFailed`` if the
+        record is gone; nothing else about the job changes."""
+        with dynamo_errors("record_download"):
+            response = await self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": s(job_id)},
+                UpdateExpression="ADD download_count :one SET last_downloaded_at = :now",
+                ConditionExpression="attribute_exists(job_id)",
+                ExpressionAttributeValues={":one": n(1), ":now": s(format_ts(now))},
+                ReturnValues="ALL_NEW",
+            )
+        return item_to_job(response["Attributes"])
 
 
 def _encode_cursor(key: Mapping[str, Any]) -> str:

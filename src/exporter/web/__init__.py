@@ -1,0 +1,1 @@
+"""Static files of the self-service page (package data)."""

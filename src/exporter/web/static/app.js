@@ -1,0 +1,423 @@
+// The self-service page: a reference client of the public API, nothing more.
+// Tokens live in this closure only (no localStorage, no cookies); the refresh token keeps the
+// tab signed in, and closing the tab signs it out. Every text from the API is set with
+// textContent, never parsed as HTML.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const ACTIVE = new Set(["queued", "in_progress"]);
+  const POLL_MS = 1000;
+  // Refresh this long before the access token expires (it lives 5 minutes by default).
+  const REFRESH_EARLY_S = 60;
+
+  const session = { access: null, refresh: null, email: "", timer: null, refreshing: null };
+  let tracked = null; // the export being watched (its id)
+  let pollTimer = null;
+  let lastAnnounced = "";
+
+  class ApiError extends Error {
+    constructor(status, problem, retryAfter) {
+      super((problem && problem.detail) || `HTTP ${status}`);
+      this.status = status;
+      this.code = (problem && problem.code) || "";
+      this.retryAfter = retryAfter ? parseInt(retryAfter, 10) : null;
+    }
+  }
+
+  function newKey() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function call(method, path, options = {}) {
+    const { body, auth = true, retried = false, headers = {} } = options;
+    const sent = { Accept: "application/json", ...headers };
+    if (body !== undefined) sent["Content-Type"] = "application/json";
+    if (auth && session.access) sent.Authorization = `Bearer ${session.access}`;
+    let response;
+    try {
+      response = await fetch(path, {
+        method,
+        headers: sent,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+        credentials: "omit",
+      });
+    } catch (e) {
+      throw new ApiError(0, { detail: "The service cannot be reached." });
+    }
+    if (response.status === 401 && auth && !retried && session.refresh) {
+      // The access token expired (a sleeping laptop): refresh once, then try again.
+      if (await refresh()) return call(method, path, { ...options, retried: true });
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (e) {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = new ApiError(response.status, data, response.headers.get("Retry-After"));
+      if (response.status === 401 && auth) signedOut("Your session has ended. Please sign in again.");
+      throw error;
+    }
+    return { status: response.status, data };
+  }
+
+  // --- session ---------------------------------------------------------------------------
+
+  function keep(pair) {
+    session.access = pair.access_token;
+    session.refresh = pair.refresh_token;
+    clearTimeout(session.timer);
+    const inS = Math.max(5, (pair.expires_in || 300) - REFRESH_EARLY_S);
+    session.timer = setTimeout(refresh, inS * 1000);
+  }
+
+  function refresh() {
+    if (!session.refresh) return Promise.resolve(false);
+    if (session.refreshing) return session.refreshing;
+    session.refreshing = (async () => {
+      try {
+        const { data } = await call("POST", "/v1/auth/refresh", {
+          body: { refresh_token: session.refresh },
+          auth: false,
+        });
+        keep(data);
+        return true;
+      } catch (e) {
+        if (e.status === 401) signedOut("Your session has ended. Please sign in again.");
+        return false;
+      } finally {
+        session.refreshing = null;
+      }
+    })();
+    return session.refreshing;
+  }
+
+  function forget() {
+    clearTimeout(session.timer);
+    clearTimeout(pollTimer);
+    session.access = session.refresh = null;
+    session.email = "";
+    tracked = null;
+  }
+
+  function signedOut(message) {
+    forget();
+    $("exporter").hidden = true;
+    $("current").hidden = true;
+    $("who").hidden = true;
+    $("sign-out").hidden = true;
+    $("sign-in").hidden = false;
+    $("password").value = "";
+    announce(message || "");
+    $("email").focus();
+  }
+
+  function announce(text) {
+    $("status").textContent = text;
+    lastAnnounced = text;
+  }
+
+  function wait(seconds) {
+    if (seconds === null || Number.isNaN(seconds)) return "a while";
+    if (seconds < 90) return `${seconds} seconds`;
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 90) return `${minutes} minutes`;
+    const hours = Math.floor(minutes / 60);
+    const rest = minutes % 60;
+    return rest ? `${hours} hours ${rest} minutes` : `${hours} hours`;
+  }
+
+  function unavailable(error) {
+    if (error.status === 0) return "The service cannot be reached. Check your connection and try again.";
+    if (error.status === 503) {
+      return `The service is busy or partly down. Please try again in ${wait(error.retryAfter || 5)}.`;
+    }
+    return null;
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const email = $("email").value.trim();
+    const password = $("password").value;
+    const out = $("sign-in-error");
+    out.textContent = "";
+    if (!email || !password) {
+      out.textContent = "Enter your e-mail address and your password.";
+      return;
+    }
+    const button = $("sign-in-button");
+    button.disabled = true;
+    try {
+      const { data } = await call("POST", "/v1/auth/token", {
+        body: { email, password },
+        auth: false,
+      });
+      keep(data);
+      session.email = email;
+      $("password").value = "";
+      $("sign-in").hidden = true;
+      $("exporter").hidden = false;
+      $("who").textContent = email;
+      $("who").hidden = false;
+      $("sign-out").hidden = false;
+      announce("You are signed in.");
+      $("new-export-button").focus();
+      await loadList(true);
+    } catch (e) {
+      if (e.status === 401) out.textContent = "Wrong e-mail or password.";
+      else if (e.status === 429) {
+        out.textContent = `Too many sign-in attempts. Please try again in ${wait(e.retryAfter)}.`;
+      } else if (e.status === 422) out.textContent = "Enter a valid e-mail address.";
+      else out.textContent = unavailable(e) || `Sign-in failed: ${e.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function signOut() {
+    const token = session.refresh;
+    signedOut("You are signed out.");
+    if (token) {
+      try {
+        await call("POST", "/v1/auth/logout", { body: { refresh_token: token }, auth: false });
+      } catch (e) {
+        // Signed out here either way; the token expires on its own.
+      }
+    }
+  }
+
+  // --- exports ---------------------------------------------------------------------------
+
+  async function createExport(event) {
+    event.preventDefault();
+    const out = $("new-export-error");
+    out.textContent = "";
+    const format = document.querySelector('input[name="format"]:checked').value;
+    const bom = $("bom").checked;
+    const button = $("new-export-button");
+    button.disabled = true;
+    try {
+      const { status, data } = await call("POST", "/v1/exports", {
+        body: { format, bom },
+        headers: { "Idempotency-Key": newKey() },
+      });
+      announce(
+        status === 202
+          ? "Your export has been asked for. You can follow it below."
+          : "You already have an export under way; here it is."
+      );
+      track(data);
+      await loadList(false);
+    } catch (e) {
+      if (e.status === 429) {
+        out.textContent =
+          "You have reached the daily limit of exports. " +
+          `You can ask for the next one in ${wait(e.retryAfter)}.`;
+      } else {
+        out.textContent = unavailable(e) || `The export could not be started: ${e.message}`;
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function number(n) {
+    return typeof n === "number" ? n.toLocaleString() : "";
+  }
+
+  function size(bytes) {
+    if (typeof bytes !== "number") return "";
+    const units = ["bytes", "KB", "MB", "GB"];
+    let value = bytes;
+    let i = 0;
+    while (value >= 1024 && i < units.length - 1) {
+      value /= 1024;
+      i += 1;
+    }
+    return i === 0 ? `${value} bytes` : `${value.toFixed(1)} ${units[i]}`;
+  }
+
+  function describe(job) {
+    switch (job.status) {
+      case "queued":
+        return typeof job.queue_position === "number"
+          ? `Waiting to start (number ${job.queue_position} in the queue)`
+          : "Waiting to start";
+      case "in_progress":
+        return "Being made";
+      case "succeeded":
+        if (job.links && job.links.download) return "Ready to download";
+        if (job.delivery === "email_attachment") return "Sent to your e-mail as an attachment";
+        return "Done";
+      case "failed":
+        return `Failed${job.error && job.error.message ? `: ${job.error.message}` : ""}`;
+      case "cancelled":
+        return "Cancelled";
+      case "expired":
+        return "Expired: the file was deleted";
+      default:
+        return job.status;
+    }
+  }
+
+  function track(job) {
+    tracked = job.id;
+    showCurrent(job);
+    clearTimeout(pollTimer);
+    if (ACTIVE.has(job.status)) pollTimer = setTimeout(poll, POLL_MS);
+  }
+
+  async function poll() {
+    if (!tracked) return;
+    const id = tracked;
+    try {
+      const { data } = await call("GET", `/v1/exports/${id}`);
+      if (tracked !== id) return;
+      showCurrent(data);
+      if (ACTIVE.has(data.status)) {
+        pollTimer = setTimeout(poll, POLL_MS);
+      } else {
+        await loadList(false);
+      }
+    } catch (e) {
+      if (session.access) pollTimer = setTimeout(poll, POLL_MS * 3);
+    }
+  }
+
+  function showCurrent(job) {
+    $("current").hidden = false;
+    $("current").dataset.status = job.status;
+    const state = describe(job);
+    $("current-state").textContent = state;
+    const bar = $("progress");
+    const text = $("progress-text");
+    if (job.status === "succeeded") {
+      bar.value = 1;
+      text.textContent = `${number(job.row_count)} rows, ${size(job.byte_size)}`;
+    } else if (typeof job.progress === "number") {
+      bar.value = job.progress;
+      text.textContent =
+        `${number(job.rows_exported)} of ${number(job.total_rows)} rows ` +
+        `(${Math.floor(job.progress * 100)}%)`;
+    } else if (ACTIVE.has(job.status)) {
+      bar.removeAttribute("value"); // indeterminate: the total is not counted yet
+      text.textContent = job.status === "queued" ? "Starting soon." : "Counting rows…";
+    } else {
+      bar.value = 0;
+      text.textContent = "";
+    }
+    $("current-download").hidden = !(job.links && job.links.download);
+    $("current-download").dataset.id = job.id;
+    $("current-cancel").hidden = !ACTIVE.has(job.status);
+    $("current-cancel").dataset.id = job.id;
+    // Announce changes of state, not every progress tick.
+    const spoken = `Your export: ${state}.`;
+    if (spoken !== lastAnnounced && job.status !== "queued") announce(spoken);
+  }
+
+  async function download(id, button) {
+    if (button) button.disabled = true;
+    try {
+      const { data } = await call("POST", `/v1/exports/${id}/download-link`);
+      announce("Your download is starting.");
+      window.location.assign(data.url);
+    } catch (e) {
+      if (e.status === 410) announce("This export has expired or was cancelled; ask for a new one.");
+      else if (e.status === 409) announce(e.message);
+      else announce(unavailable(e) || `The download could not start: ${e.message}`);
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+
+  async function cancel(id, button) {
+    if (button) button.disabled = true;
+    try {
+      const { data } = await call("DELETE", `/v1/exports/${id}`);
+      announce("The export was cancelled.");
+      if (tracked === id) showCurrent(data);
+    } catch (e) {
+      if (e.status === 409) announce("That export had already finished; it was not cancelled.");
+      else announce(unavailable(e) || `The export could not be cancelled: ${e.message}`);
+    } finally {
+      if (button) button.disabled = false;
+      await loadList(false);
+    }
+  }
+
+  function cell(row, label, text) {
+    const td = document.createElement("td");
+    td.dataset.label = label;
+    td.textContent = text;
+    row.appendChild(td);
+    return td;
+  }
+
+  function actionButton(td, label, aria, handler) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.textContent = label;
+    button.setAttribute("aria-label", aria);
+    button.addEventListener("click", () => handler(button));
+    td.appendChild(button);
+  }
+
+  async function loadList(pickActive) {
+    let items;
+    try {
+      const { data } = await call("GET", "/v1/exports?limit=10");
+      items = data.items;
+    } catch (e) {
+      announce(unavailable(e) || `Your exports could not be listed: ${e.message}`);
+      return;
+    }
+    const body = $("history-rows");
+    body.replaceChildren();
+    for (const job of items) {
+      const row = document.createElement("tr");
+      row.dataset.id = job.id;
+      const asked = new Date(job.created_at).toLocaleString();
+      cell(row, "Asked at", asked);
+      cell(row, "Format", job.format + (job.bom ? " (Excel)" : ""));
+      const status = cell(row, "Status", describe(job));
+      status.className = `badge ${job.status}`;
+      cell(row, "Rows", number(job.row_count ?? job.rows_exported));
+      cell(row, "Size", size(job.byte_size));
+      const actions = cell(row, "Actions", "");
+      if (job.links && job.links.download) {
+        actionButton(actions, "Download", `Download the export of ${asked}`, (b) => download(job.id, b));
+      }
+      if (ACTIVE.has(job.status)) {
+        actionButton(actions, "Cancel", `Cancel the export of ${asked}`, (b) => cancel(job.id, b));
+      }
+      body.appendChild(row);
+    }
+    $("history").hidden = items.length === 0;
+    $("history-empty").hidden = items.length !== 0;
+    if (pickActive) {
+      const active = items.find((j) => ACTIVE.has(j.status));
+      if (active) track(active);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("sign-in-form").addEventListener("submit", signIn);
+    $("new-export-form").addEventListener("submit", createExport);
+    $("sign-out").addEventListener("click", signOut);
+    $("refresh-list").addEventListener("click", () => loadList(false));
+    $("current-download").addEventListener("click", (e) =>
+      download(e.currentTarget.dataset.id, e.currentTarget)
+    );
+    $("current-cancel").addEventListener("click", (e) =>
+      cancel(e.currentTarget.dataset.id, e.currentTarget)
+    );
+    $("email").focus();
+  });
+})();
