@@ -34,6 +34,11 @@ class NotLinkable(ValueError):
     """The export has no file to link to (attached to the email, or not uploaded yet)."""
 
 
+def page_url(public_url: str) -> str:
+    """The self-service page (sign in, ask, watch, download): the API's root."""
+    return f"{public_url.rstrip('/')}/"
+
+
 def capability_path(token: str) -> str:
     return f"{DOWNLOADS_PREFIX}{token}"
 

@@ -194,7 +194,8 @@ def observe_export_finished(
     """An export reached a final state.
 
     :param status: ``succeeded``, ``failed`` or ``cancelled``.
-    :param reason: the error code for failed/cancelled (``too_large``); None when succeeded.
+    :param reason: the error code for failed/cancelled (``too_large``); None when succeeded,
+        except a success whose file could not be delivered (its delivery error code).
     :param duration_s: pick-up to final state for this attempt, if a worker ran it.
     """
     EXPORTS_FINISHED.labels(status, reason or "").inc()

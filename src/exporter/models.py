@@ -100,12 +100,20 @@ class ExportJob:
     heartbeat_at: datetime | None = None
     # Set, conditionally, once the email went out: a re-run never sends it twice.
     email_sent_at: datetime | None = None
-    # Where a file too large to attach lives (object key, never a URL) and until when.
+    # Where the export's file is kept (object key, never a URL) and until when: every
+    # produced file is stored, so it can be downloaded whether or not the email arrives.
     file_key: str | None = None
     file_expires_at: datetime | None = None
     # Uses of its download links (each one audited): counted atomically, never reset.
     download_count: int = 0
     last_downloaded_at: datetime | None = None
+    # The manifest's checksum: SHA-256 of the file, computed while it was written.
+    sha256: str | None = None
+    # The channel refused the file for good (e.g. the mail server rejected the address):
+    # the export still succeeded (the file is stored and downloadable), and this says why
+    # it did not arrive.
+    delivery_error_code: str | None = None
+    delivery_error_message: str | None = None
 
     @property
     def delivered_at(self) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,8 @@ from exporter.keys import RESOURCES
 from exporter.models import JobState, utcnow
 from exporter.queue import ExportQueue
 from exporter.store.jobs import JobStore
-from tests.conftest import MakeUser
+from exporter.store.memberships import EXPORT_HEADER
+from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import login, sign_in
 
 PROBLEM = "application/problem+json"
@@ -388,3 +390,36 @@ async def test_responses_carry_request_id_and_safety_headers(
     assert response.headers["X-Request-ID"] == "trace-me-123"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_a_finished_export_carries_a_manifest_that_matches_its_stored_file(
+    client: TestClient[Any, Any], make_user: MakeUser, seed_rows: SeedRows, run_worker: RunWorker
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, 12)
+    headers = await login(client, user)
+    created = await client.post("/v1/exports", headers=headers, json={"format": "csv.gz"})
+    export_id = (await created.json())["id"]
+    assert (await created.json())["manifest"] is None  # nothing produced yet
+
+    await run_worker()
+
+    body = await (await client.get(f"/v1/exports/{export_id}", headers=headers)).json()
+    manifest = body["manifest"]
+    assert manifest["row_count"] == 12 and manifest["format"] == "csv.gz"
+    assert manifest["columns"] == list(EXPORT_HEADER)
+    assert manifest["time_zone"] == "UTC"
+    assert manifest["file_name"] == body["file_name"]
+    # The checksum is of the file as stored (what every download serves).
+    resources = client.app[RESOURCES]
+    job = await resources.jobs.get(export_id)
+    assert job is not None and job.file_key is not None
+    stored = await resources.files._client.get_object(
+        Bucket=resources.files.bucket, Key=job.file_key
+    )
+    async with stored["Body"] as stream:
+        data = await stream.read()
+    assert manifest["byte_size"] == len(data)
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert body["links"]["download"] == f"/v1/exports/{export_id}/download"
+    assert body["delivery_error"] is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -102,8 +103,9 @@ async def test_a_large_export_goes_through_s3_and_downloads_byte_for_byte(
     assert list(message.iter_attachments()) == []
     text = message.get_body(("plain",))
     assert text is not None
-    assert f"/v1/exports/{export_id}/download" in text.get_content()
-    assert "X-Amz-Signature" not in message.as_string()  # never a presigned URL in mail
+    # The one-click capability link (tests/web opens it in a browser), never a presigned URL.
+    assert "/v1/downloads/" in text.get_content()
+    assert "X-Amz-Signature" not in message.as_string()
 
     status, body = await fetch(big_client, f"/v1/exports/{export_id}/download", headers)
     assert status == 200
@@ -169,9 +171,19 @@ async def test_a_small_export_is_still_attached(
     await deliver(resources, export_id, user.user_id)
 
     job = await resources.jobs.get(export_id)
-    assert job is not None and job.delivery == "email_attachment" and job.file_key is None
+    assert job is not None and job.delivery == "email_attachment"
     (message,) = smtp_sink.for_export(export_id)
-    assert len(list(message.iter_attachments())) == 1
+    (attached,) = list(message.iter_attachments())
+    payload = attached.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    # Attached, and also kept: the owner can download it again until it expires.
+    assert job.file_key is not None and job.file_expires_at is not None
+    stored = await resources.files._client.get_object(
+        Bucket=resources.files.bucket, Key=job.file_key
+    )
+    async with stored["Body"] as body:
+        assert await body.read() == payload
+    assert job.sha256 == hashlib.sha256(payload).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -198,15 +210,17 @@ def test_the_size_estimate_is_never_below_the_real_message() -> None:
     assert len(message.as_bytes()) <= encoded_message_size(len(content))
 
 
-async def test_a_rerun_that_attaches_drops_the_earlier_runs_file(
+async def test_a_rerun_that_attaches_keeps_one_file_of_the_new_snapshot(
     tiny_limit_settings: Settings,
     resources: Resources,
     seeded_job: SeededJob,
+    seed_rows: SeedRows,
     smtp_sink: SmtpSink,
 ) -> None:
     user, job = await seeded_job(50)
     uploaded = await uploaded_but_unsent(tiny_limit_settings, resources, job)
     assert uploaded is not None and uploaded.file_key is not None
+    await seed_rows(user.user_id, 5)  # the data changed before the re-run
 
     # The re-run runs under the normal limit: the file fits in the email this time.
     outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
@@ -214,13 +228,19 @@ async def test_a_rerun_that_attaches_drops_the_earlier_runs_file(
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     done = await resources.jobs.get(job.job_id)
     assert done is not None
-    assert done.delivery == "email_attachment"
-    assert done.file_key is None and done.file_expires_at is None
+    assert done.delivery == "email_attachment" and done.row_count == 55
+    assert done.file_key == uploaded.file_key  # the same key, overwritten: one object
     listing = await resources.files._client.list_objects_v2(
-        Bucket=resources.files.bucket, Prefix=uploaded.file_key
+        Bucket=resources.files.bucket, Prefix=f"{resources.settings.s3.key_prefix}{job.job_id}/"
     )
-    assert listing.get("Contents", []) == []
-    assert len(smtp_sink.for_export(job.job_id)) == 1
+    assert [o["Key"] for o in listing["Contents"]] == [done.file_key]
+    (message,) = smtp_sink.for_export(job.job_id)
+    (attached,) = list(message.iter_attachments())
+    stored = await resources.files._client.get_object(
+        Bucket=resources.files.bucket, Key=done.file_key
+    )
+    async with stored["Body"] as body:
+        assert await body.read() == attached.get_payload(decode=True)
 
 
 async def test_a_job_whose_email_went_out_is_never_failed(

@@ -257,7 +257,7 @@ def _fix_rejecting_smtp() -> Iterator[Controller]:
     controller.stop()
 
 
-async def test_an_export_the_mail_server_rejects_moves_the_failure_metrics_with_its_reason(
+async def test_an_export_the_mail_server_rejects_is_kept_for_download_with_the_reason(
     settings: Settings,
     resources: Resources,
     make_user: MakeUser,
@@ -272,24 +272,33 @@ async def test_an_export_the_mail_server_rejects_moves_the_failure_metrics_with_
         update={"smtp": settings.smtp.model_copy(update={"port": rejecting_smtp.port})}
     )
     before = export_metrics(failed_reason="smtp_rejected")
+    undelivered = {"status": "succeeded", "reason": "smtp_rejected"}
+    undelivered_before = sample_value("exporter_exports_finished_total", undelivered)
 
     started = time.monotonic()
     await run_burst(rejecting)
     elapsed = time.monotonic() - started
 
-    failed = await resources.jobs.get(job.job_id)
-    assert failed is not None and failed.status is JobState.FAILED
-    assert failed.error_code == "smtp_rejected"  # 5xx: final at once, no retry
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED
+    # 5xx: final at once, no retry; the file is stored, so the export is kept for download
+    # and says why the email did not arrive.
+    assert done.attempts == 1 and done.error_code is None
+    assert done.delivery == "undelivered" and done.delivery_error_code == "smtp_rejected"
+    assert done.file_key is not None and done.sha256 is not None and done.row_count == 7
+    assert sample_value("exporter_exports_finished_total", undelivered) == undelivered_before + 1
     delta = moved(before, export_metrics(failed_reason="smtp_rejected"))
-    email_s, export_s = delta.pop("email_sum"), delta.pop("duration_sum{failed}")
+    email_s, export_s = delta.pop("email_sum"), delta.pop("duration_sum{succeeded}")
     assert 0 < email_s < export_s <= elapsed
-    # No rows or size for a failure; the notice went to the same server and was refused too.
+    # Counted as a success of 7 rows; no failure notice (the same server would refuse it).
     assert delta == {
-        "failed": 1,
-        "duration_count{failed}": 1,
+        "duration_count{succeeded}": 1,
+        "rows_count": 1,
+        "rows_sum": 7,
+        "bytes_count": 1,
+        "bytes_sum": done.byte_size,
         "email_count": 1,
         "email_failures": 1,
-        "notices{failed}": 1,
     }
 
 

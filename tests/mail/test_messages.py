@@ -120,7 +120,7 @@ def test_link_variant_says_where_and_until_when_without_attaching() -> None:
     text, html = bodies(msg)
     for body in (text, html):
         assert "2026-12-03 at 14:05 UTC" in body  # the expiry, in UTC
-        assert "Sign in" in body and "did not ask" in body
+        assert "one click, with no sign-in" in body and "did not ask" in body
         assert "memberships-2026-11-26.csv.gz" in body and "42.0 MB" in body
     assert f"  {url}\n" in text
     assert f'<a href="{url}">' in html

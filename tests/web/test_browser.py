@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import hashlib
 import io
 import re
 from collections.abc import AsyncIterator
@@ -37,7 +38,6 @@ from exporter.config import Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
 from exporter.jobs.worker import build_worker_settings
-from exporter.links import capability_url
 from exporter.models import JobState
 from exporter.resources import Resources, open_resources
 from exporter.store.memberships import EXPORT_HEADER
@@ -210,15 +210,10 @@ async def test_the_emailed_link_opens_the_file_in_a_browser_with_no_token(
     (message,) = smtp_sink.for_export(export_id)
     text = message.get_body(("plain",))
     assert text is not None
-    (emailed,) = set(LINK.findall(text.get_content()))
-    if "/v1/downloads/" in emailed:
-        link = emailed
-    else:
-        # The email still links to the bearer route: the worker's switch to
-        # capability_url() is pending (issue 13). Build the link it will carry.
-        assert emailed == f"{live.url}/v1/exports/{export_id}/download"
-        link = capability_url(live.settings, job)
+    (link,) = set(LINK.findall(text.get_content()))
     assert link.startswith(f"{live.url}/v1/downloads/")
+    # The email names the checksum the file must have: the manifest's.
+    assert f"SHA-256: {job.sha256}" in " ".join(text.get_content().split())
 
     refused: list[str] = []
     async with chromium() as browser:
@@ -234,6 +229,7 @@ async def test_the_emailed_link_opens_the_file_in_a_browser_with_no_token(
 
     assert name == job.file_name
     assert len(data) == job.byte_size
+    assert hashlib.sha256(data).hexdigest() == job.sha256
     assert rows_of(data) == await expected_rows(pg, user)
     again = await live.resources.jobs.get(export_id)
     assert again is not None and again.download_count == 1

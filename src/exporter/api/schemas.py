@@ -102,7 +102,26 @@ class ExportError(Schema):
 class ExportLinks(Schema):
     self = fields.String(required=True)
     download = fields.String(
-        metadata={"description": "Present when the file is kept for download (large exports)."}
+        metadata={
+            "description": "Present once the export succeeded and until its file expires: "
+            "the file, for this API's bearer token (a browser uses `POST "
+            "/v1/exports/{id}/download-link` instead)."
+        }
+    )
+
+
+class ExportManifest(Schema):
+    file_name = fields.String(required=True)
+    format = fields.String(required=True)
+    row_count = fields.Integer(required=True, metadata={"description": "Rows, without header."})
+    byte_size = fields.Integer(required=True)
+    columns = fields.List(fields.String(), required=True)
+    time_zone = fields.String(
+        required=True, metadata={"description": "Time zone of every timestamp in the file."}
+    )
+    sha256 = fields.String(
+        required=True,
+        metadata={"description": "SHA-256 of the file (hex); check it with `sha256sum`."},
     )
 
 
@@ -151,6 +170,19 @@ class ExportResponse(Schema):
         metadata={"description": "How many times its download links were used (audited)."},
     )
     last_downloaded_at = fields.DateTime(allow_none=True)
+    manifest = fields.Nested(
+        ExportManifest,
+        allow_none=True,
+        metadata={"description": "What the file holds, once it exists."},
+    )
+    delivery_error = fields.Nested(
+        ExportError,
+        allow_none=True,
+        metadata={
+            "description": "Why the file was not delivered (e.g. the mail server refused "
+            "the address); the export succeeded and its file can be downloaded."
+        },
+    )
     error = fields.Nested(ExportError, allow_none=True)
     links = fields.Nested(ExportLinks, required=True)
 

@@ -37,6 +37,7 @@ class ProducedFile:
     rows: int
     byte_size: int
     content_type: tuple[str, str]  # (maintype, subtype)
+    sha256: str  # of the file's bytes, computed while it was written
 
 
 @dataclass(frozen=True, slots=True)

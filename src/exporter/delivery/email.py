@@ -2,9 +2,10 @@
 
 Attached when the email, counted after base64 as SES counts it, stays within
 ``exports.attachment_max_bytes``; the attachment is read from the produced file while the
-message is sent. A larger file is uploaded to S3 under a key fixed by the export id (a
-re-run overwrites it), recorded on the job before the upload starts, and the email links
-to the API's download route (never to a presigned URL). What the emails say is
+message is sent. For a larger file the email carries a capability link
+(``links.capability_url``): one click opens the stored file, no sign-in, until it expires
+(never a presigned URL, which the link route makes fresh on every use). Every file is
+stored before this channel runs (``delivery/storage.py``). What the emails say is
 ``mail/messages.py``; how they are sent, ``mail/smtp.py``.
 """
 
@@ -12,22 +13,20 @@ from __future__ import annotations
 
 import functools
 import time
-from datetime import timedelta
 
 import structlog
 
 from exporter.delivery.base import DeliveryGuard, ProducedFile, Receipt
-from exporter.exports import lifecycle
+from exporter.links import capability_url, page_url
 from exporter.mail.messages import (
     DownloadLink,
     ExportAttachment,
     ExportEmail,
     build_export_message,
-    download_url,
 )
 from exporter.mail.smtp import base64_wire_size
 from exporter.metrics import observe_email
-from exporter.models import ExportJob, JobState, User, utcnow
+from exporter.models import ExportJob, User
 from exporter.resources import Resources
 
 log = structlog.stdlib.get_logger("exporter.delivery.email")
@@ -47,7 +46,8 @@ def encoded_message_size(file_bytes: int) -> int:
 
 
 class EmailChannel:
-    """Delivers an export by email (``Channel``), attached or as a link to the download."""
+    """Delivers an export by email (``Channel``): the stored file attached, or a one-click
+    link to it."""
 
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
@@ -55,29 +55,8 @@ class EmailChannel:
     async def deliver(
         self, produced: ProducedFile, job: ExportJob, user: User, *, guard: DeliveryGuard
     ) -> Receipt | None:
-        """Compose (and upload, for a link), check with the guard, send; the receipt."""
-        uploaded: list[str] = []  # the S3 key, once this run has recorded it and uploads
-        try:
-            return await self._deliver(produced, job, user, guard=guard, uploaded=uploaded)
-        except BaseException:
-            # The arq abort (CancelledError) or a refused write (ConditionFailed) of a
-            # cancelled export: an upload that landed after the canceller deleted the object
-            # is ours to remove. A shutdown or a takeover leaves it: the record is live and
-            # the next run writes the same key.
-            if uploaded:
-                await _drop_file_if_cancelled(self._resources, job.job_id, uploaded[0])
-            raise
-
-    async def _deliver(
-        self,
-        produced: ProducedFile,
-        job: ExportJob,
-        user: User,
-        *,
-        guard: DeliveryGuard,
-        uploaded: list[str],
-    ) -> Receipt | None:
-        message, kind = await self._compose(produced, job, user, guard=guard, uploaded=uploaded)
+        """Compose, check with the guard, send; the receipt."""
+        message, kind = self._compose(produced, job, user)
         # The produced file stays open until the email is sent: an attached file is read
         # from it while it goes out, never held in memory whole.
         if not await guard.may_deliver():
@@ -104,27 +83,20 @@ class EmailChannel:
         observe_email(receipt.accepted_at - mail_started, ok=True)
         return receipt
 
-    async def _compose(
-        self,
-        produced: ProducedFile,
-        job: ExportJob,
-        user: User,
-        *,
-        guard: DeliveryGuard,
-        uploaded: list[str],
+    def _compose(
+        self, produced: ProducedFile, job: ExportJob, user: User
     ) -> tuple[ExportEmail, str]:
-        """Attach the file when the whole email stays under the limit; otherwise upload it
-        to S3 (under a key fixed by the export id, so a re-run overwrites it), record where
-        it is before uploading (so cleanup can always find it), and link to the download
-        route. The message and the delivery kind."""
-        resources = self._resources
-        settings = resources.settings
+        """Attach the file when the whole email stays under the limit; otherwise link to it
+        (the file is already stored: ``delivery/storage.py``). The message and the kind."""
+        settings = self._resources.settings
         compose = functools.partial(
             build_export_message,
-            sender=resources.mailer.sender,
+            sender=self._resources.mailer.sender,
             recipient=user.email,
             recipient_name=user.display_name,
             export_id=job.job_id,
+            sha256=produced.sha256,
+            page_url=page_url(settings.api.public_url),
         )
         if encoded_message_size(produced.byte_size) <= settings.exports.attachment_max_bytes:
             attachment = ExportAttachment(
@@ -134,50 +106,13 @@ class EmailChannel:
                 byte_size=produced.byte_size,
                 content_type=produced.content_type,
             )
-            message = compose(attachment=attachment)
-            if job.file_key is not None:
-                # An earlier run of this export uploaded a file (the data shrank since): drop
-                # it, so the job does not offer a download of an older snapshot.
-                await resources.files.delete(job.file_key)
-                await lifecycle.clear_file_location(resources.jobs, job.job_id)
-            return message, ATTACHMENT
-        key = resources.files.key_for(job.job_id, produced.name)
-        now = utcnow()
-        expires_at = now + timedelta(days=settings.exports.retention_days)
-        # Recorded before the upload (the key is fixed by the export id): whatever interrupts
-        # the upload (a cancel, a crash), the expiry cron can find and delete what arrived.
-        await lifecycle.record_file_location(
-            resources.jobs, job.job_id, key=key, expires_at=expires_at, now=now
-        )
-        uploaded.append(key)
-        # The heartbeat goes on during a long upload, as during the stream.
-        await guard.keep_alive(
-            resources.files.upload(
-                key,
-                produced.content,
-                size=produced.byte_size,
-                content_type="/".join(produced.content_type),
-            )
-        )
+            return compose(attachment=attachment), ATTACHMENT
+        assert job.file_expires_at is not None  # stored before any channel runs
         link = DownloadLink(
-            url=download_url(settings.api.public_url, job.job_id),
-            expires_at=expires_at,
+            url=capability_url(settings, job),
+            expires_at=job.file_expires_at,
             file_name=produced.name,
             row_count=produced.rows,
             byte_size=produced.byte_size,
         )
-        log.info("export.uploaded", key=key, bytes=produced.byte_size)
         return compose(link=link), DOWNLOAD_LINK
-
-
-async def _drop_file_if_cancelled(resources: Resources, job_id: str, key: str) -> None:
-    """Delete ``key`` if the export is cancelled now; best effort, the expiry cron (which
-    finds the key still on the record) retries what this misses."""
-    try:
-        current = await resources.jobs.get(job_id)
-        if current is not None and current.status is JobState.CANCELLED:
-            await resources.files.delete(key)
-            log.info("export.cancelled_file_deleted", key=key)
-    except Exception as exc:
-        # Never hide why the run stopped behind a cleanup error.
-        log.warning("export.cancelled_file_not_deleted", key=key, error=str(exc))

@@ -26,6 +26,8 @@ from exporter.store.jobs import JobStore
 log = structlog.stdlib.get_logger("exporter.exports.lifecycle")
 
 ENQUEUE_FAILED = "enqueue_failed"
+# ``delivery`` of an export whose file is stored but no channel could hand it over.
+UNDELIVERED = "undelivered"
 CANCELLED_BY_USER = "cancelled_by_user"
 CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 # Error messages are shown to the owner and kept on the record: bounded.
@@ -80,6 +82,7 @@ async def record_delivered(
     byte_size: int,
     file_name: str,
     delivery: str,
+    sha256: str | None = None,
 ) -> ExportJob:
     """The guard: the file reached the user (``delivered_at``), written once, the moment
     the channel's receiver accepted it. It carries what ``finish_already_sent`` needs to
@@ -88,12 +91,15 @@ async def record_delivered(
         job_id,
         status=JobState.IN_PROGRESS,
         now=utcnow(),
-        fields={
-            "row_count": row_count,
-            "byte_size": byte_size,
-            "file_name": file_name,
-            "delivery": delivery,
-        },
+        fields=_drop_none(
+            {
+                "row_count": row_count,
+                "byte_size": byte_size,
+                "file_name": file_name,
+                "delivery": delivery,
+                "sha256": sha256,
+            }
+        ),
     )
 
 
@@ -110,10 +116,45 @@ async def mark_succeeded(
     byte_size: int,
     file_name: str,
     delivery: str,
+    sha256: str | None = None,
     now: datetime | None = None,
 ) -> ExportJob:
     """The run delivered the file: ``succeeded``, with what was delivered and how."""
     now = now or utcnow()
+    return await jobs.transition(
+        job_id,
+        to=JobState.SUCCEEDED,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields=_drop_none(
+            {
+                "finished_at": now,
+                "row_count": row_count,
+                "byte_size": byte_size,
+                "file_name": file_name,
+                "delivery": delivery,
+                "rows_exported": row_count,
+                "sha256": sha256,
+            }
+        ),
+    )
+
+
+async def mark_delivery_failed(
+    jobs: JobStore,
+    job_id: str,
+    *,
+    row_count: int,
+    byte_size: int,
+    file_name: str,
+    sha256: str,
+    code: str,
+    message: str,
+) -> ExportJob:
+    """The file is stored but its channel refused it for good: ``succeeded`` (the owner
+    downloads it from the page or the API) with why it was not delivered. Not once a
+    delivery was recorded (that export was delivered)."""
+    now = utcnow()
     return await jobs.transition(
         job_id,
         to=JobState.SUCCEEDED,
@@ -124,10 +165,18 @@ async def mark_succeeded(
             "row_count": row_count,
             "byte_size": byte_size,
             "file_name": file_name,
-            "delivery": delivery,
             "rows_exported": row_count,
+            "sha256": sha256,
+            "delivery": UNDELIVERED,
+            "delivery_error_code": code,
+            "delivery_error_message": message[:_MAX_ERROR_MESSAGE],
         },
+        unsent_only=True,
     )
+
+
+def _drop_none(fields: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 async def finish_already_sent(jobs: JobStore, job: ExportJob) -> ExportJob:

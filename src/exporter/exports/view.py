@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from exporter.models import ExportJob, JobState
+from exporter.store.memberships import EXPORT_HEADER
 
 
 def iso(value: datetime | None) -> str | None:
@@ -26,6 +27,12 @@ def job_body(job: ExportJob) -> dict[str, Any]:
     error = None
     if job.error_code is not None:
         error = {"code": job.error_code, "message": job.error_message or ""}
+    delivery_error = None
+    if job.delivery_error_code is not None:
+        delivery_error = {
+            "code": job.delivery_error_code,
+            "message": job.delivery_error_message or "",
+        }
     links = {"self": export_path(job.job_id)}
     if job.file_key is not None and job.status is JobState.SUCCEEDED:
         links["download"] = download_path(job.job_id)
@@ -51,6 +58,29 @@ def job_body(job: ExportJob) -> dict[str, Any]:
         "download_expires_at": iso(job.file_expires_at),
         "download_count": job.download_count,
         "last_downloaded_at": iso(job.last_downloaded_at),
+        "manifest": manifest(job),
+        "delivery_error": delivery_error,
         "error": error,
         "links": links,
+    }
+
+
+# Timestamps in every file are UTC (ISO 8601 with ``Z``).
+FILE_TIME_ZONE = "UTC"
+
+
+def manifest(job: ExportJob) -> dict[str, Any] | None:
+    """What the file holds, so its owner can trust what arrived: rows, bytes, columns, the
+    time zone of its timestamps and the SHA-256 computed while it was written. None until
+    the file exists."""
+    if job.sha256 is None or job.row_count is None:
+        return None
+    return {
+        "file_name": job.file_name,
+        "format": job.format.value,
+        "row_count": job.row_count,
+        "byte_size": job.byte_size,
+        "columns": list(EXPORT_HEADER),
+        "time_zone": FILE_TIME_ZONE,
+        "sha256": job.sha256,
     }

@@ -38,7 +38,14 @@ from exporter import audit
 from exporter.delivery.base import ProducedFile, Receipt
 from exporter.delivery.channels import channel_for
 from exporter.delivery.notice import send_failure_notice
-from exporter.errors import ConditionFailed, ExportFailed, StoreError, StoreUnavailable
+from exporter.delivery.storage import drop_file_if_cancelled, store_file
+from exporter.errors import (
+    ConditionFailed,
+    DeliveryFailed,
+    ExportFailed,
+    StoreError,
+    StoreUnavailable,
+)
 from exporter.exports import lifecycle
 from exporter.jobs.produce import export_file_name, write_export_file
 from exporter.jobs.progress import ExportProgress, ProgressWriter
@@ -195,11 +202,28 @@ async def _produce_and_deliver(
             rows=written.rows,
             byte_size=written.file_bytes,
             content_type=job.format.content_type,
+            sha256=written.sha256,
         )
         # The spool stays open until the channel has delivered: it may read the file while
         # it sends it.
         guard = _RunGuard(resources, job, produced, progress)
-        receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
+        # Every file is kept before it is delivered: downloadable until it expires, from
+        # the page, the API and the email's link, whatever happens to the email.
+        job = await store_file(resources, job, produced, guard=guard)
+        assert job.file_key is not None
+        try:
+            receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
+        except DeliveryFailed as exc:
+            if exc.transient:
+                raise
+            # Refused for good (the mail server rejected the address): the file is stored,
+            # so the export succeeded; the owner sees on the page why no email came.
+            return await _undelivered(resources, job, produced, exc, started=started)
+        except BaseException:
+            # Cancelled while delivering (the abort, or the guard's refused write): an
+            # upload that landed after the canceller deleted the object is ours to remove.
+            await drop_file_if_cancelled(resources, job.job_id, job.file_key)
+            raise
         if receipt is None:
             # A parallel run (the sweeper gave up on a slow one) delivered it meanwhile.
             assert guard.delivered_by_another is not None
@@ -236,6 +260,7 @@ async def _succeeded(
         byte_size=byte_size,
         file_name=receipt.file_name,
         delivery=receipt.kind,
+        sha256=produced.sha256,
         now=now,
     )
     # After the conditional transition: a re-delivered run that lost the race logs nothing.
@@ -300,7 +325,39 @@ class _RunGuard:
             byte_size=self._produced.byte_size,
             file_name=receipt.file_name,
             delivery=receipt.kind,
+            sha256=self._produced.sha256,
         )
+
+
+async def _undelivered(
+    resources: Resources,
+    job: ExportJob,
+    produced: ProducedFile,
+    exc: DeliveryFailed,
+    *,
+    started: float,
+) -> ExportOutcome:
+    """The channel refused the file for good, after it was stored: the export succeeded
+    (its file is downloadable until it expires) with the reason it was not delivered."""
+    job = await lifecycle.mark_delivery_failed(
+        resources.jobs,
+        job.job_id,
+        row_count=produced.rows,
+        byte_size=produced.byte_size,
+        file_name=produced.name,
+        sha256=produced.sha256,
+        code=exc.code,
+        message=exc.message,
+    )
+    observe_export_finished(
+        "succeeded",
+        exc.code,
+        duration_s=time.monotonic() - started,
+        rows=produced.rows,
+        size_bytes=produced.byte_size,
+    )
+    log.warning("export.undelivered", error_code=exc.code, error=exc.message)
+    return _outcome(job)
 
 
 def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:

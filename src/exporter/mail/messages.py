@@ -45,10 +45,11 @@ class ExportAttachment:
 
 @dataclass(frozen=True, slots=True)
 class DownloadLink:
-    """A file too large to attach: the email points at the API, which serves it to its owner.
+    """A file too large to attach: the email carries a link that opens it in one click.
 
-    ``url`` is the API route (see ``download_url``), which asks for the user's sign-in; it is
-    never a presigned storage URL, so a forwarded email gives nobody else the file.
+    ``url`` is a capability link of the API (``links.capability_url``: signed, bound to this
+    export and its owner, valid until the file expires, revoked by a cancel); it is never a
+    presigned storage URL, and it answers with a fresh one on every use.
     """
 
     url: str
@@ -94,8 +95,13 @@ def build_export_message(
     attachment: ExportAttachment | None = None,
     link: DownloadLink | None = None,
     recipient_name: str | None = None,
+    sha256: str | None = None,
+    page_url: str | None = None,
 ) -> ExportEmail:
     """The email for a finished export: the file attached, or a link to it (exactly one).
+
+    ``sha256`` (the manifest's checksum) is shown with how to check it; ``page_url`` (the
+    self-service page) is where an attached file can be downloaded again.
 
     multipart/alternative (plain text + HTML; every value from a user or a record is
     HTML-escaped), inside multipart/mixed with the file when attached.
@@ -126,8 +132,18 @@ def build_export_message(
     ]
     if link is not None:
         facts.append(("Link expires", _utc(link.expires_at)))
-    message.set_content(_text_body(name, facts, link))
-    message.add_alternative(_html_body(subject, name, facts, link), subtype="html")
+    if sha256 is not None:
+        facts.append(("SHA-256", sha256))
+    notes = []
+    if sha256 is not None:
+        notes.append(
+            f"To check that the file arrived whole, run: sha256sum {file_name} (on macOS: "
+            "shasum -a 256); it must print the SHA-256 above."
+        )
+    if link is None and page_url is not None:
+        notes.append(f"You can download this file again on {page_url} until it expires.")
+    message.set_content(_text_body(name, facts, link, notes))
+    message.add_alternative(_html_body(subject, name, facts, link, notes), subtype="html")
     if attachment is not None:
         content = attachment.content
         message.add_attachment(
@@ -164,6 +180,11 @@ class ExportEmail(EmailMessage):
     streamed_attachment: tuple[bytes, IO[bytes]] | None = None
 
 
+_LINK_NOTE = (
+    "The link opens the file in one click, with no sign-in: it works only for this export, "
+    "so keep this email to yourself. You can also download the file from the exports page "
+    "while you are signed in."
+)
 _FORMAT_NOTE = (
     "The file is CSV (comma separated, UTF-8, RFC 4180). Times are UTC (ISO 8601); "
     "prices are decimal numbers with their currency in the next column."
@@ -174,7 +195,9 @@ _NOT_YOU = (
 )
 
 
-def _text_body(name: str, facts: list[tuple[str, str]], link: DownloadLink | None) -> str:
+def _text_body(
+    name: str, facts: list[tuple[str, str]], link: DownloadLink | None, notes: list[str]
+) -> str:
     lines = [f"Hello {name}," if name else "Hello,", ""]
     if link is None:
         lines += ["Attached is the export of your memberships that you asked for.", ""]
@@ -184,19 +207,25 @@ def _text_body(name: str, facts: list[tuple[str, str]], link: DownloadLink | Non
             "",
             f"  {link.url}",
             "",
-            "Sign in to download it; the link works only for your account.",
+            *textwrap.wrap(_LINK_NOTE, 78),
             f"It expires on {_utc(link.expires_at)}; after that the file is deleted and you",
             "can ask for a new export.",
             "",
         ]
     width = max(len(label) for label, _ in facts) + 1
     lines += [f"  {label + ':':<{width}} {value}" for label, value in facts]
+    for note in notes:
+        lines += ["", *textwrap.wrap(note, 78, break_on_hyphens=False)]
     lines += ["", *textwrap.wrap(_FORMAT_NOTE, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
     return "\n".join(lines) + "\n"
 
 
 def _html_body(
-    subject: str, name: str, facts: list[tuple[str, str]], link: DownloadLink | None
+    subject: str,
+    name: str,
+    facts: list[tuple[str, str]],
+    link: DownloadLink | None,
+    notes: list[str],
 ) -> str:
     e = html.escape
     greeting = f"Hello {e(name)}," if name else "Hello,"
@@ -206,7 +235,7 @@ def _html_body(
         intro = (
             "<p>The export of your memberships that you asked for is ready to download:</p>"
             f'<p><a href="{e(link.url)}">Download {e(_one_line(link.file_name, 255))}</a></p>'
-            "<p>Sign in to download it; the link works only for your account. "
+            f"<p>{e(_LINK_NOTE)} "
             f"It expires on {e(_utc(link.expires_at))}; after that the file is deleted and "
             "you can ask for a new export.</p>"
         )
@@ -220,7 +249,8 @@ def _html_body(
         '<body style="font-family:sans-serif;line-height:1.5;color:#222">\n'
         f"<p>{greeting}</p>\n{intro}\n"
         f'<table role="presentation">{rows}</table>\n'
-        f"<p>{e(_FORMAT_NOTE)}</p>\n"
+        + "".join(f"<p>{e(note)}</p>\n" for note in notes)
+        + f"<p>{e(_FORMAT_NOTE)}</p>\n"
         f'<p style="color:#555">{e(_NOT_YOU)}</p>\n'
         "</body></html>\n"
     )

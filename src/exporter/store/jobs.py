@@ -38,7 +38,16 @@ _INT_FIELDS = (
     "total_rows",
     "download_count",
 )
-_STR_FIELDS = ("file_name", "delivery", "error_code", "error_message", "file_key")
+_STR_FIELDS = (
+    "file_name",
+    "delivery",
+    "error_code",
+    "error_message",
+    "file_key",
+    "sha256",
+    "delivery_error_code",
+    "delivery_error_message",
+)
 _BOOL_FIELDS = ("bom",)
 # What one run leaves on the record; a requeued job starts without it.
 _RUN_OUTCOME_FIELDS = (
@@ -56,6 +65,9 @@ _RUN_OUTCOME_FIELDS = (
     "email_sent_at",
     "file_key",
     "file_expires_at",
+    "sha256",
+    "delivery_error_code",
+    "delivery_error_message",
 )
 
 
@@ -128,6 +140,9 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         file_expires_at=ts("file_expires_at"),
         download_count=get_n(item, "download_count") or 0,
         last_downloaded_at=ts("last_downloaded_at"),
+        sha256=get_s(item, "sha256"),
+        delivery_error_code=get_s(item, "delivery_error_code"),
+        delivery_error_message=get_s(item, "delivery_error_message"),
     )
 
 

@@ -252,7 +252,14 @@
       case "in_progress":
         return "Being made";
       case "succeeded":
-        if (job.links && job.links.download) return "Ready to download";
+        if (job.delivery_error) {
+          return `Ready to download here: the e-mail could not be delivered (${job.delivery_error.message})`;
+        }
+        if (job.links && job.links.download) {
+          return job.delivery === "email_attachment"
+            ? "Sent to your e-mail as an attachment, and ready to download"
+            : "Ready to download";
+        }
         if (job.delivery === "email_attachment") return "Sent to your e-mail as an attachment";
         return "Done";
       case "failed":
@@ -312,6 +319,12 @@
       bar.value = 0;
       text.textContent = "";
     }
+    const manifest = $("current-manifest");
+    manifest.hidden = !job.manifest;
+    manifest.textContent = job.manifest
+      ? `${job.manifest.file_name}: ${job.manifest.columns.length} columns, times in ` +
+        `${job.manifest.time_zone}. SHA-256 ${job.manifest.sha256} (check with sha256sum).`
+      : "";
     $("current-download").hidden = !(job.links && job.links.download);
     $("current-download").dataset.id = job.id;
     $("current-cancel").hidden = !ACTIVE.has(job.status);
