@@ -204,15 +204,19 @@ EXPIRE_TIMEOUT_S = 300
 class WorkerSettings(BaseModel):
     max_jobs: int = Field(default=4, ge=1)
     job_timeout_s: int = Field(default=1800, gt=0)
+    # Runs a job may lose to dying workers before the sweeper gives it up (``worker_lost``);
+    # transient failures are bounded by retry_budget_s instead, however many tries it takes.
     max_tries: int = Field(default=5, ge=1)
     poll_delay_s: float = Field(default=0.1, gt=0)
     # Time given to running jobs on SIGTERM; keep below the pod's terminationGracePeriodSeconds.
     shutdown_grace_s: int = Field(default=60, ge=0)
     expire_cron_minute: int = Field(default=17, ge=0, le=59)
-    # Transient failures retry with exponential backoff and full jitter (base * 2^n, capped),
-    # at most max_tries runs and never past retry_budget_s after the export was requested.
+    # Transient failures (an outage of mail, S3, DynamoDB or the database) retry with
+    # exponential backoff and full jitter (base * 2^n, capped: a long outage costs one try
+    # every half minute on average), never past retry_budget_s after the export was
+    # requested (a failure notice: after it failed).
     retry_base_s: float = Field(default=2.0, gt=0)
-    retry_cap_s: float = Field(default=120.0, gt=0)
+    retry_cap_s: float = Field(default=60.0, gt=0)
     retry_budget_s: int = Field(default=1800, gt=0)
     # Recovery sweeper (an arq cron, unique across workers): how often it runs (seconds,
     # dividing 60 or a multiple of 60), how long a queued job may be missing from the queue,

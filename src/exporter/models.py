@@ -109,6 +109,18 @@ class ExportJob:
     last_downloaded_at: datetime | None = None
     # The manifest's checksum: SHA-256 of the file, computed while it was written.
     sha256: str | None = None
+    # Set once the whole file is stored (with row_count, byte_size, file_name, sha256): a
+    # re-run after a failed delivery sends that file instead of running its COPY again.
+    file_stored_at: datetime | None = None
+    # A run that hit a transient failure waits for its next try, within the retry budget:
+    # when (``next_attempt_at``), why in plain words (``last_error``), and how many runs
+    # ended that way (``retries``; so runs lost to dead workers are ``attempts - retries``).
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    retries: int = 0
+    # A failed export's notice could not be sent yet (the mail service is down): its next
+    # try, within the retry budget counted from the failure.
+    notice_next_attempt_at: datetime | None = None
     # The channel refused the file for good (e.g. the mail server rejected the address):
     # the export still succeeded (the file is stored and downloadable), and this says why
     # it did not arrive.

@@ -210,7 +210,7 @@ def test_the_size_estimate_is_never_below_the_real_message() -> None:
     assert len(message.as_bytes()) <= encoded_message_size(len(content))
 
 
-async def test_a_rerun_that_attaches_keeps_one_file_of_the_new_snapshot(
+async def test_a_rerun_sends_the_stored_file_attached_when_it_fits_without_a_new_copy(
     tiny_limit_settings: Settings,
     resources: Resources,
     seeded_job: SeededJob,
@@ -220,16 +220,19 @@ async def test_a_rerun_that_attaches_keeps_one_file_of_the_new_snapshot(
     user, job = await seeded_job(50)
     uploaded = await uploaded_but_unsent(tiny_limit_settings, resources, job)
     assert uploaded is not None and uploaded.file_key is not None
+    assert uploaded.file_stored_at is not None and uploaded.row_count == 50
     await seed_rows(user.user_id, 5)  # the data changed before the re-run
 
-    # The re-run runs under the normal limit: the file fits in the email this time.
+    # The re-run runs under the normal limit: the stored file fits in the email this time.
     outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     done = await resources.jobs.get(job.job_id)
     assert done is not None
-    assert done.delivery == "email_attachment" and done.row_count == 55
-    assert done.file_key == uploaded.file_key  # the same key, overwritten: one object
+    # The file produced before the failed send, not a new COPY of the changed data.
+    assert done.delivery == "email_attachment" and done.row_count == 50
+    assert done.file_stored_at == uploaded.file_stored_at and done.sha256 == uploaded.sha256
+    assert done.file_key == uploaded.file_key  # one object
     listing = await resources.files._client.list_objects_v2(
         Bucket=resources.files.bucket, Prefix=f"{resources.settings.s3.key_prefix}{job.job_id}/"
     )

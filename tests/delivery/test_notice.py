@@ -1,11 +1,18 @@
 """The failure notice (delivery/notice.py): one plain email when an export fails, at most
-once, and a notice that cannot be sent changes nothing about the failure."""
+once; a notice the mail service cannot take yet is retried, and changes nothing about the
+failure."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
 from exporter.dev.smtp import SmtpSink
-from exporter.jobs.run import run_export
-from exporter.models import ExportMessageV1, JobState
+from exporter.exports.view import job_body
+from exporter.jobs.run import RetryLater, run_export
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from tests.conftest import MakeUser
 from tests.helpers import new_job, without_smtp
@@ -36,17 +43,40 @@ async def test_a_failed_export_sends_one_plain_failure_notice(
     assert failed is not None and failed.email_sent_at is not None
 
 
-async def test_a_notice_that_cannot_be_sent_leaves_the_failure_as_it_is(
-    resources: Resources, make_user: MakeUser
+async def test_a_notice_the_mail_service_cannot_take_is_sent_once_it_is_back(
+    resources: Resources, make_user: MakeUser, smtp_sink: SmtpSink
 ) -> None:
     user = await make_user()
-    job = await new_job(resources, user.user_id)
-    down = without_smtp(resources)
+    job = ExportJob.new(
+        user_id=user.user_id,
+        fmt=ExportFormat.CSV,
+        now=utcnow() - timedelta(hours=1),
+        retention_s=7200,
+    )
+    await resources.jobs.create(job)
+    spent = resources.settings.model_copy(
+        update={"worker": resources.settings.worker.model_copy(update={"retry_budget_s": 600})}
+    )
+    down = dataclasses.replace(without_smtp(resources), settings=spent)
     payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
 
-    outcome = await run_export(down, payload, attempt=3, max_attempts=3)
-
-    assert outcome is not None and outcome.status is JobState.FAILED
+    # The budget is spent: the export fails, and its notice cannot go out yet.
+    with pytest.raises(RetryLater):
+        await run_export(down, payload, attempt=1, max_attempts=3)
     failed = await resources.jobs.get(job.job_id)
-    assert failed is not None and failed.error_code == "smtp_unavailable"
-    assert failed.email_sent_at is None
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "smtp_unavailable" and failed.email_sent_at is None
+    assert job_body(failed)["failure_notice"] == "pending"
+    with pytest.raises(RetryLater):  # still down: retried again, the failure unchanged
+        await run_export(down, payload, attempt=2, max_attempts=3)
+
+    # The mail service is back: the next try sends exactly one notice; later ones nothing.
+    await run_export(resources, payload, attempt=3, max_attempts=3)
+    await run_export(resources, payload, attempt=4, max_attempts=3)
+
+    (notice,) = smtp_sink.for_export(job.job_id)
+    assert notice["To"] == user.email
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.FAILED
+    assert done.error_code == "smtp_unavailable" and done.email_sent_at is not None
+    assert job_body(done)["failure_notice"] == "sent"

@@ -24,7 +24,14 @@ from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, 
 from exporter.resources import Resources
 from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser, RunWorker, SeededJob, SeedRows
-from tests.helpers import deliver, login, new_job, with_exports, without_smtp
+from tests.helpers import (
+    attachment_rows,
+    deliver,
+    login,
+    new_job,
+    with_exports,
+    without_smtp,
+)
 
 
 async def test_redelivered_finished_job_sends_no_second_email(
@@ -118,24 +125,37 @@ async def test_export_for_a_deleted_user_fails_without_email(
     assert smtp_sink.for_export(job.job_id) == []
 
 
-async def test_smtp_outage_is_retried_then_recorded_as_failed(
+async def test_an_smtp_outage_is_waited_out_past_max_tries_without_a_second_copy(
     resources: Resources,
     seeded_job: SeededJob,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
 ) -> None:
     user, job = await seeded_job(5)
     down = without_smtp(resources)
     payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
 
-    with pytest.raises(RetryLater):
-        await run_export(down, payload, attempt=1, max_attempts=2)
-    retried = await resources.jobs.get(job.job_id)
-    assert retried is not None and retried.status is JobState.IN_PROGRESS
+    # More tries than max_tries: an outage is bounded by the retry budget, not a count.
+    for attempt in (1, 2, 3, 4):
+        with pytest.raises(RetryLater):
+            await run_export(down, payload, attempt=attempt, max_attempts=2)
+    waiting = await resources.jobs.get(job.job_id)
+    assert waiting is not None and waiting.status is JobState.IN_PROGRESS
+    assert waiting.attempts == 4 and waiting.retries == 4 and waiting.error_code is None
+    assert waiting.next_attempt_at is not None and waiting.next_attempt_at > utcnow()
+    assert waiting.last_error is not None
+    assert waiting.last_error.startswith("The mail service is unavailable; we will keep trying")
+    stored_at = waiting.file_stored_at
+    assert stored_at is not None and waiting.row_count == 5
 
-    await run_export(down, payload, attempt=2, max_attempts=2)
-    failed = await resources.jobs.get(job.job_id)
-    assert failed is not None and failed.status is JobState.FAILED
-    assert failed.error_code == "smtp_unavailable"
-    assert failed.attempts == 2
+    await seed_rows(user.user_id, 3)  # the data changes while the mail service is down
+    outcome = await run_export(resources, payload, attempt=5, max_attempts=2)
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.file_stored_at == stored_at  # no second COPY
+    (message,) = smtp_sink.for_export(job.job_id)
+    assert len(attachment_rows(message)) == 1 + 5  # the file produced before the outage
 
 
 async def test_a_delivered_export_is_counted_and_audited(
@@ -224,11 +244,17 @@ async def test_transient_errors_stop_retrying_once_the_time_budget_is_spent(
     )
     down = dataclasses.replace(without_smtp(resources), settings=budget)
 
-    outcome = await run_export(
-        down, ExportMessageV1(job.job_id, user.user_id).to_payload(), attempt=1, max_attempts=5
-    )
+    # The export fails at once (its budget is spent); its notice then waits for the mail
+    # service (a budget of its own, from the failure).
+    with pytest.raises(RetryLater):
+        await run_export(
+            down, ExportMessageV1(job.job_id, user.user_id).to_payload(), attempt=1, max_attempts=5
+        )
 
-    assert outcome is not None and outcome.status is JobState.FAILED
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "smtp_unavailable" and failed.attempts == 1
+    assert failed.notice_next_attempt_at is not None
 
 
 # --- progress and heartbeat while a real export runs -----------------------------------------

@@ -170,6 +170,22 @@ class ExportResponse(Schema):
         metadata={"description": "How many times its download links were used (audited)."},
     )
     last_downloaded_at = fields.DateTime(allow_none=True)
+    next_attempt_at = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "While an outage is waited out (status stays `in_progress`): "
+            "when the next try starts."
+        },
+    )
+    last_error = fields.String(
+        allow_none=True,
+        metadata={"description": "While waiting for the next try: what is wrong, in words."},
+    )
+    failure_notice = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(["sent", "pending", "not_sent"]),
+        metadata={"description": "For a failed export: whether its notice email went out."},
+    )
     manifest = fields.Nested(
         ExportManifest,
         allow_none=True,

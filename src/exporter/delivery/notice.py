@@ -1,13 +1,16 @@
 """The failure notice: one short, honest email when an export ends ``failed``.
 
-Best effort and at most once. Only the run (or sweep) that won the conditional move to
-``failed`` calls this (so one process per export), it tries once, and it records
-``delivered_at`` (stored as ``email_sent_at``) after the server accepted. A failure to send
-is logged and counted, never retried: it must not change the job's state or start a retry
-storm against a mail service that is already failing.
+At most once. Only the run (or sweep) that won the conditional move to ``failed`` calls
+this (so one process per export), and it records ``delivered_at`` (stored as
+``email_sent_at``) after the server accepted. A notice the mail service could not take is
+``"failed"``: the run retries it with the same capped, jittered backoff as any transient
+failure, within the retry budget counted from the failure (``jobs/run.py``), and the job
+shows it is pending (``notice_next_attempt_at``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import structlog
 
@@ -39,17 +42,21 @@ GENERIC_REASON = "an internal error on our side."
 NO_NOTICE = frozenset({"user_unavailable", "recipient_refused", "bad_message"})
 
 
-async def send_failure_notice(resources: Resources, job: ExportJob) -> bool:
-    """Email the owner of a failed export; True if the mail server accepted the notice."""
+NoticeOutcome = Literal["sent", "skipped", "failed"]
+
+
+async def send_failure_notice(resources: Resources, job: ExportJob) -> NoticeOutcome:
+    """Email the owner of a failed export: ``sent`` (the server accepted it), ``skipped``
+    (not due), or ``failed`` (a later try may succeed)."""
     code = job.error_code or ""
     if job.status is not JobState.FAILED or code in NO_NOTICE or job.delivered_at is not None:
         observe_failure_notice("skipped")
-        return False
+        return "skipped"
     try:
         user = await resources.users.get(job.user_id)
         if user is None or not user.active:
             observe_failure_notice("skipped")
-            return False
+            return "skipped"
         message = build_failure_message(
             sender=resources.mailer.sender,
             recipient=user.email,
@@ -60,7 +67,7 @@ async def send_failure_notice(resources: Resources, job: ExportJob) -> bool:
     except ExporterError as exc:
         observe_failure_notice("failed")
         log.warning("export.notice_failed", error_code=code, error=str(exc))
-        return False
+        return "failed"
     observe_failure_notice("sent")
     try:
         await lifecycle.record_notice_sent(resources.jobs, job.job_id)
@@ -68,4 +75,4 @@ async def send_failure_notice(resources: Resources, job: ExportJob) -> bool:
         # Sent, but not recorded: nothing re-sends notices, so this only loses the timestamp.
         log.warning("export.notice_unrecorded", error=str(exc))
     log.info("export.notice_sent", error_code=code)
-    return True
+    return "sent"

@@ -25,8 +25,9 @@ log = structlog.stdlib.get_logger("exporter.delivery.storage")
 async def store_file(
     resources: Resources, job: ExportJob, produced: ProducedFile, *, guard: DeliveryGuard
 ) -> ExportJob:
-    """Upload ``produced`` under the export's key; the job with ``file_key`` and
-    ``file_expires_at`` set. The file is read from the start and left at the start."""
+    """Upload ``produced`` under the export's key and record it; the job as recorded (with
+    ``file_key``, ``file_expires_at`` and ``file_stored_at``). The file is read from the
+    start and left at the start."""
     key = resources.files.key_for(job.job_id, produced.name)
     now = utcnow()
     expires_at = now + timedelta(days=resources.settings.exports.retention_days)
@@ -43,6 +44,16 @@ async def store_file(
                 content_type="/".join(produced.content_type),
             )
         )
+        # What the stored file holds: a re-run after a failed delivery sends this file
+        # instead of producing it again.
+        stored = await lifecycle.record_file_stored(
+            resources.jobs,
+            job.job_id,
+            row_count=produced.rows,
+            byte_size=produced.byte_size,
+            file_name=produced.name,
+            sha256=produced.sha256,
+        )
     except BaseException:
         # The arq abort (CancelledError) or a refused write (ConditionFailed) of a cancelled
         # export: an upload that landed after the canceller deleted the object is ours to
@@ -52,7 +63,7 @@ async def store_file(
         raise
     produced.content.seek(0)
     log.info("export.uploaded", key=key, bytes=produced.byte_size)
-    return job.replace(file_key=key, file_expires_at=expires_at)
+    return stored
 
 
 async def drop_file_if_cancelled(resources: Resources, job_id: str, key: str) -> None:

@@ -44,7 +44,14 @@ async def start_run(jobs: JobStore, job_id: str) -> ExportJob:
         now=now,
         # The heartbeat starts with the run; a re-run's progress starts from nothing.
         fields={"started_at": now, "heartbeat_at": now},
-        clear=("error_code", "error_message", "rows_exported", "total_rows"),
+        # A stored file (``file_stored_at`` and its facts) stays: this run delivers it.
+        clear=(
+            "error_code",
+            "error_message",
+            "rows_exported",
+            "total_rows",
+            "next_attempt_at",
+        ),
         increment_attempts=True,
     )
 
@@ -60,6 +67,66 @@ async def record_file_location(
         expected=(JobState.IN_PROGRESS,),
         now=now or utcnow(),
         fields={"file_key": key, "file_expires_at": expires_at},
+    )
+
+
+async def record_file_stored(
+    jobs: JobStore,
+    job_id: str,
+    *,
+    row_count: int,
+    byte_size: int,
+    file_name: str,
+    sha256: str,
+) -> ExportJob:
+    """The whole file is stored: what it holds is on the record, so a re-run after a failed
+    delivery delivers this file instead of producing it again."""
+    now = utcnow()
+    return await jobs.transition(
+        job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=now,
+        fields={
+            "file_stored_at": now,
+            "row_count": row_count,
+            "byte_size": byte_size,
+            "file_name": file_name,
+            "sha256": sha256,
+        },
+    )
+
+
+async def record_retry(
+    jobs: JobStore, job: ExportJob, *, next_attempt_at: datetime, message: str
+) -> ExportJob:
+    """The run hit a transient failure and tries again at ``next_attempt_at``: the owner
+    sees when and why (``last_error``). The heartbeat moves to the next try, so the sweeper
+    waits for it before it calls the job lost."""
+    return await jobs.transition(
+        job.job_id,
+        to=JobState.IN_PROGRESS,
+        expected=(JobState.IN_PROGRESS,),
+        now=utcnow(),
+        fields={
+            "next_attempt_at": next_attempt_at,
+            "heartbeat_at": next_attempt_at,
+            "last_error": message[:_MAX_ERROR_MESSAGE],
+            "retries": job.retries + 1,
+        },
+    )
+
+
+async def record_notice_pending(
+    jobs: JobStore, job_id: str, *, next_attempt_at: datetime
+) -> ExportJob:
+    """The failure notice could not be sent yet; it is tried again at ``next_attempt_at``."""
+    return await jobs.transition(
+        job_id,
+        to=JobState.FAILED,
+        expected=(JobState.FAILED,),
+        now=utcnow(),
+        fields={"notice_next_attempt_at": next_attempt_at},
     )
 
 

@@ -58,11 +58,25 @@ def job_body(job: ExportJob) -> dict[str, Any]:
         "download_expires_at": iso(job.file_expires_at),
         "download_count": job.download_count,
         "last_downloaded_at": iso(job.last_downloaded_at),
+        # Waiting out an outage: when the next try is, and why, in plain words.
+        "next_attempt_at": iso(job.next_attempt_at) if job.status.is_active else None,
+        "last_error": job.last_error if job.status.is_active else None,
+        "failure_notice": failure_notice(job),
         "manifest": manifest(job),
         "delivery_error": delivery_error,
         "error": error,
         "links": links,
     }
+
+
+def failure_notice(job: ExportJob) -> str | None:
+    """For a failed export: ``sent``, ``pending`` (the mail service is away; retried), or
+    ``not_sent``; None otherwise."""
+    if job.status is not JobState.FAILED:
+        return None
+    if job.delivered_at is not None:
+        return "sent"
+    return "pending" if job.notice_next_attempt_at is not None else "not_sent"
 
 
 # Timestamps in every file are UTC (ISO 8601 with ``Z``).

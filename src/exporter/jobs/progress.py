@@ -67,6 +67,12 @@ class ExportProgress:
         await self._flush()
         self._started.set()
 
+    async def start_produced(self, total: int) -> None:
+        """The file exists already (stored by an earlier run): every row is written, and
+        the heartbeat runs while it is delivered."""
+        self._lines = total + 1  # the header line, then every row
+        await self.start(total)
+
     def due_in(self) -> float:
         """Seconds until the next write is due; 0 when it is due now."""
         if self._last_write is None:

@@ -30,7 +30,8 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import IO, Any, TypeVar
 
 import structlog
 
@@ -68,9 +69,10 @@ class RetryLater(Exception):
         self.delay_s = delay_s
 
 
-def backoff_delay(attempt: int, *, base_s: float = 2.0, cap_s: float = 120.0) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog), attempt counted from 1."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
+def backoff_delay(attempt: int, *, base_s: float = 2.0, cap_s: float = 60.0) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog), attempt counted from 1.
+    The exponent stops growing long before the cap matters (a float has its limits)."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** min(attempt - 1, 32)))  # noqa: S311
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,7 @@ async def run_export(
         # was asked for, which the retry budget counts from): back off like any other
         # transient failure, within max_tries; after that the sweeper finds it queued.
         if attempt < max_attempts:
-            _retry_within_budget(resources, None, exc, attempt)
+            await _retry_within_budget(resources, None, exc, attempt)
         raise
     if job is None:
         log.warning("export.record_missing")
@@ -109,19 +111,26 @@ async def run_export(
             resources, job.job_id, ExportFailed("bad_message", "user mismatch"), started=started
         )
     if job.status.is_terminal:
+        if _notice_pending(job):
+            await _notify(resources, job, attempt=attempt)
         log.info("export.already_finished", status=job.status.value)
         return _outcome(job)
     try:
         return await _export(resources, job, started=started)
     except ExportFailed as exc:
-        if exc.transient and attempt < max_attempts:
-            _retry_within_budget(resources, job, exc, attempt)
-        return await _fail(resources, job.job_id, exc, started=started)
+        # Transient trouble (an outage of the mail service, S3, DynamoDB, the database) is
+        # waited out for as long as the retry budget allows, whatever the number of tries.
+        if exc.transient:
+            await _retry_within_budget(resources, job, exc, attempt)
+        return await _fail(resources, job.job_id, exc, started=started, attempt=attempt)
     except StoreUnavailable as exc:
-        if attempt < max_attempts:
-            _retry_within_budget(resources, job, exc, attempt)
+        await _retry_within_budget(resources, job, exc, attempt)
         return await _fail(
-            resources, job.job_id, ExportFailed("store_unavailable", str(exc)), started=started
+            resources,
+            job.job_id,
+            ExportFailed("store_unavailable", str(exc)),
+            started=started,
+            attempt=attempt,
         )
     except ConditionFailed:
         # Someone else moved the record on (a parallel delivery finished it): nothing to do.
@@ -144,21 +153,55 @@ async def run_export(
         )
 
 
-def _retry_within_budget(
+async def _retry_within_budget(
     resources: Resources, job: ExportJob | None, exc: Exception, attempt: int
 ) -> None:
     """Raise ``RetryLater`` unless the next try would start past the retry budget (counted
     from the request, so a job cannot hop between transient errors for hours). Without the
-    job (its record could not be read) only ``max_tries`` bounds the retries."""
+    job (its record could not be read) only ``max_tries`` bounds the retries. The record
+    says when the next try is and why, in words its owner can read."""
     worker = resources.settings.worker
     delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
     if job is not None:
-        elapsed = (utcnow() - job.created_at).total_seconds()
-        if elapsed + delay > worker.retry_budget_s:
+        now = utcnow()
+        deadline = job.created_at + timedelta(seconds=worker.retry_budget_s)
+        if now + timedelta(seconds=delay) > deadline:
             log.warning("export.retry_budget_spent", error=str(exc), attempt=attempt)
             return
+        try:
+            await lifecycle.record_retry(
+                resources.jobs,
+                job,
+                next_attempt_at=now + timedelta(seconds=delay),
+                message=waiting_message(exc, deadline),
+            )
+        except StoreError as store_exc:
+            # Best effort: the retry is what matters; a record that moved on (cancelled)
+            # makes the next try a no-op.
+            log.info("export.retry_unrecorded", error=str(store_exc))
     log.warning("export.retry", error=str(exc), attempt=attempt, delay_s=round(delay, 2))
     raise RetryLater(delay) from exc
+
+
+# What a transient failure means to the person waiting, by error code (never the exception).
+_WAITING_FOR = {
+    "smtp_unavailable": "the mail service is unavailable",
+    "smtp_rejected": "the mail service asked us to slow down",
+    "recipient_refused": "the mail service refused the message for now",
+    "database_unavailable": "the membership database is unavailable",
+    "store_unavailable": "our storage is unavailable",
+}
+
+
+def waiting_message(exc: Exception, deadline: datetime) -> str:
+    """``last_error`` of a job waiting for its next try: what is wrong, and until when we try."""
+    code = getattr(exc, "code", None)
+    if isinstance(exc, StoreUnavailable):
+        code = "store_unavailable"
+    what = _WAITING_FOR.get(
+        code if isinstance(code, str) else "", "a service we use is unavailable"
+    )
+    return f"{what[0].upper()}{what[1:]}; we will keep trying until {deadline:%Y-%m-%d %H:%M} UTC."
 
 
 async def _export(resources: Resources, job: ExportJob, *, started: float) -> ExportOutcome:
@@ -185,31 +228,34 @@ async def _produce_and_deliver(
         # ConditionFailed from a progress write (the job moved on) leaves this block, so
         # the spooled file is discarded with it.
         stream_started = time.monotonic()
-        written = await write_export_file(
-            resources.pg_export,
-            job.user_id,
-            spool,
-            fmt=job.format,
-            bom=job.bom,
-            progress=progress,
-            timeout_s=settings.copy_timeout_s,
-        )
+        produced = await _stored_file(resources, job, spool, progress)
+        if produced is None:
+            written = await write_export_file(
+                resources.pg_export,
+                job.user_id,
+                spool,
+                fmt=job.format,
+                bom=job.bom,
+                progress=progress,
+                timeout_s=settings.copy_timeout_s,
+            )
+            spool.seek(0)
+            produced = ProducedFile(
+                content=spool,
+                name=export_file_name(job),
+                rows=written.rows,
+                byte_size=written.file_bytes,
+                content_type=job.format.content_type,
+                sha256=written.sha256,
+            )
+            guard = _RunGuard(resources, job, produced, progress)
+            # Every file is kept before it is delivered: downloadable until it expires,
+            # from the page, the API and the email's link, whatever happens to the email;
+            # and a delivery that must be retried sends this file, not a new COPY.
+            job = await store_file(resources, job, produced, guard=guard)
+        else:
+            guard = _RunGuard(resources, job, produced, progress)
         streamed = time.monotonic()
-        spool.seek(0)
-        produced = ProducedFile(
-            content=spool,
-            name=export_file_name(job),
-            rows=written.rows,
-            byte_size=written.file_bytes,
-            content_type=job.format.content_type,
-            sha256=written.sha256,
-        )
-        # The spool stays open until the channel has delivered: it may read the file while
-        # it sends it.
-        guard = _RunGuard(resources, job, produced, progress)
-        # Every file is kept before it is delivered: downloadable until it expires, from
-        # the page, the API and the email's link, whatever happens to the email.
-        job = await store_file(resources, job, produced, guard=guard)
         assert job.file_key is not None
         try:
             receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
@@ -237,6 +283,54 @@ async def _produce_and_deliver(
         stream_started=stream_started,
         streamed=streamed,
     )
+
+
+async def _stored_file(
+    resources: Resources, job: ExportJob, spool: IO[bytes], progress: ExportProgress
+) -> ProducedFile | None:
+    """The file an earlier run of this export stored (its delivery failed and is being
+    retried), fetched into ``spool``; None when there is none to reuse."""
+    if (
+        job.file_stored_at is None
+        or job.file_key is None
+        or job.sha256 is None
+        or job.row_count is None
+        or job.byte_size is None
+        or job.file_name is None
+    ):
+        return None
+    try:
+        size = await progress.run(_fetch(resources, job.file_key, spool, progress, job.row_count))
+    except StoreUnavailable:
+        raise  # S3 is away for now: retried like any other outage
+    except StoreError as exc:
+        # Gone or unreadable for good: produce it again.
+        log.warning("export.stored_file_unusable", key=job.file_key, error=str(exc))
+        spool.seek(0)
+        spool.truncate()
+        return None
+    if size != job.byte_size:
+        log.warning("export.stored_file_unusable", key=job.file_key, bytes=size)
+        spool.seek(0)
+        spool.truncate()
+        return None
+    spool.seek(0)
+    log.info("export.stored_file_reused", key=job.file_key, bytes=size)
+    return ProducedFile(
+        content=spool,
+        name=job.file_name,
+        rows=job.row_count,
+        byte_size=job.byte_size,
+        content_type=job.format.content_type,
+        sha256=job.sha256,
+    )
+
+
+async def _fetch(
+    resources: Resources, key: str, spool: IO[bytes], progress: ExportProgress, rows: int
+) -> int:
+    await progress.start_produced(rows)  # the heartbeat runs during the download
+    return await resources.files.download(key, spool)
 
 
 async def _succeeded(
@@ -372,7 +466,7 @@ def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
 
 
 async def _fail(
-    resources: Resources, job_id: str, exc: ExportFailed, *, started: float
+    resources: Resources, job_id: str, exc: ExportFailed, *, started: float, attempt: int = 1
 ) -> ExportOutcome | None:
     """Move the record to ``failed`` (unless the file was already delivered) and count it,
     timed from ``started`` (the pick-up, ``time.monotonic()``) as successes are."""
@@ -396,8 +490,40 @@ async def _fail(
     observe_export_finished("failed", exc.code, duration_s=time.monotonic() - started)
     log.warning("export.failed", error_code=exc.code, error=exc.message)
     # Only the run that made the record failed gets here, so one notice per export.
-    await send_failure_notice(resources, job)
+    await _notify(resources, job, attempt=attempt)
     return ExportOutcome(job.job_id, job.status)
+
+
+def _notice_pending(job: ExportJob) -> bool:
+    """A failed export whose notice is waiting for the mail service."""
+    return (
+        job.status is JobState.FAILED
+        and job.notice_next_attempt_at is not None
+        and job.delivered_at is None
+    )
+
+
+async def _notify(resources: Resources, job: ExportJob, *, attempt: int) -> None:
+    """Send the failure notice; when the mail service cannot take it, try again later (the
+    same backoff, within the retry budget counted from the failure), saying so on the job."""
+    if await send_failure_notice(resources, job) != "failed":
+        return
+    worker = resources.settings.worker
+    delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
+    now = utcnow()
+    failed_at = job.finished_at or now
+    if now + timedelta(seconds=delay) > failed_at + timedelta(seconds=worker.retry_budget_s):
+        log.warning("export.notice_given_up", attempt=attempt)
+        return
+    try:
+        await lifecycle.record_notice_pending(
+            resources.jobs, job.job_id, next_attempt_at=now + timedelta(seconds=delay)
+        )
+    except StoreError as exc:
+        log.info("export.notice_retry_unrecorded", error=str(exc))
+        return
+    log.info("export.notice_retry", attempt=attempt, delay_s=round(delay, 2))
+    raise RetryLater(delay)
 
 
 async def finish_already_sent(resources: Resources, job: ExportJob) -> ExportOutcome:

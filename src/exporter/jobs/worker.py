@@ -142,6 +142,10 @@ def sweep_schedule(every_s: int) -> dict[str, Any]:
     return {"minute": set(range(0, 60, every_s // 60)), "second": {0}}
 
 
+# More tries than the retry budget can use up (1800 s at >= 1 s each, with room to spare).
+ARQ_MAX_TRIES = 100_000
+
+
 def health_check_key(settings: Settings) -> str:
     host = os.environ.get("HOSTNAME") or socket.gethostname()
     return f"{settings.redis.queue_name}:health-check:{host}"
@@ -154,7 +158,9 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
         func(
             run_export_task,
             name=RUN_EXPORT,
-            max_tries=worker.max_tries,
+            # Our own policy bounds the retries (jobs/run.py: the retry budget), not arq's
+            # count of tries: an outage of half an hour may take dozens.
+            max_tries=ARQ_MAX_TRIES,
             timeout=worker.job_timeout_s,
         )
     ]

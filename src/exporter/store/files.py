@@ -29,6 +29,10 @@ def s3_errors(operation: str) -> AbstractContextManager[None]:
     return aws_errors(operation, retryable_codes=_RETRYABLE_CODES)
 
 
+# Read size of a download into the worker's spool: large enough to keep the loop cheap.
+_DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+
+
 class ExportFiles:
     """The export bucket, as the worker (upload, delete) and the API (sign) need it."""
 
@@ -110,6 +114,20 @@ class ExportFiles:
                 ExpiresIn=self._settings.presign_ttl_s,
             )
         return url
+
+    async def download(self, key: str, out: IO[bytes]) -> int:
+        """Write the stored file into ``out`` in chunks (never whole in memory); its size.
+        A re-run of an export whose file is stored delivers it from here instead of running
+        its COPY again."""
+        written = 0
+        with s3_errors("get_object"):
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                while chunk := await body.read(_DOWNLOAD_CHUNK_BYTES):
+                    out.write(chunk)
+                    written += len(chunk)
+        out.flush()
+        return written
 
     async def delete(self, key: str) -> None:
         """Remove the file; deleting one that is already gone is fine."""

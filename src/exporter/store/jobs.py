@@ -29,6 +29,9 @@ _TIMESTAMP_FIELDS = (
     "email_sent_at",
     "file_expires_at",
     "last_downloaded_at",
+    "file_stored_at",
+    "next_attempt_at",
+    "notice_next_attempt_at",
 )
 _INT_FIELDS = (
     "attempts",
@@ -37,6 +40,7 @@ _INT_FIELDS = (
     "rows_exported",
     "total_rows",
     "download_count",
+    "retries",
 )
 _STR_FIELDS = (
     "file_name",
@@ -47,6 +51,7 @@ _STR_FIELDS = (
     "sha256",
     "delivery_error_code",
     "delivery_error_message",
+    "last_error",
 )
 _BOOL_FIELDS = ("bom",)
 # What one run leaves on the record; a requeued job starts without it.
@@ -68,6 +73,11 @@ _RUN_OUTCOME_FIELDS = (
     "sha256",
     "delivery_error_code",
     "delivery_error_message",
+    "file_stored_at",
+    "next_attempt_at",
+    "last_error",
+    "retries",
+    "notice_next_attempt_at",
 )
 
 
@@ -143,6 +153,11 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         sha256=get_s(item, "sha256"),
         delivery_error_code=get_s(item, "delivery_error_code"),
         delivery_error_message=get_s(item, "delivery_error_message"),
+        file_stored_at=ts("file_stored_at"),
+        next_attempt_at=ts("next_attempt_at"),
+        last_error=get_s(item, "last_error"),
+        retries=get_n(item, "retries") or 0,
+        notice_next_attempt_at=ts("notice_next_attempt_at"),
     )
 
 

@@ -250,7 +250,7 @@
           ? `Waiting to start (number ${job.queue_position} in the queue)`
           : "Waiting to start";
       case "in_progress":
-        return "Being made";
+        return job.last_error ? `Delayed: ${job.last_error}` : "Being made";
       case "succeeded":
         if (job.delivery_error) {
           return `Ready to download here: the e-mail could not be delivered (${job.delivery_error.message})`;
