@@ -247,6 +247,8 @@ class TokenService:
         """Verify signature, algorithm, issuer, audience, lifetime and token type."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("token missing or too long")
+        if not token.isascii():  # a JWS compact serialisation is base64url and dots only
+            raise TokenError("token is not ASCII")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
