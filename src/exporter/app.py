@@ -17,7 +17,12 @@ from marshmallow import ValidationError
 
 from exporter import __version__
 from exporter.api import setup_routes
-from exporter.api.hardening import parse_json_body, read_body, unambiguous_query_middleware
+from exporter.api.hardening import (
+    parse_json_body,
+    read_body,
+    safe_name,
+    unambiguous_query_middleware,
+)
 from exporter.api.metrics import metrics_middleware
 from exporter.api.openapi import Handler, document_problems
 from exporter.api.security import security_headers_middleware
@@ -162,7 +167,10 @@ def _validation_error(
     def walk(messages: Any, location: str, prefix: str) -> None:
         if isinstance(messages, dict):
             for key, value in messages.items():
-                walk(value, location, f"{prefix}.{key}" if prefix else str(key))
+                # Field names are named back only when they are plain identifiers: an
+                # unknown field's name is the caller's input, and nothing else is echoed.
+                name = safe_name(str(key)) or "(unnamed)"
+                walk(value, location, f"{prefix}.{name}" if prefix else name)
         elif isinstance(messages, list):
             details.extend(
                 {"field": prefix or "$", "message": str(m), "location": location} for m in messages

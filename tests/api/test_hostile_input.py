@@ -269,6 +269,11 @@ APP_CASES = {
         400,
         "repeated_query_parameter",
     ),
+    "unknown Expect (aiohttp answers it before any middleware)": (
+        request_bytes("GET", "/healthz", headers={"Expect": f"<{MARK}>"}),
+        417,
+        "expectation_failed",
+    ),
     "query bytes that are not UTF-8": (
         request_bytes("GET", f"/v1/exports/%ff%fe{MARK}"),
         422,

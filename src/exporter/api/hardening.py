@@ -27,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The bound also keeps every later recursive walk (validation, logging) far from the
 # interpreter's recursion limit.
 MAX_JSON_DEPTH = 32
-_SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 def safe_name(name: str) -> str | None:

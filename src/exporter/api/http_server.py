@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -49,6 +50,7 @@ PROBLEM_JSON = "application/problem+json"
 # Behind the ALB (idle timeout 60 s) a backend must keep idle connections open longer than
 # the balancer does, or the ALB reuses a connection we are closing (502s).
 KEEPALIVE_TIMEOUT_S = 75.0
+Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 # Route label of requests the parser refused: they never matched a route.
 UNPARSED_ROUTE = "unparsed"
 
@@ -123,6 +125,40 @@ def problem_response(error: ApiError) -> web.Response:
     )
     response.force_close()
     return response
+
+
+def _expectation_failed() -> ApiError:
+    error = BadRequest("Only 'Expect: 100-continue' is supported.", code="expectation_failed")
+    error.status, error.title = 417, "Expectation Failed"
+    return error
+
+
+def _refused(error: ApiError, reason: str) -> web.Response:
+    log.warning("http.rejected", status=error.status, code=error.code, reason=reason)
+    observe_http_request("-", UNPARSED_ROUTE, error.status, 0.0)
+    return problem_response(error)
+
+
+def answer_early_exits_as_problems(handler: Handler) -> Handler:
+    """Wrap the application's handler for what aiohttp does before the middleware chain:
+    its ``Expect`` handler answers an unknown expectation 417 ``text/plain`` quoting the
+    header (and fails with a 500 on non-UTF-8 bytes), so the header is checked here first;
+    any other ``HTTPException`` raised there becomes a problem too."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.strip().lower() != "100-continue":
+            return _refused(_expectation_failed(), "Expect")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = BadRequest(exc.reason, code="http_error")  # the reason phrase: fixed text
+            error.status, error.title = exc.status, exc.reason
+            return _refused(error, type(exc).__name__)
+
+    return handle
 
 
 class ProblemRequestHandler(RequestHandler):
@@ -225,7 +261,7 @@ class ApiRunner(web.AppRunner):
         # handler argument resolved; rebuild it as an ApiServer with the same arguments.
         server = await super()._make_server()
         return ApiServer(
-            server.request_handler,
+            answer_early_exits_as_problems(server.request_handler),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
