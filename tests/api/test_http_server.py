@@ -12,7 +12,8 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from exporter.api.http_server import ApiServer, ProblemRequestHandler
 
-# sha256 (first 16 hex digits) of the source of each aiohttp function we override or imitate, at the pinned version.
+# sha256 (first 16 hex digits) of the source of each aiohttp function we override or
+# imitate, at the pinned version.
 PINNED_VERSION = "3.14.5"
 PINNED_SOURCES = {
     "RequestHandler.handle_error": "94962ffef500c172",
