@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +26,7 @@ PINNED_SOURCES = {
 
 
 def _sources() -> dict[str, str]:
-    functions = {
+    functions: dict[str, Callable[..., Any]] = {
         "RequestHandler.handle_error": RequestHandler.handle_error,
         "RequestHandler._make_error_handler": RequestHandler._make_error_handler,
         "RequestHandler.data_received": RequestHandler.data_received,
