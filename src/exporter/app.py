@@ -18,6 +18,12 @@ from marshmallow import ValidationError
 from exporter import __version__
 from exporter.api import setup_routes
 from exporter.api.access_log import RedactingAccessLogger
+from exporter.api.hardening import (
+    parse_json_body,
+    read_body,
+    safe_name,
+    unambiguous_query_middleware,
+)
 from exporter.api.metrics import metrics_middleware
 from exporter.api.openapi import Handler, document_problems
 from exporter.api.security import security_headers_middleware
@@ -137,11 +143,9 @@ async def json_body_middleware(request: web.Request, handler: Handler) -> web.St
     if request.method in _BODY_METHODS and request.can_read_body:
         if request.content_type != "application/json":
             raise UnsupportedMediaType("Send the body as application/json.")
-        raw = await request.read()  # bounded by client_max_size: 413 past it
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("The body is not valid JSON.", code="malformed_json") from None
+        # Bounded by client_max_size (413 past it) and by the body deadline (408).
+        raw = await read_body(request, timeout_s=request.app[SETTINGS].api.body_timeout_s)
+        body = parse_json_body(raw) if raw.strip() else None
         if body is not None and not isinstance(body, dict):
             raise ValidationFailed(
                 "The body must be a JSON object.",
@@ -164,7 +168,10 @@ def _validation_error(
     def walk(messages: Any, location: str, prefix: str) -> None:
         if isinstance(messages, dict):
             for key, value in messages.items():
-                walk(value, location, f"{prefix}.{key}" if prefix else str(key))
+                # Field names are named back only when they are plain identifiers: an
+                # unknown field's name is the caller's input, and nothing else is echoed.
+                name = safe_name(str(key)) or "(unnamed)"
+                walk(value, location, f"{prefix}.{name}" if prefix else name)
         elif isinstance(messages, list):
             details.extend(
                 {"field": prefix or "$", "message": str(m), "location": location} for m in messages
@@ -191,6 +198,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
             security_headers_middleware,
             request_context_middleware,
             errors_middleware,
+            unambiguous_query_middleware,
             json_body_middleware,
             validation_middleware,
         ],

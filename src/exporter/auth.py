@@ -266,6 +266,8 @@ class TokenService:
         """The payload of a token our keys signed with ES256 for ``audience``."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("token missing or too long")
+        if not token.isascii():  # a JWS compact serialisation is base64url and dots only
+            raise TokenError("token is not ASCII")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -257,6 +257,11 @@ class ApiSettings(BaseModel):
     # Public base URL used in links (emails, Location headers are relative).
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = Field(default=16 * 1024, ge=256)
+    # Hostile clients: a request's head must arrive within header_timeout_s of its first
+    # byte, and its whole body within body_timeout_s of the head (408 otherwise), so a client
+    # trickling bytes cannot hold a connection or a handler for minutes.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
     page_size_default: int = Field(default=20, ge=1, le=100)
     # Browser origins allowed to call the API (CORS). Empty: no CORS headers at all.
     cors_origins: list[str] = []

@@ -8,10 +8,14 @@
     │   ├── Forbidden (403)
     │   ├── NotFound (404)
     │   ├── MethodNotAllowed (405)
+    │   ├── RequestTimeout (408)      headers or body not received within their deadline
     │   ├── Conflict (409)
     │   ├── PayloadTooLarge (413)
+    │   ├── UriTooLong (414)
     │   ├── UnsupportedMediaType (415)
     │   ├── TooManyRequests (429)     carries Retry-After
+    │   ├── HeadersTooLarge (431)
+    │   ├── ClientClosedRequest (499) the client went away mid-request (nobody reads it)
     │   └── ServiceUnavailable (503)  a dependency failed; safe to retry
     ├── StoreError                    DynamoDB / PostgreSQL / S3 trouble
     │   ├── StoreUnavailable          transient: timeouts, throttling, connection loss
@@ -118,6 +122,10 @@ class MethodNotAllowed(ApiError):
     status, code, title = 405, "method_not_allowed", "Method Not Allowed"
 
 
+class RequestTimeout(ApiError):
+    status, code, title = 408, "request_timeout", "Request Timeout"
+
+
 class Conflict(ApiError):
     status, code, title = 409, "conflict", "Conflict"
 
@@ -130,6 +138,10 @@ class PayloadTooLarge(ApiError):
     status, code, title = 413, "payload_too_large", "Content Too Large"
 
 
+class UriTooLong(ApiError):
+    status, code, title = 414, "uri_too_long", "URI Too Long"
+
+
 class UnsupportedMediaType(ApiError):
     status, code, title = 415, "unsupported_media_type", "Unsupported Media Type"
 
@@ -140,6 +152,17 @@ class TooManyRequests(ApiError):
     def __init__(self, detail: str | None = None, *, retry_after_s: int, code: str | None = None):
         super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after_s))})
         self.retry_after_s = max(1, retry_after_s)
+
+
+class HeadersTooLarge(ApiError):
+    status, code, title = 431, "header_too_large", "Request Header Fields Too Large"
+
+
+class ClientClosedRequest(ApiError):
+    """nginx's 499: the client disconnected before it had sent the whole request. Nobody
+    receives the answer; it exists so metrics and logs count it apart from server errors."""
+
+    status, code, title = 499, "client_closed_request", "Client Closed Request"
 
 
 class ServiceUnavailable(ApiError):

@@ -21,8 +21,11 @@ class Passwords:
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True if ``password`` matches; with no hash, burns the same time and says False."""
         target = password_hash if password_hash is not None else self._dummy_hash
+        # "surrogatepass": text that is not Unicode (a lone surrogate) still costs one
+        # verification and fails, instead of raising; valid text encodes as UTF-8 does.
+        secret = password.encode("utf-8", "surrogatepass")
         try:
-            await asyncio.to_thread(self._hasher.verify, target, password)
+            await asyncio.to_thread(self._hasher.verify, target, secret)
         except (VerificationError, InvalidHashError):
             return False
         return password_hash is not None

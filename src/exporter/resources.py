@@ -15,7 +15,7 @@ from exporter.mail.smtp import Mailer
 from exporter.queue import ExportQueue, open_arq_redis
 from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore
-from exporter.store.jobs import JobStore
+from exporter.store.jobs import JobStore, derive_cursor_key
 from exporter.store.users import UserStore
 
 
@@ -80,9 +80,17 @@ async def open_resources(
             pg_export=pg_export,
             queue=ExportQueue(redis, queue_name=settings.redis.queue_name),
             dynamo=dynamo,
-            jobs=JobStore(dynamo, settings.dynamo),
+            jobs=JobStore(dynamo, settings.dynamo, cursor_key=_cursor_key(settings)),
             users=UserStore(dynamo, settings.dynamo),
             mailer=Mailer(settings.smtp),
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
         )
+
+
+def _cursor_key(settings: Settings) -> bytes | None:
+    """Page cursors are signed with a key derived from the JWT signing key, which every API
+    instance shares; without one (local, test) each process signs with a key of its own."""
+    if settings.jwt.private_key is None:
+        return None
+    return derive_cursor_key(settings.jwt.private_key.get_secret_value().encode())

@@ -28,7 +28,7 @@ def client_address(request: web.Request, *, trusted_proxy_hops: int) -> str:
     X-Forwarded-For (counted from the right; anything further left is caller-controlled)."""
     if trusted_proxy_hops > 0:
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
-        hops = [h for h in hops if h]
+        hops = [h for h in hops if h and h.isascii() and h.isprintable()]
         if len(hops) >= trusted_proxy_hops:
             return hops[-trusted_proxy_hops][:64]
     return request.remote or "unknown"

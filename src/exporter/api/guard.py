@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
+from exporter.api.hardening import visible_ascii
 from exporter.auth import Claims, TokenType
 from exporter.errors import Forbidden, TokenError, Unauthorized
 from exporter.keys import TOKENS
@@ -20,6 +21,10 @@ def authenticate(request: web.Request, scope: str) -> Claims:
     scheme, _, token = header.partition(" ")
     if not header or scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("A bearer access token is required.", code="missing_token")
+    if not visible_ascii(token.strip()):
+        # Raw bytes >= 0x80 (or controls): no token of ours looks like that.
+        log.info("auth.token_rejected", reason="not visible ASCII")
+        raise Unauthorized("The access token is invalid or expired.", code="invalid_token")
     try:
         claims = request.app[TOKENS].verify(token.strip(), expected_type=TokenType.ACCESS)
     except TokenError as exc:

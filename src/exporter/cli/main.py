@@ -19,8 +19,7 @@ from exporter.errors import CommandError
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+    from exporter.api.http_server import serve
     from exporter.app import create_app
     from exporter.logs import configure_logging
 
@@ -29,15 +28,14 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"invalid configuration: {exc}") from None
     configure_logging(settings)
-    web.run_app(
+    # aiohttp's server with its parser's refusals answered as problems (api/http_server.py).
+    # SIGTERM: stop listening, let in-flight requests finish for shutdown_timeout_s, then
+    # run the cleanup context (pools closed). The chart's grace period leaves room for it.
+    serve(
         app,
         host=args.host or settings.api.host,
         port=args.port or settings.api.port,
-        access_log=None,
-        # SIGTERM: stop listening, let in-flight requests finish this long, then run the
-        # cleanup context (pools closed). The chart's grace period leaves room for it.
-        shutdown_timeout=settings.api.shutdown_timeout_s,
-        print=None,
+        api=settings.api,
     )
     return 0
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
-from exporter.errors import InvalidCursor
+from exporter.errors import InvalidCursor, StoreError
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
 from exporter.store.dynamo import Item, dynamo_errors, format_ts, get_n, get_s, n, parse_ts, s
 from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, USER_CREATED_INDEX
@@ -184,10 +187,15 @@ class JobPage:
 class JobStore:
     """Create, read, list and move export jobs."""
 
-    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+    def __init__(
+        self, client: Any, settings: DynamoSettings, *, cursor_key: bytes | None = None
+    ) -> None:
+        """``cursor_key`` signs page cursors; every process that serves a user's pages needs
+        the same one (``derive_cursor_key``). Without it, one of this process's own."""
         self._client = client
         self._table = settings.jobs_table
         self._slots = settings.export_slots_table
+        self._cursor_key = cursor_key or _PROCESS_CURSOR_KEY
 
     async def create(self, job: ExportJob) -> None:
         with dynamo_errors("create_job"):
@@ -307,13 +315,20 @@ class JobStore:
             "Limit": limit,
         }
         if cursor is not None:
-            query["ExclusiveStartKey"] = _decode_cursor(cursor, user_id)
-        with dynamo_errors("list_jobs"):
-            response = await self._client.query(**query)
+            query["ExclusiveStartKey"] = _decode_cursor(cursor, user_id, key=self._cursor_key)
+        try:
+            with dynamo_errors("list_jobs"):
+                response = await self._client.query(**query)
+        except StoreError as exc:
+            # Only a cursor can make this query one DynamoDB refuses as invalid (the rest is
+            # ours): the caller's fault, never an outage. Signed cursors make it unreachable.
+            if cursor is not None and "ValidationException" in str(exc):
+                raise InvalidCursor("The page cursor is not valid.") from exc
+            raise
         last = response.get("LastEvaluatedKey")
         return JobPage(
             jobs=[item_to_job(i) for i in response.get("Items", [])],
-            next_cursor=_encode_cursor(last) if last else None,
+            next_cursor=_encode_cursor(last, key=self._cursor_key) if last else None,
         )
 
     async def transition(
@@ -670,24 +685,63 @@ class JobStore:
         return item_to_job(response["Attributes"])
 
 
-def _encode_cursor(key: Mapping[str, Any]) -> str:
-    raw = json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
+# Page cursors are the DynamoDB key of the last item, signed (HMAC-SHA256, bound to the user
+# they were issued for), so a crafted cursor never reaches DynamoDB as an ExclusiveStartKey.
+_CURSOR_VERSION = "1"
+_CURSOR_MAC_BYTES = 16  # 128-bit tag: forgery is out of reach, the cursor stays short
+_PROCESS_CURSOR_KEY = secrets.token_bytes(32)
+
+
+def derive_cursor_key(secret: bytes) -> bytes:
+    """The cursor-signing key derived from a service secret (the JWT signing key), so every
+    API instance shares it and it never doubles as the secret it came from."""
+    return hmac.new(secret, b"exporter/page-cursor/v1", hashlib.sha256).digest()
+
+
+def _cursor_mac(key: bytes, user_id: str, payload: bytes) -> bytes:
+    message = b"\x00".join((_CURSOR_VERSION.encode(), user_id.encode(), payload))
+    return hmac.new(key, message, hashlib.sha256).digest()[:_CURSOR_MAC_BYTES]
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, user_id: str) -> dict[str, Any]:
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _encode_cursor(last: Mapping[str, Any], *, key: bytes | None = None) -> str:
+    raw = json.dumps(last, separators=(",", ":"), sort_keys=True).encode()
+    user_id = str(last["user_id"]["S"])
+    mac = _cursor_mac(key or _PROCESS_CURSOR_KEY, user_id, raw)
+    return f"{_CURSOR_VERSION}.{_b64(raw)}.{_b64(mac)}"
+
+
+def _decode_cursor(cursor: str, user_id: str, *, key: bytes | None = None) -> dict[str, Any]:
     """Decode a page cursor, refusing anything we did not issue for this user."""
+    invalid = InvalidCursor("The page cursor is not valid.")
+    version, _, rest = cursor.partition(".")
+    payload_b64, _, mac_b64 = rest.partition(".")
+    if version != _CURSOR_VERSION or not payload_b64 or not mac_b64 or not cursor.isascii():
+        raise invalid
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        key = json.loads(raw)
-        shape_ok = (
-            isinstance(key, dict)
-            and set(key) == {"job_id", "user_id", "created_at"}
-            and all(isinstance(v, dict) and set(v) == {"S"} for v in key.values())
-            and all(isinstance(v["S"], str) for v in key.values())
-        )
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        shape_ok = False
-    if not shape_ok or key["user_id"]["S"] != user_id:
-        raise InvalidCursor("The page cursor is not valid.")
-    return dict(key)
+        raw, mac = _unb64(payload_b64), _unb64(mac_b64)
+    except (binascii.Error, ValueError):
+        raise invalid from None
+    if not hmac.compare_digest(mac, _cursor_mac(key or _PROCESS_CURSOR_KEY, user_id, raw)):
+        raise invalid
+    try:
+        decoded = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid from None
+    # We signed it, so it has our shape; checked anyway, cheaply.
+    shape_ok = (
+        isinstance(decoded, dict)
+        and set(decoded) == {"job_id", "user_id", "created_at"}
+        and all(isinstance(v, dict) and set(v) == {"S"} for v in decoded.values())
+        and all(isinstance(v["S"], str) for v in decoded.values())
+    )
+    if not shape_ok or decoded["user_id"]["S"] != user_id:
+        raise invalid
+    return dict(decoded)
