@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint typecheck format pytest fuzz bench loadtest clean
+.PHONY: help venv run demo test lint typecheck format pytest fuzz bench outage loadtest clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -41,6 +41,9 @@ bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see d
 
 fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
 	$(VENV)/bin/pytest tests/test_fuzz.py
+
+outage: venv  ## a 3-minute mail outage at the shipped retry defaults (real processes; ~4 min)
+	$(VENV)/bin/pytest -s -p no:randomly -m real_outage tests/faults/test_outages.py
 
 loadtest: venv  ## bounded load on a local stack (loopback, ~6 min); see docs/benchmarks.md
 	$(PY) bench/loadtest.py

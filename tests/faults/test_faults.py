@@ -252,7 +252,7 @@ async def test_smtp_throttling_is_waited_out(
     assert len(faulty_smtp.for_export(body["id"])) == 1
 
 
-async def test_a_rejected_recipient_fails_at_once_without_a_retry_storm(
+async def test_a_rejected_recipient_is_final_at_once_without_a_retry_storm(
     procs: Processes,
     api: Api,
     resources: Resources,
@@ -266,13 +266,16 @@ async def test_a_rejected_recipient_fails_at_once_without_a_retry_storm(
     assert status == 202
 
     job = await finished(resources.jobs, body["id"])
-    assert job.status is JobState.FAILED and job.error_code == "recipient_refused"
+    # The file is stored, so the export succeeded: the owner downloads it from the page,
+    # which says why no email came.
+    assert job.status is JobState.SUCCEEDED and job.delivery == "undelivered"
+    assert job.delivery_error_code == "recipient_refused" and job.file_key is not None
     assert job.attempts == 1
-    # A few sweeps later still nobody has tried again (the notice would bounce too: not sent).
+    # A few sweeps later still nobody has tried again (no notice either: it would bounce).
     await procs_idle(seconds=5)
     assert faulty_smtp.handler.rcpt_seen == 1
     after = await resources.jobs.get(body["id"])
-    assert after is not None and after.status is JobState.FAILED and after.attempts == 1
+    assert after is not None and after.status is JobState.SUCCEEDED and after.attempts == 1
 
 
 async def procs_idle(*, seconds: float) -> None:
