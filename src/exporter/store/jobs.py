@@ -47,6 +47,7 @@ _STR_FIELDS = (
     "sha256",
     "delivery_error_code",
     "delivery_error_message",
+    "worker_id",
 )
 _BOOL_FIELDS = ("bom",)
 # What one run leaves on the record; a requeued job starts without it.
@@ -68,6 +69,7 @@ _RUN_OUTCOME_FIELDS = (
     "sha256",
     "delivery_error_code",
     "delivery_error_message",
+    "worker_id",
 )
 
 
@@ -143,6 +145,7 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         sha256=get_s(item, "sha256"),
         delivery_error_code=get_s(item, "delivery_error_code"),
         delivery_error_message=get_s(item, "delivery_error_message"),
+        worker_id=get_s(item, "worker_id"),
     )
 
 
