@@ -510,6 +510,7 @@ def test_an_empty_bucket_name_is_refused_rather_than_guessed() -> None:
         ({"sweep_every_s": 7}, {}, "must divide 60"),
         ({"sweep_every_s": 90}, {}, "whole minutes"),
         ({"stale_after_s": 5}, {"progress_interval_s": 2.0}, "3 x exports.progress_interval_s"),
+        ({"liveness_ttl_s": 5}, {"progress_interval_s": 2.0}, "liveness_ttl_s must be at least"),
     ],
 )
 def test_recovery_settings_that_would_misfire_are_refused(

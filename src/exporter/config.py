@@ -221,15 +221,28 @@ class WorkerSettings(BaseModel):
     # Recovery sweeper (an arq cron, unique across workers): how often it runs (seconds,
     # dividing 60 or a multiple of 60), how long a queued job may be missing from the queue,
     # how old a heartbeat means the run is dead, and when an active job is given up.
-    sweep_every_s: int = Field(default=60, ge=1, le=3600)
-    sweep_queued_grace_s: int = Field(default=120, ge=1)
-    stale_after_s: int = Field(default=180, ge=1)
+    # Together they bound recovery: a killed worker's export runs again within about
+    # liveness_ttl_s + sweep_every_s (docs/reliability.md), a job Redis lost is back on the
+    # queue within sweep_queued_grace_s + sweep_every_s of its request.
+    sweep_every_s: int = Field(default=10, ge=1, le=3600)
+    sweep_queued_grace_s: int = Field(default=30, ge=1)
+    stale_after_s: int = Field(default=30, ge=1)
     max_job_age_s: int = Field(default=6 * 3600, ge=60)
+    # Each worker process keeps a liveness key in Redis that lives this long and is
+    # refreshed every third of it; a running job whose worker's key is gone (and whose own
+    # heartbeat has been quiet as long) is an orphan, requeued without waiting stale_after_s.
+    liveness_ttl_s: int = Field(default=15, ge=3, le=300)
 
     @property
     def sweep_timeout_s(self) -> int:
         """The sweeper's bound: about one interval (an overlap is safe, a hang is not)."""
         return max(10, min(self.sweep_every_s, 300))
+
+    @property
+    def liveness_refresh_s(self) -> float:
+        """How often a worker refreshes its liveness key: two refreshes may fail in a row
+        (a Redis blip, a busy event loop) before the key lapses."""
+        return self.liveness_ttl_s / 3
 
     @property
     def in_progress_marker_s(self) -> int:
@@ -302,6 +315,12 @@ class Settings(BaseSettings):
         if self.worker.stale_after_s < 3 * self.exports.progress_interval_s:
             raise ValueError(
                 "worker.stale_after_s must be at least 3 x exports.progress_interval_s"
+            )
+        if self.worker.liveness_ttl_s < 3 * self.exports.progress_interval_s:
+            # The orphan rule also waits this long for the run's own heartbeat, so a live
+            # run whose worker's key vanished (Redis wiped) keeps its job.
+            raise ValueError(
+                "worker.liveness_ttl_s must be at least 3 x exports.progress_interval_s"
             )
         return self
 

@@ -225,7 +225,8 @@ def observe_email(duration_s: float, *, ok: bool) -> None:
 SWEEPER_ACTIONS = Counter(
     "sweeper_actions",
     "What the recovery sweeper did to a job: requeued_lost (queued in DynamoDB but absent "
-    "from the queue), requeued_stale (in progress with a stale heartbeat), failed_too_old.",
+    "from the queue), requeued_orphaned (in progress, its worker process gone), "
+    "requeued_stale (in progress with a stale heartbeat), failed_too_old.",
     ["action"],
     namespace=NAMESPACE,
 )
@@ -247,7 +248,7 @@ FAILURE_NOTICES = Counter(
     ["outcome"],
     namespace=NAMESPACE,
 )
-for _action in ("requeued_lost", "requeued_stale", "failed_too_old"):
+for _action in ("requeued_lost", "requeued_orphaned", "requeued_stale", "failed_too_old"):
     SWEEPER_ACTIONS.labels(_action)
 
 

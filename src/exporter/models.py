@@ -126,6 +126,9 @@ class ExportJob:
     # it did not arrive.
     delivery_error_code: str | None = None
     delivery_error_message: str | None = None
+    # The worker process running the current attempt (``jobs/worker.py``): when its
+    # liveness key in Redis is gone, the recovery sweeper knows the run died with it.
+    worker_id: str | None = None
 
     @property
     def delivered_at(self) -> datetime | None:

@@ -2,8 +2,9 @@
 
 Everything known about arq's Redis keys lives here: enqueue, requeue, abort and withdraw a
 message, probe one export, snapshot the whole queue for the gauges and ``exporter queue
-stats``, and the workers' health keys. arq's own names appear only here and in
-``jobs/worker.py`` (the only arq adapter: the worker settings and task functions).
+stats``, the workers' health keys and their per-process liveness keys. arq's own names
+appear only here and in ``jobs/worker.py`` (the only arq adapter: the worker settings and
+task functions).
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ def health_check_prefix(queue: str) -> str:
     return f"{queue}:health-check:"
 
 
+def worker_liveness_key(queue: str, worker_id: str) -> str:
+    """One key per worker *process* (``worker_id``), unlike arq's health key, which is one
+    per host and refreshed every 30 s: this one lives seconds, so its absence says the
+    process is gone (``kill -9``, OOM, a lost node) soon after it went."""
+    return f"{queue}:worker-alive:{worker_id}"
+
+
 async def job_state(redis: ArqRedis, queue: str, job_id: str) -> dict[str, Any]:
     """What arq holds for one job id: queued (and since when), running, retry count, result."""
     async with redis.pipeline(transaction=False) as pipe:
@@ -265,6 +273,31 @@ class ExportQueue:
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"requeue failed: {type(exc).__name__}") from exc
         return await self.enqueue_export(message)
+
+    async def mark_worker_alive(self, worker_id: str, *, ttl_s: float) -> None:
+        """Say that the worker process ``worker_id`` lives, for the next ``ttl_s`` seconds."""
+        try:
+            await self._redis.set(
+                worker_liveness_key(self._queue_name, worker_id),
+                b"1",
+                px=max(1, int(ttl_s * 1000)),
+            )
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"worker liveness: {type(exc).__name__}") from exc
+
+    async def worker_alive(self, worker_id: str) -> bool:
+        """True while the worker process ``worker_id`` keeps its liveness key fresh."""
+        try:
+            return bool(await self._redis.exists(worker_liveness_key(self._queue_name, worker_id)))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"worker liveness: {type(exc).__name__}") from exc
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """A worker process stops (after its jobs ended): its liveness key goes with it."""
+        try:
+            await self._redis.delete(worker_liveness_key(self._queue_name, worker_id))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"worker liveness: {type(exc).__name__}") from exc
 
     async def withdraw(self, export_id: str) -> None:
         """Remove a message that must not run (its record is final); a no-op if absent."""

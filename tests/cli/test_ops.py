@@ -18,10 +18,10 @@ from exporter.accounts import create_user
 from exporter.cli.main import main
 from exporter.config import Settings
 from exporter.dev.smtp import SmtpSink
-from exporter.exports.lifecycle import CANCELLED_BY_OPERATOR
+from exporter.exports.lifecycle import CANCELLED_BY_OPERATOR, start_run
 from exporter.jobs.worker import build_worker_settings, worker_is_healthy
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.resources import Resources
+from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, RunWorker, SeedRows
 from tests.helpers import login, scraped
 
@@ -92,6 +92,14 @@ async def test_show_tells_the_record_and_the_queue(
     assert shown["id"] == export_id and shown["status"] == "queued"
     assert shown["user_id"] == user.user_id
     assert shown["queue"]["queued"] is True and shown["queue"]["running"] is False
+    assert shown["worker"] is None  # no run yet
+
+    async with open_resources(settings) as resources:
+        await resources.queue.mark_worker_alive("host-a:42:cafe", ttl_s=30)
+        await start_run(resources.jobs, export_id, worker_id="host-a:42:cafe")
+    assert await exporter_cli(settings, "jobs", "show", export_id) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["worker"] == {"id": "host-a:42:cafe", "alive": True}
 
     assert await exporter_cli(settings, "jobs", "show", str(uuid.uuid4())) == 2
     assert "no export" in capsys.readouterr().err

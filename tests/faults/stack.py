@@ -4,6 +4,7 @@ sink that can refuse, throttle or reject, and ways to watch PostgreSQL and the j
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -39,7 +40,30 @@ FAST_WORKER = {
     "EXPORTER_WORKER__STALE_AFTER_S": "4",
     "EXPORTER_WORKER__SWEEP_EVERY_S": "2",
     "EXPORTER_WORKER__SWEEP_QUEUED_GRACE_S": "3",
+    "EXPORTER_WORKER__LIVENESS_TTL_S": "3",
 }
+# What FAST_WORKER shortens about recovery and retries; without these the processes run at
+# the shipped defaults (the delivery of large files as attachments stays, for the test).
+_SHORTENED = [k for k in FAST_WORKER if k != "EXPORTER_EXPORTS__ATTACHMENT_MAX_BYTES"]
+
+
+def at_shipped_defaults(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the recovery and retry clocks back at their shipped defaults."""
+    return {k: v for k, v in env.items() if k not in _SHORTENED}
+
+
+def log_events(path: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of one process that record ``event``."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == event:
+                found.append(entry)
+    return found
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -26,13 +26,14 @@ from exporter.errors import RedisNotDurable
 from exporter.jobs.worker import (
     build_worker_settings,
     health_check_key,
+    new_worker_id,
     run_export_task,
     worker_is_healthy,
 )
 from exporter.mail.smtp import Mailer
 from exporter.metrics import sample_value
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
-from exporter.queue import RedisDurability
+from exporter.queue import RedisDurability, worker_liveness_key
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
 from tests.faults.stack import PrivateRedis
@@ -57,6 +58,37 @@ async def test_health_key_is_live_while_the_worker_runs_and_gone_after(
             await task
         await worker.close()
     assert not await worker_is_healthy(settings)
+
+
+async def test_each_worker_process_keeps_a_short_lived_liveness_key_until_it_stops(
+    settings: Settings, resources: Resources
+) -> None:
+    quick = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"liveness_ttl_s": 3})}
+    )
+    worker = Worker(**build_worker_settings(quick, handle_signals=False, poll_delay=0.05))
+    task = asyncio.create_task(worker.main())
+    try:
+        for _ in range(200):
+            if "worker_id" in worker.ctx:
+                break
+            await asyncio.sleep(0.05)
+        worker_id = worker.ctx["worker_id"]
+        key = worker_liveness_key(quick.redis.queue_name, worker_id)
+        assert await resources.queue.worker_alive(worker_id)
+        assert 0 < await resources.queue.redis.pttl(key) <= 3000  # lives seconds, not minutes
+        await asyncio.sleep(4)  # longer than the key lives: refreshed every second
+        assert await resources.queue.worker_alive(worker_id)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+    assert not await resources.queue.worker_alive(worker_id)  # gone with the process
+
+
+def test_two_worker_processes_on_one_host_have_different_ids() -> None:
+    assert new_worker_id() != new_worker_id()
 
 
 def test_worker_settings_follow_our_settings(settings: Settings) -> None:

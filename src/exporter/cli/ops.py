@@ -65,6 +65,13 @@ async def show_job(resources: Resources, job_id: str) -> dict[str, Any]:
     body["queue"] = await job_state(
         resources.queue.redis, resources.settings.redis.queue_name, job.job_id
     )
+    # The worker process of the current run, and whether it still lives (the sweeper
+    # restarts a running job whose worker is gone).
+    body["worker"] = (
+        None
+        if job.worker_id is None
+        else {"id": job.worker_id, "alive": await resources.queue.worker_alive(job.worker_id)}
+    )
     return body
 
 

@@ -34,24 +34,25 @@ CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 _MAX_ERROR_MESSAGE = 500
 
 
-async def start_run(jobs: JobStore, job_id: str) -> ExportJob:
+async def start_run(jobs: JobStore, job_id: str, *, worker_id: str | None = None) -> ExportJob:
     """A run takes the job (queued, or in_progress left by a dead worker): one more attempt,
-    the heartbeat starts now, and the previous run's error and progress are cleared."""
+    the heartbeat starts now, and the previous run's error and progress are cleared.
+    ``worker_id`` names the worker process running it (the sweeper checks that it lives)."""
     now = utcnow()
+    fields: dict[str, object] = {"started_at": now, "heartbeat_at": now}
+    cleared = ["error_code", "error_message", "rows_exported", "total_rows", "next_attempt_at"]
+    if worker_id is None:
+        cleared.append("worker_id")  # a previous run's worker says nothing about this one
+    else:
+        fields["worker_id"] = worker_id
     return await jobs.transition(
         job_id,
         to=JobState.IN_PROGRESS,
         now=now,
         # The heartbeat starts with the run; a re-run's progress starts from nothing.
-        fields={"started_at": now, "heartbeat_at": now},
+        fields=fields,
         # A stored file (``file_stored_at`` and its facts) stays: this run delivers it.
-        clear=(
-            "error_code",
-            "error_message",
-            "rows_exported",
-            "total_rows",
-            "next_attempt_at",
-        ),
+        clear=cleared,
         increment_attempts=True,
     )
 

@@ -84,9 +84,15 @@ class ExportOutcome:
 
 
 async def run_export(
-    resources: Resources, payload: object, *, attempt: int, max_attempts: int
+    resources: Resources,
+    payload: object,
+    *,
+    attempt: int,
+    max_attempts: int,
+    worker_id: str | None = None,
 ) -> ExportOutcome | None:
-    """Run one delivery of an export message. Raises ``RetryLater`` for transient trouble."""
+    """Run one delivery of an export message. Raises ``RetryLater`` for transient trouble.
+    ``worker_id`` (the worker process) is recorded on the job for the recovery sweeper."""
     # Pick-up: both outcomes are timed from here, so the duration histogram compares them.
     started = time.monotonic()
     try:
@@ -116,7 +122,7 @@ async def run_export(
         log.info("export.already_finished", status=job.status.value)
         return _outcome(job)
     try:
-        return await _export(resources, job, started=started)
+        return await _export(resources, job, started=started, worker_id=worker_id)
     except ExportFailed as exc:
         # Transient trouble (an outage of the mail service, S3, DynamoDB, the database) is
         # waited out for as long as the retry budget allows, whatever the number of tries.
@@ -204,8 +210,10 @@ def waiting_message(exc: Exception, deadline: datetime) -> str:
     return f"{what[0].upper()}{what[1:]}; we will keep trying until {deadline:%Y-%m-%d %H:%M} UTC."
 
 
-async def _export(resources: Resources, job: ExportJob, *, started: float) -> ExportOutcome:
-    job = await lifecycle.start_run(resources.jobs, job.job_id)
+async def _export(
+    resources: Resources, job: ExportJob, *, started: float, worker_id: str | None
+) -> ExportOutcome:
+    job = await lifecycle.start_run(resources.jobs, job.job_id, worker_id=worker_id)
     if job.delivered_at is not None:
         return await finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)

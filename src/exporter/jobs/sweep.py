@@ -7,16 +7,27 @@ repairs what the queue lost:
   empty, failed over before replicating, or the API died between writing the record and
   enqueuing), or marked running by arq for longer than ``stale_after_s`` although a live
   run moves it to ``in_progress`` at once (its worker died in between): enqueue it again.
-- ``in_progress`` with a stale heartbeat while arq either lost the message or still marks it
-  running (after ``kill -9`` arq keeps that marker until ``job_timeout`` + 10 s): clear arq's
-  leftovers and enqueue it again, so another worker starts over within minutes.
-- too old (``worker.max_job_age_s``), or stale after ``worker.max_tries`` runs: ``failed``
+- ``in_progress`` and **orphaned**: the worker process recorded on the job (``worker_id``)
+  no longer keeps its liveness key (``worker.liveness_ttl_s``, 15 s) and the run's own
+  heartbeat has been quiet as long: the process died (``kill -9``, OOM, a lost node).
+  Clear arq's leftovers (after ``kill -9`` arq keeps its running marker until
+  ``job_timeout`` + 10 s) and enqueue it again, so another worker starts over within
+  seconds, whatever the job's size or timeout.
+- ``in_progress`` with a stale heartbeat (``worker.stale_after_s``, 30 s) and no live worker
+  running it (recorded without a worker id, or arq lost the message while its worker
+  lives), while arq either lost the message or still marks it running: the same repair.
+  A run whose worker lives and which arq still marks running is never taken from it, however
+  quiet (a slow step, a DynamoDB brownout eating heartbeats): arq's job timeout bounds it.
+- too old (``worker.max_job_age_s``), or stale after ``worker.max_tries`` runs lost to dying
+  workers (runs that ended in a scheduled retry do not count): ``failed``
   with a reason, and the user gets the failure notice.
 
 A live run is never started twice: its progress write refreshes ``heartbeat_at`` every
-``exports.progress_interval_s`` while it streams and mails (``jobs/progress.py``), and
-every requeue first *claims* the record with a conditional write on exactly the status,
-attempts and heartbeat the sweep read, so a run that started or beat meanwhile wins.
+``exports.progress_interval_s`` while it streams and mails (``jobs/progress.py``), a
+missing liveness key alone (Redis wiped) is not enough while that heartbeat is recent, a
+message a new worker took after the recorded run began is left to it, and every requeue
+first *claims* the record with a conditional write on exactly the status, attempts and
+heartbeat the sweep read, so a run that started or beat meanwhile wins.
 """
 
 from __future__ import annotations
@@ -31,12 +42,17 @@ from exporter.errors import ConditionFailed
 from exporter.exports import lifecycle
 from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.queue import QueueEntry
 from exporter.resources import Resources
 
 log = structlog.stdlib.get_logger("exporter.jobs.sweep")
 
 TIMED_OUT = "timed_out"
 WORKER_LOST = "worker_lost"
+# A delivery of the recorded run took arq's running marker before that run wrote its
+# start; a marker taken this much later than the start belongs to a newer delivery. Covers
+# clock skew between hosts; a newer delivery comes at least liveness_ttl_s after the start.
+_TAKEN_AFTER_START_SLACK_S = 5
 
 
 @dataclass
@@ -47,6 +63,7 @@ class SweepReport:
     in_progress: int = 0
     requeued_lost: list[str] = field(default_factory=list)
     requeued_stale: list[str] = field(default_factory=list)
+    requeued_orphaned: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -55,6 +72,7 @@ class SweepReport:
             "in_progress": self.in_progress,
             "requeued_lost": len(self.requeued_lost),
             "requeued_stale": len(self.requeued_stale),
+            "requeued_orphaned": len(self.requeued_orphaned),
             "failed": len(self.failed),
         }
 
@@ -103,36 +121,62 @@ async def _sweep_queued(resources: Resources, now: datetime, report: SweepReport
 
 async def _sweep_in_progress(resources: Resources, now: datetime, report: SweepReport) -> None:
     worker = resources.settings.worker
-    stale_before = now - timedelta(seconds=worker.stale_after_s)
     too_old = now - timedelta(seconds=worker.max_job_age_s)
     async for job in resources.jobs.active(JobState.IN_PROGRESS):
         report.in_progress += 1
         last_sign = job.heartbeat_at or job.started_at or job.updated_at or job.created_at
-        if last_sign > stale_before:
-            continue  # alive
+        quiet_s = (now - last_sign).total_seconds()
+        stale = quiet_s >= worker.stale_after_s
+        if not stale and (job.worker_id is None or quiet_s < worker.liveness_ttl_s):
+            continue  # it beat recently, or nothing but its heartbeat can tell
         entry = await resources.queue.probe(job.job_id, marker_ttl_s=worker.in_progress_marker_s)
         if entry.queued and not entry.running:
             # Deferred for a retry (no heartbeat while it waits) or cancelled by a worker's
             # shutdown and ready for the next one: arq will run it; nothing to repair.
             continue
-        if entry.running and (entry.running_for_s or 0) < worker.stale_after_s:
+        if _newly_taken(entry, job, now, worker.stale_after_s):
             # A worker took it moments ago (a re-run of a requeued job): its first write
             # and heartbeat are on their way. Seen in the burst test under backlog.
+            continue
+        worker_alive = job.worker_id is not None and await resources.queue.worker_alive(
+            job.worker_id
+        )
+        if worker_alive and (entry.running or not stale):
+            # Quiet, but its worker process lives and arq says it still runs the job (a
+            # slow step, a DynamoDB brownout eating heartbeats): never taken from it. arq's
+            # job timeout bounds a run that truly hangs; a stalled process loses its key.
             continue
         if job.created_at < too_old:
             await _give_up(resources, job, TIMED_OUT, "the export did not finish in time")
             report.failed.append(job.job_id)
-        elif job.attempts >= worker.max_tries:
+        elif job.attempts - job.retries >= worker.max_tries:
+            # Runs that ended in a scheduled retry (an outage waited out) are not lost ones.
             await _give_up(
                 resources,
                 job,
                 WORKER_LOST,
-                f"the worker stopped during each of {job.attempts} attempts",
+                f"the worker stopped during each of {job.attempts - job.retries} attempts",
             )
             report.failed.append(job.job_id)
         elif await _requeue(resources, job, now):
-            observe_sweeper_action("requeued_stale")
-            report.requeued_stale.append(job.job_id)
+            orphaned = job.worker_id is not None and not worker_alive
+            observe_sweeper_action("requeued_orphaned" if orphaned else "requeued_stale")
+            (report.requeued_orphaned if orphaned else report.requeued_stale).append(job.job_id)
+
+
+def _newly_taken(entry: QueueEntry, job: ExportJob, now: datetime, within_s: float) -> bool:
+    """arq marks the message running for a delivery that has not written its start yet: a
+    worker took it less than ``within_s`` ago *and* after the recorded run began (the
+    recorded run's own marker, left by its killed worker, is older than its start)."""
+    if not entry.running:
+        return False
+    running_for = entry.running_for_s or 0.0  # unknown: assume just taken
+    if running_for >= within_s:
+        return False
+    if job.started_at is None:
+        return True
+    taken_at = now - timedelta(seconds=running_for)
+    return taken_at > job.started_at + timedelta(seconds=_TAKEN_AFTER_START_SLACK_S)
 
 
 async def _requeue(resources: Resources, job: ExportJob, now: datetime) -> bool:

@@ -8,7 +8,9 @@ import time and tests can build a worker with their own settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import socket
 from contextlib import AsyncExitStack
 from typing import Any
@@ -18,6 +20,7 @@ from arq import Retry, cron
 from arq.worker import Function, func
 
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
+from exporter.errors import QueueUnavailable
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.metrics_server import serve_worker_metrics
 from exporter.jobs.run import RetryLater, run_export
@@ -25,7 +28,7 @@ from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry
 from exporter.models import clean_request_id
-from exporter.queue import RUN_EXPORT, arq_redis_settings, open_arq_redis
+from exporter.queue import RUN_EXPORT, ExportQueue, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
 
 log = structlog.stdlib.get_logger("exporter.jobs.worker")
@@ -33,6 +36,7 @@ log = structlog.stdlib.get_logger("exporter.jobs.worker")
 _RESOURCES = "resources"
 _EXIT_STACK = "exit_stack"
 _SETTINGS = "settings"
+_WORKER_ID = "worker_id"
 
 
 def resources_of(ctx: dict[str, Any]) -> Resources:
@@ -59,6 +63,11 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         except BaseException:
             await stack.aclose()
             raise
+    try:
+        ctx[_WORKER_ID] = await _keep_alive(stack, resources.queue, settings)
+    except BaseException:
+        await stack.aclose()
+        raise
     ctx[_RESOURCES] = resources
     ctx[_EXIT_STACK] = stack
     if settings.worker.metrics_port:
@@ -71,7 +80,51 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             )
         )
     # Clients open, checks passed: from here on this process takes jobs.
-    log.info("worker.ready", queue=settings.redis.queue_name, max_jobs=settings.worker.max_jobs)
+    log.info(
+        "worker.ready",
+        queue=settings.redis.queue_name,
+        max_jobs=settings.worker.max_jobs,
+        worker_id=ctx[_WORKER_ID],
+    )
+
+
+def new_worker_id() -> str:
+    """An id for this worker process, unique across restarts: host (the pod), pid, random."""
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+async def _keep_alive(stack: AsyncExitStack, queue: ExportQueue, settings: Settings) -> str:
+    """Write this process's liveness key now and every ``liveness_refresh_s`` until the
+    worker shuts down (its jobs have ended by then: arq calls ``on_shutdown`` after them),
+    then delete it. Every job this process runs records the id (``worker_id``)."""
+    worker_id = new_worker_id()
+    ttl_s, every_s = settings.worker.liveness_ttl_s, settings.worker.liveness_refresh_s
+    await queue.mark_worker_alive(worker_id, ttl_s=ttl_s)
+
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await queue.mark_worker_alive(worker_id, ttl_s=ttl_s)
+            except QueueUnavailable as exc:
+                # The next refresh retries; a key that lapses meanwhile costs at worst a
+                # re-run of a job whose heartbeat also went quiet (the sweeper asks both).
+                log.warning("worker.liveness_not_recorded", error=str(exc))
+
+    task = asyncio.create_task(refresh(), name="worker-liveness")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        try:
+            await queue.forget_worker(worker_id)
+        except QueueUnavailable as exc:
+            log.warning("worker.liveness_not_removed", error=str(exc))  # it expires anyway
+
+    stack.push_async_callback(stop)
+    return worker_id
 
 
 async def _check_redis_durability(resources: Resources) -> None:
@@ -110,6 +163,7 @@ async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any
             payload,
             attempt=int(ctx.get("job_try", 1)),
             max_attempts=settings.worker.max_tries,
+            worker_id=ctx.get(_WORKER_ID),
         )
     except RetryLater as exc:
         observe_export_retry(_retry_reason(exc))

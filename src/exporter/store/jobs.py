@@ -55,6 +55,7 @@ _STR_FIELDS = (
     "delivery_error_code",
     "delivery_error_message",
     "last_error",
+    "worker_id",
 )
 _BOOL_FIELDS = ("bom",)
 # What one run leaves on the record; a requeued job starts without it.
@@ -81,6 +82,7 @@ _RUN_OUTCOME_FIELDS = (
     "last_error",
     "retries",
     "notice_next_attempt_at",
+    "worker_id",
 )
 
 
@@ -161,6 +163,7 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         last_error=get_s(item, "last_error"),
         retries=get_n(item, "retries") or 0,
         notice_next_attempt_at=ts("notice_next_attempt_at"),
+        worker_id=get_s(item, "worker_id"),
     )
 
 
