@@ -48,7 +48,7 @@ test: venv deploy-tools  ## everything CI runs: lint, typecheck and pytest, in p
 	$(MAKE) --no-print-directory --keep-going -j$(TEST_JOBS) -Otarget lint typecheck pytest-live
 
 pytest-live:
-	$(MAKE) --no-print-directory pytest
+	$(MAKE) --no-print-directory --output-sync=none pytest
 
 bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see docs/benchmarks.md
 	$(PY) -m bench.export
