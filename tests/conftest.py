@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import secrets
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import botocore.session
 import pytest
 from aiohttp import web_app
 from aiohttp.test_utils import TestClient, TestServer
@@ -64,6 +66,13 @@ RUN_ID = secrets.token_hex(4)
 # ~8.5 s on two busy cores, burns half the CPU, and serves the suite's few thousand requests
 # no slower. A value set by the caller wins.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+
+
+# Every test opens its own AWS clients, each from a new botocore session, and every session
+# built its own loader and parsed the same service models again: json.loads was a quarter of
+# the suite's CPU. One loader per test process (the service data are the same files, and a
+# loader only reads them) parses each once, as a long-lived process does in production.
+botocore.session.create_loader = functools.cache(botocore.session.create_loader)
 
 
 @contextlib.contextmanager
