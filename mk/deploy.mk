@@ -18,8 +18,14 @@ KUBE_VERSION ?= 1.33.0
 .PHONY: deploy-tools lint-deploy lint-dockerfile lint-chart lint-infra test-deploy diagram
 
 ## Install helm (.cache/tools), hadolint, kubernetes-validate, cfn-lint, diagrams, graphviz.
-deploy-tools: venv
+# A stamp, like the venv's: done once, again when the script or the venv changes. So `make
+# test` runs the script once even though the linters and pytest, running at once, all need it.
+DEPLOY_TOOLS_STAMP := $(DEPLOY_CACHE)/tools/.installed
+deploy-tools: $(DEPLOY_TOOLS_STAMP)
+
+$(DEPLOY_TOOLS_STAMP): scripts/install-deploy-tools.sh $(VENV)/.installed
 	VENV=$(VENV) bash scripts/install-deploy-tools.sh
+	touch $@
 
 ## All deployment linters; any warning fails.
 lint-deploy: lint-dockerfile lint-chart lint-infra

@@ -266,7 +266,11 @@ async def test_oversized_body_is_413(client: TestClient[Any, Any], make_user: Ma
     await assert_problem(response, 413, "payload_too_large")
 
 
-@pytest.mark.parametrize("route", ["/v1/exports", f"/v1/exports/{uuid.uuid4()}"])
+# Fixed ids: pytest-xdist needs every worker to collect the same test names, and a random
+# UUID in the name differs per process.
+@pytest.mark.parametrize(
+    "route", ["/v1/exports", f"/v1/exports/{uuid.uuid4()}"], ids=["list", "one_export"]
+)
 async def test_no_token_is_401_with_a_bearer_challenge(
     client: TestClient[Any, Any], route: str
 ) -> None:
