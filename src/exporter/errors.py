@@ -38,6 +38,7 @@
         └── DeliveryFailed            a delivery channel could not hand the file over
             └── MailError             SMTP trouble (transient for 4xx and connection loss)
 
+    ├── RetryLater                    not a failure: the run asks the queue to try again later
     └── CommandError                  an operator command refused (one sentence, exit 1)
 
 Stores raise ``StoreError``s and use cases ``ExportRefused``; neither knows HTTP. The API
@@ -271,6 +272,15 @@ class DeliveryFailed(ExportFailed):
 
 class MailError(DeliveryFailed):
     """Sending the email failed."""
+
+
+class RetryLater(ExporterError):
+    """The run asks the queue to run this job again after ``delay_s`` (a transient failure
+    waited out within the retry budget); ``jobs/worker.py`` turns it into arq's ``Retry``."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"retry in {delay_s:.1f}s")
+        self.delay_s = delay_s
 
 
 class CommandError(ExporterError):

@@ -26,8 +26,7 @@ from exporter.config import Settings
 from exporter.delivery.email import encoded_message_size
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
-from exporter.errors import ConditionFailed, ExportFailed
-from exporter.jobs.run import RetryLater
+from exporter.errors import ConditionFailed, ExportFailed, RetryLater
 from exporter.jobs.run import _fail as fail_export
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow

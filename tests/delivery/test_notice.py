@@ -10,8 +10,9 @@ from datetime import timedelta
 import pytest
 
 from exporter.dev.smtp import SmtpSink
+from exporter.errors import RetryLater
 from exporter.exports.view import job_body
-from exporter.jobs.run import RetryLater, run_export
+from exporter.jobs.run import run_export
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from tests.conftest import MakeUser

@@ -139,6 +139,7 @@ async def test_a_spent_budget_fails_the_export_and_its_notice_follows_the_mail_s
 
 
 @pytest.mark.real_outage
+@pytest.mark.timeout(600)
 async def test_a_three_minute_mail_outage_at_the_shipped_defaults_loses_nothing(
     procs: Processes, api: Api, resources: Resources, make_users: MakeUsers, faulty_smtp: FaultySmtp
 ) -> None:

@@ -20,8 +20,8 @@ from exporter.aws import open_dynamo, open_s3
 from exporter.config import S3Settings, Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
-from exporter.errors import ExportFailed, StoreUnavailable
-from exporter.jobs.run import RetryLater, backoff_delay, run_export
+from exporter.errors import ExportFailed, RetryLater, StoreUnavailable
+from exporter.jobs.run import backoff_delay, run_export
 from exporter.jobs.worker import build_worker_settings, run_export_task
 from exporter.mail.smtp import Mailer
 from exporter.models import ExportMessageV1, JobState

@@ -18,7 +18,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.dev.smtp import OutboxHandler, SmtpSink
-from exporter.jobs.run import ExportOutcome, RetryLater, run_export
+from exporter.errors import RetryLater
+from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -269,6 +271,7 @@ async def _demo_flow(s: LocalStack) -> dict[str, Any]:
             r.raise_for_status()
             token = (await r.json())["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
+        asked = time.monotonic()
         async with http.post("/v1/exports", json={"format": "csv"}, headers=headers) as r:
             r.raise_for_status()
             export_id = (await r.json())["id"]
@@ -280,22 +283,40 @@ async def _demo_flow(s: LocalStack) -> dict[str, Any]:
             if job.get("status") in ("succeeded", "failed"):
                 break
             await asyncio.sleep(0.2)
-    summary: dict[str, Any] = {
-        "export_id": export_id,
-        "status": job.get("status"),
-        "rows": job.get("row_count"),
-        "email_file": None,
-    }
-    if job.get("status") != "succeeded":
-        summary["error"] = job.get("error")
-        return summary
-    found = find_export_email(s.outbox, export_id)
-    if found is None:
-        summary["error"] = "no email found for this export"
-        return summary
-    path, message = found
-    summary["email_file"] = str(path)
-    ids = [row["membership_id"] for row in csv_rows(message)]
+        finished = time.monotonic()
+        summary: dict[str, Any] = {
+            "export_id": export_id,
+            "status": job.get("status"),
+            "rows": job.get("row_count"),
+            "delivery": job.get("delivery"),
+            "email_file": None,
+        }
+        if job.get("status") != "succeeded":
+            summary["error"] = job.get("error")
+            return summary
+        found = find_export_email(s.outbox, export_id)
+        if found is None:
+            summary["error"] = "no email found for this export"
+            return summary
+        path, message = found
+        summary["email_file"] = str(path)
+        if any(True for _ in message.iter_attachments()):
+            data = attached_csv(message)
+        else:
+            # A file too large to attach: open the email's link as a person would, with no
+            # token (it redirects to the stored file).
+            link = download_link(message)
+            async with aiohttp.ClientSession() as browser, browser.get(link) as r:
+                r.raise_for_status()
+                data = await r.read()
+        downloaded = time.monotonic()
+        manifest = job.get("manifest") or {}
+        summary["sha256_verified"] = hashlib.sha256(data).hexdigest() == manifest.get("sha256")
+        summary["seconds"] = {
+            "request_to_succeeded": round(finished - asked, 2),
+            "request_to_file_in_hand": round(downloaded - asked, 2),
+        }
+    ids = [row["membership_id"] for row in csv.DictReader(io.StringIO(data.decode(), newline=""))]
     conn = await asyncpg.connect(s.settings.postgres.dsn.get_secret_value())
     try:
         expected = [
@@ -306,7 +327,9 @@ async def _demo_flow(s: LocalStack) -> dict[str, Any]:
         ]
     finally:
         await conn.close()
-    summary["verified"] = ids == expected and len(ids) == s.rows
+    summary["verified"] = (
+        ids == expected and len(ids) == s.rows and bool(summary.get("sha256_verified"))
+    )
     return summary
 
 
@@ -317,11 +340,24 @@ def find_export_email(outbox: Path, export_id: str) -> tuple[Path, EmailMessage]
     return None
 
 
-def csv_rows(message: EmailMessage) -> list[dict[str, str]]:
-    """The rows of the CSV attached to an export email."""
+def attached_csv(message: EmailMessage) -> bytes:
+    """The CSV file attached to an export email."""
     for part in message.iter_attachments():
         if part.get_content_type() == "text/csv":
             payload = part.get_payload(decode=True)
             assert isinstance(payload, bytes)
-            return list(csv.DictReader(io.StringIO(payload.decode("utf-8"), newline="")))
+            return payload
     raise LookupError("the message has no CSV attachment")
+
+
+_LINK = re.compile(r"https?://\S+/v1/downloads/[A-Za-z0-9_.\-]+")
+
+
+def download_link(message: EmailMessage) -> str:
+    """The one-click download link in an export email's text."""
+    body = message.get_body(("plain",))
+    assert isinstance(body, EmailMessage)
+    found = _LINK.search(body.get_content())
+    if found is None:
+        raise LookupError("the message has no download link")
+    return found.group(0)

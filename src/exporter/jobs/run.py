@@ -44,6 +44,7 @@ from exporter.errors import (
     ConditionFailed,
     DeliveryFailed,
     ExportFailed,
+    RetryLater,
     StoreError,
     StoreUnavailable,
 )
@@ -59,14 +60,6 @@ from exporter.resources import Resources
 log = structlog.stdlib.get_logger("exporter.jobs.export")
 
 T = TypeVar("T")
-
-
-class RetryLater(Exception):
-    """Ask the queue to run this job again after ``delay_s``."""
-
-    def __init__(self, delay_s: float) -> None:
-        super().__init__(f"retry in {delay_s:.1f}s")
-        self.delay_s = delay_s
 
 
 def backoff_delay(attempt: int, *, base_s: float = 2.0, cap_s: float = 60.0) -> float:

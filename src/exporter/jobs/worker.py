@@ -20,10 +20,10 @@ from arq import Retry, cron
 from arq.worker import Function, func
 
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
-from exporter.errors import QueueUnavailable
+from exporter.errors import QueueUnavailable, RetryLater
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.metrics_server import serve_worker_metrics
-from exporter.jobs.run import RetryLater, run_export
+from exporter.jobs.run import run_export
 from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry
