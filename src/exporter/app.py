@@ -16,7 +16,6 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 from marshmallow import ValidationError
 
 from exporter import __version__
-from exporter.api import setup_routes
 from exporter.api.access_log import RedactingAccessLogger
 from exporter.api.hardening import (
     parse_json_body,
@@ -26,6 +25,7 @@ from exporter.api.hardening import (
 )
 from exporter.api.metrics import metrics_middleware
 from exporter.api.openapi import Handler, document_problems
+from exporter.api.routes import setup_routes
 from exporter.api.security import security_headers_middleware
 from exporter.auth import TokenService, build_token_service
 from exporter.config import Settings
