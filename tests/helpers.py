@@ -137,6 +137,18 @@ def without_smtp(resources: Resources) -> Resources:
     return dataclasses.replace(resources, mailer=Mailer(dead_smtp))
 
 
+async def past_its_budget(resources: Resources, user_id: str) -> tuple[ExportJob, Resources]:
+    """A queued export asked for an hour ago, and ``resources`` with a 10-minute retry budget
+    and no mail service: its first transient failure is final."""
+    job = ExportJob.new(
+        user_id=user_id, fmt=ExportFormat.CSV, now=utcnow() - timedelta(hours=1), retention_s=7200
+    )
+    await resources.jobs.create(job)
+    worker = resources.settings.worker.model_copy(update={"retry_budget_s": 600})
+    spent = resources.settings.model_copy(update={"worker": worker})
+    return job, dataclasses.replace(without_smtp(resources), settings=spent)
+
+
 def attachment_rows(message: EmailMessage) -> list[list[str]]:
     """The rows of the one CSV attached to ``message``."""
     (part,) = list(message.iter_attachments())

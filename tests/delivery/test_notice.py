@@ -4,19 +4,16 @@ failure."""
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import timedelta
-
 import pytest
 
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import RetryLater
 from exporter.exports.view import job_body
 from exporter.jobs.run import run_export
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportMessageV1, JobState
 from exporter.resources import Resources
 from tests.conftest import MakeUser
-from tests.helpers import new_job, without_smtp
+from tests.helpers import new_job, past_its_budget
 
 
 async def test_a_failed_export_sends_one_plain_failure_notice(
@@ -48,17 +45,7 @@ async def test_a_notice_the_mail_service_cannot_take_is_sent_once_it_is_back(
     resources: Resources, make_user: MakeUser, smtp_sink: SmtpSink
 ) -> None:
     user = await make_user()
-    job = ExportJob.new(
-        user_id=user.user_id,
-        fmt=ExportFormat.CSV,
-        now=utcnow() - timedelta(hours=1),
-        retention_s=7200,
-    )
-    await resources.jobs.create(job)
-    spent = resources.settings.model_copy(
-        update={"worker": resources.settings.worker.model_copy(update={"retry_budget_s": 600})}
-    )
-    down = dataclasses.replace(without_smtp(resources), settings=spent)
+    job, down = await past_its_budget(resources, user.user_id)
     payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
 
     # The budget is spent: the export fails, and its notice cannot go out yet.

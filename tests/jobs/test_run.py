@@ -21,7 +21,7 @@ from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.errors import RetryLater
 from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser, RunWorker, SeededJob, SeedRows
@@ -30,6 +30,7 @@ from tests.helpers import (
     deliver,
     login,
     new_job,
+    past_its_budget,
     with_exports,
     without_smtp,
 )
@@ -230,20 +231,8 @@ async def test_a_delivered_export_records_when_its_email_went_out(
 async def test_transient_errors_stop_retrying_once_the_time_budget_is_spent(
     resources: Resources, make_user: MakeUser
 ) -> None:
-    from datetime import timedelta
-
     user = await make_user()
-    job = ExportJob.new(
-        user_id=user.user_id,
-        fmt=ExportFormat.CSV,
-        now=utcnow() - timedelta(hours=1),
-        retention_s=7200,
-    )
-    await resources.jobs.create(job)
-    budget = resources.settings.model_copy(
-        update={"worker": resources.settings.worker.model_copy(update={"retry_budget_s": 600})}
-    )
-    down = dataclasses.replace(without_smtp(resources), settings=budget)
+    job, down = await past_its_budget(resources, user.user_id)
 
     # The export fails at once (its budget is spent); its notice then waits for the mail
     # service (a budget of its own, from the failure).

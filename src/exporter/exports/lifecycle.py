@@ -209,19 +209,12 @@ async def mark_succeeded(
 
 
 async def mark_delivery_failed(
-    jobs: JobStore,
-    job_id: str,
-    *,
-    row_count: int,
-    byte_size: int,
-    file_name: str,
-    sha256: str,
-    code: str,
-    message: str,
+    jobs: JobStore, job_id: str, *, row_count: int, code: str, message: str
 ) -> ExportJob:
-    """The file is stored but its channel refused it for good: ``succeeded`` (the owner
-    downloads it from the page or the API) with why it was not delivered. Not once a
-    delivery was recorded (that export was delivered)."""
+    """The file is stored (``record_file_stored`` wrote what it holds) but its channel
+    refused it for good: ``succeeded`` (the owner downloads it from the page or the API)
+    with why it was not delivered. Not once a delivery was recorded (that one was
+    delivered)."""
     now = utcnow()
     return await jobs.transition(
         job_id,
@@ -230,11 +223,7 @@ async def mark_delivery_failed(
         now=now,
         fields={
             "finished_at": now,
-            "row_count": row_count,
-            "byte_size": byte_size,
-            "file_name": file_name,
             "rows_exported": row_count,
-            "sha256": sha256,
             "delivery": UNDELIVERED,
             "delivery_error_code": code,
             "delivery_error_message": message[:_MAX_ERROR_MESSAGE],

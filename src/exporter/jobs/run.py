@@ -230,6 +230,7 @@ async def _produce_and_deliver(
         # the spooled file is discarded with it.
         stream_started = time.monotonic()
         produced = await _stored_file(resources, job, spool, progress)
+        reused = produced is not None
         if produced is None:
             written = await write_export_file(
                 resources.pg_export,
@@ -249,14 +250,14 @@ async def _produce_and_deliver(
                 content_type=job.format.content_type,
                 sha256=written.sha256,
             )
-            guard = _RunGuard(resources, job, produced, progress)
+        streamed = time.monotonic()
+        guard = _RunGuard(resources, job, produced, progress)
+        if not reused:
             # Every file is kept before it is delivered: downloadable until it expires,
             # from the page, the API and the email's link, whatever happens to the email;
             # and a delivery that must be retried sends this file, not a new COPY.
             job = await store_file(resources, job, produced, guard=guard)
-        else:
-            guard = _RunGuard(resources, job, produced, progress)
-        streamed = time.monotonic()
+        stored = time.monotonic()
         assert job.file_key is not None
         try:
             receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
@@ -283,6 +284,8 @@ async def _produce_and_deliver(
         started=started,
         stream_started=stream_started,
         streamed=streamed,
+        stored=stored,
+        reused=reused,
     )
 
 
@@ -343,6 +346,8 @@ async def _succeeded(
     started: float,
     stream_started: float,
     streamed: float,
+    stored: float,
+    reused: bool,
 ) -> ExportOutcome:
     """Record the receipt as the job's success, then count, audit and log it once."""
     row_count, byte_size = produced.rows, produced.byte_size
@@ -375,8 +380,12 @@ async def _succeeded(
         "export.succeeded",
         rows=row_count,
         bytes=byte_size,
+        # stream_s: the COPY into the file (or, reused, its download from S3); store_s:
+        # keeping it in S3; mail_s: the delivery.
         stream_s=round(streamed - stream_started, 3),
-        mail_s=round(delivered - streamed, 3),
+        store_s=round(stored - streamed, 3),
+        mail_s=round(delivered - stored, 3),
+        reused_file=reused,
         total_s=round(delivered - started, 3),
     )
     return ExportOutcome(job.job_id, job.status, row_count, byte_size)
@@ -434,15 +443,9 @@ async def _undelivered(
 ) -> ExportOutcome:
     """The channel refused the file for good, after it was stored: the export succeeded
     (its file is downloadable until it expires) with the reason it was not delivered."""
+    # What the file holds is on the record already (``file_stored_at``).
     job = await lifecycle.mark_delivery_failed(
-        resources.jobs,
-        job.job_id,
-        row_count=produced.rows,
-        byte_size=produced.byte_size,
-        file_name=produced.name,
-        sha256=produced.sha256,
-        code=exc.code,
-        message=exc.message,
+        resources.jobs, job.job_id, row_count=produced.rows, code=exc.code, message=exc.message
     )
     observe_export_finished(
         "succeeded",
