@@ -218,14 +218,18 @@ class ExportQueue:
     def redis(self) -> ArqRedis:
         return self._redis
 
-    async def enqueue_export(self, message: ExportMessageV1) -> bool:
-        """Enqueue; False when a job with this id is already queued, running or kept."""
+    async def enqueue_export(
+        self, message: ExportMessageV1, *, defer_s: float | None = None
+    ) -> bool:
+        """Enqueue (to run ``defer_s`` seconds from now, if given); False when a job with
+        this id is already queued, running or kept."""
         try:
             job = await self._redis.enqueue_job(
                 RUN_EXPORT,
                 message.to_payload(),
                 _job_id=message.export_id,
                 _queue_name=self._queue_name,
+                _defer_by=defer_s,
             )
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"enqueue failed: {type(exc).__name__}") from exc
@@ -251,7 +255,9 @@ class ExportQueue:
             running_for = max(0.0, marker_ttl_s - ttl_ms / 1000)
         return QueueEntry(queued=score is not None, running=running, running_for_s=running_for)
 
-    async def requeue_export(self, message: ExportMessageV1) -> bool:
+    async def requeue_export(
+        self, message: ExportMessageV1, *, defer_s: float | None = None
+    ) -> bool:
         """Put an export on the queue again, dropping what arq still keeps from an earlier
         delivery of the same id: after a ``kill -9`` arq holds the in-progress marker until
         ``job_timeout`` + 10 s and refuses the id while the job or its result exists.
@@ -272,7 +278,7 @@ class ExportQueue:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"requeue failed: {type(exc).__name__}") from exc
-        return await self.enqueue_export(message)
+        return await self.enqueue_export(message, defer_s=defer_s)
 
     async def mark_worker_alive(self, worker_id: str, *, ttl_s: float) -> None:
         """Say that the worker process ``worker_id`` lives, for the next ``ttl_s`` seconds."""

@@ -19,6 +19,8 @@ from aiohttp.test_utils import TestClient
 
 from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.errors import RetryLater
+from exporter.exports import lifecycle
+from exporter.exports.view import job_body
 from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
@@ -468,3 +470,20 @@ async def test_the_heartbeat_goes_on_while_the_email_is_sent(
     (data_started,) = handler.data_started
     assert done is not None and done.heartbeat_at is not None
     assert done.heartbeat_at > data_started
+
+
+async def test_a_retry_that_starts_no_longer_says_it_is_delayed(
+    resources: Resources, seeded_job: SeededJob
+) -> None:
+    user, job = await seeded_job(3)
+    payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
+    with pytest.raises(RetryLater):
+        await run_export(without_smtp(resources), payload, attempt=1, max_attempts=3)
+    waiting = await resources.jobs.get(job.job_id)
+    assert waiting is not None and waiting.last_error is not None
+
+    # The next try starts (the mail service is back): the job runs, it is not waiting.
+    running = await lifecycle.start_run(resources.jobs, job.job_id)
+
+    assert running.next_attempt_at is None
+    assert job_body(running)["last_error"] is None  # the page would say "Delayed: ..."

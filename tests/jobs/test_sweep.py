@@ -17,12 +17,13 @@ from arq.constants import in_progress_key_prefix
 from exporter.config import Settings
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import ConditionFailed
+from exporter.exports.view import job_body
 from exporter.jobs.sweep import sweep_jobs
 from exporter.jobs.worker import build_worker_settings
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, RunWorker, SeedRows
-from tests.helpers import new_job
+from tests.helpers import new_job, without_smtp
 
 
 def tuned(resources: Resources, **worker: Any) -> Resources:
@@ -421,3 +422,29 @@ async def test_of_two_claims_on_the_same_read_one_wins(
     )
 
     assert sorted(type(o).__name__ for o in outcomes) == ["ConditionFailed", "ExportJob"]
+
+
+async def test_a_notice_the_sweeper_could_not_send_is_retried_until_it_goes_out(
+    resources: Resources, make_user: MakeUser, smtp_sink: SmtpSink, run_worker: RunWorker
+) -> None:
+    user = await make_user()
+    job = await new_job(resources, user.user_id, age_s=7200)
+    await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user.user_id))
+
+    # The mail service is down when the sweeper gives the export up.
+    await sweep_jobs(without_smtp(tuned(resources, max_job_age_s=3600)))
+
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+    assert failed.error_code == "timed_out" and failed.email_sent_at is None
+    # Like a run's notice (docs/reliability.md, "Failure notice"): pending, and retried.
+    assert job_body(failed)["failure_notice"] == "pending"
+    assert (await resources.queue.probe(job.job_id)).queued
+
+    # The mail service is back: a worker takes the retry and sends exactly one notice.
+    await run_worker()
+    (notice,) = smtp_sink.for_export(job.job_id)
+    assert notice["To"] == user.email
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.email_sent_at is not None
+    assert job_body(done)["failure_notice"] == "sent"

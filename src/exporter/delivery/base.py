@@ -7,8 +7,8 @@ medium needs (upload, compose, send), and in between calls its ``DeliveryGuard``
 1. ``keep_alive(work)`` around anything slow, so the job's heartbeat goes on (a slow relay
    is not a dead worker) and a cancel or takeover stops the work;
 2. ``may_deliver()`` just before handing the file over: ``ConditionFailed`` if the export
-   moved on (cancelled), ``False`` if a parallel run delivered it meanwhile (then the
-   channel returns ``None`` without delivering);
+   moved on (cancelled, or taken over by a newer attempt), ``False`` if a parallel run
+   delivered it meanwhile (then the channel returns ``None`` without delivering);
 3. ``delivered(receipt)`` the moment the receiver accepted, before anything else that may
    fail: this writes ``delivered_at``, the once-only guard (docs/reliability.md: the one
    window in which a crash causes a second delivery is the time this write takes).

@@ -40,7 +40,16 @@ async def start_run(jobs: JobStore, job_id: str, *, worker_id: str | None = None
     ``worker_id`` names the worker process running it (the sweeper checks that it lives)."""
     now = utcnow()
     fields: dict[str, object] = {"started_at": now, "heartbeat_at": now}
-    cleared = ["error_code", "error_message", "rows_exported", "total_rows", "next_attempt_at"]
+    # ``last_error`` says why a job is *waiting*; a run that starts is no longer waiting
+    # (the page would go on showing "Delayed: ..." while it runs and delivers).
+    cleared = [
+        "error_code",
+        "error_message",
+        "rows_exported",
+        "total_rows",
+        "next_attempt_at",
+        "last_error",
+    ]
     if worker_id is None:
         cleared.append("worker_id")  # a previous run's worker says nothing about this one
     else:

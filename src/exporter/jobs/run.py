@@ -416,6 +416,10 @@ class _RunGuard:
             # Cancelled (or finished by a parallel run) while this run produced the file:
             # no delivery for it.
             raise ConditionFailed("the export moved on before its delivery")
+        if current.delivered_at is None and current.attempts != self._job.attempts:
+            # Taken over by a newer attempt (the sweeper judged this run's worker dead):
+            # that run delivers; this one, stalled until now, must not send a second copy.
+            raise ConditionFailed("the export was taken over by a newer attempt")
         if current.delivered_at is not None:
             self.delivered_by_another = current
             return False

@@ -38,8 +38,9 @@ from datetime import datetime, timedelta
 import structlog
 
 from exporter.delivery.notice import send_failure_notice
-from exporter.errors import ConditionFailed
+from exporter.errors import ConditionFailed, QueueUnavailable, StoreError
 from exporter.exports import lifecycle
+from exporter.jobs.run import backoff_delay
 from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.queue import QueueEntry
@@ -218,4 +219,23 @@ async def _give_up(resources: Resources, job: ExportJob, code: str, message: str
     observe_sweeper_action("failed_too_old")
     observe_export_finished("failed", code)
     log.warning("export.failed", export_id=job.job_id, error_code=code, error=message)
-    await send_failure_notice(resources, failed)
+    if await send_failure_notice(resources, failed) == "failed":
+        await _retry_notice_later(resources, failed)
+
+
+async def _retry_notice_later(resources: Resources, job: ExportJob) -> None:
+    """The mail service could not take the notice: as for a run's notice, the job says it is
+    pending and a deferred message retries it (``jobs/run.py``, ``_notify``: the same backoff
+    within the retry budget counted from the failure). Best effort, like the notice itself."""
+    worker = resources.settings.worker
+    delay = backoff_delay(1, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
+    try:
+        await lifecycle.record_notice_pending(
+            resources.jobs, job.job_id, next_attempt_at=utcnow() + timedelta(seconds=delay)
+        )
+        # Clears what arq keeps of the killed run (its running marker) before enqueuing.
+        await resources.queue.requeue_export(
+            ExportMessageV1(job.job_id, job.user_id), defer_s=delay
+        )
+    except (StoreError, QueueUnavailable) as exc:
+        log.warning("sweep.notice_retry_unscheduled", export_id=job.job_id, error=str(exc))

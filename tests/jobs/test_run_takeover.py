@@ -1,0 +1,76 @@
+"""A run taken over by a newer attempt (the sweeper judged its worker dead and another
+worker started the export again) must not deliver: only the newer attempt owns the job."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from exporter.delivery import storage
+from exporter.dev.smtp import SmtpSink
+from exporter.jobs import run as run_module
+from exporter.mail.smtp import Mailer
+from exporter.models import JobState
+from exporter.resources import Resources
+from tests.conftest import SeededJob
+from tests.helpers import deliver
+
+
+class _HeldMailer(Mailer):
+    """A mailer that, once asked to send, waits until released (the newer run is mid-send)."""
+
+    def __init__(self, inner: Mailer) -> None:
+        self._inner = inner
+        self.sending = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @property
+    def sender(self) -> str:
+        return self._inner.sender
+
+    async def send(self, message: EmailMessage, **kwargs: Any) -> None:
+        self.sending.set()
+        await self.release.wait()
+        await self._inner.send(message, **kwargs)
+
+
+async def test_a_run_taken_over_after_storing_its_file_does_not_deliver(
+    resources: Resources,
+    seeded_job: SeededJob,
+    smtp_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user, job = await seeded_job(5)
+    held = _HeldMailer(resources.mailer)
+    newer_resources = dataclasses.replace(resources, mailer=held)
+    newer: list[asyncio.Task[Any]] = []
+    real_store_file = storage.store_file
+
+    async def store_then_taken_over(*args: Any, **kwargs: Any) -> Any:
+        stored = await real_store_file(*args, **kwargs)
+        # The old run stalls here (its worker looked dead); the sweeper requeues the export
+        # and a newer attempt starts, reuses the stored file and begins its send.
+        newer.append(
+            asyncio.create_task(deliver(newer_resources, job.job_id, user.user_id, attempt=2))
+        )
+        await asyncio.wait_for(held.sending.wait(), 30)
+        return stored
+
+    monkeypatch.setattr(run_module, "store_file", store_then_taken_over)
+    try:
+        await deliver(resources, job.job_id, user.user_id, attempt=1)
+    finally:
+        held.release.set()
+    monkeypatch.setattr(run_module, "store_file", real_store_file)
+    (task,) = newer
+    outcome = await asyncio.wait_for(task, 30)
+
+    # One email: the run that no longer owned the export sent none.
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED and done.attempts == 2
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
