@@ -44,13 +44,24 @@ async def test_a_mail_outage_longer_than_any_try_count_delivers_each_export_once
 
     down_at = time.monotonic()
     await asyncio.sleep(OUTAGE_S)
-    waiting = [await resources.jobs.get(i) for i in ids]
-    for job in waiting:
-        assert job is not None and job.status is JobState.IN_PROGRESS, job
+    waiting: list[ExportJob] = []
+    for export_id in ids:
+        # A try comes every ~0.5 s: catch each job between two of them, while it waits.
+        seen: list[ExportJob] = []
+
+        async def between_tries(export_id: str = export_id, seen: list[ExportJob] = seen) -> bool:
+            job = await resources.jobs.get(export_id)
+            seen[:] = [job] if job is not None else []
+            return job is not None and job.next_attempt_at is not None
+
+        await wait_until(between_tries, timeout_s=10, every_s=0.05)
+        (job,) = seen
+        assert job.status is JobState.IN_PROGRESS, job
         assert job.retries > 8  # past max_tries, still waiting
         body = job_body(job)
         assert body["next_attempt_at"] is not None
         assert body["last_error"].startswith("The mail service is unavailable")
+        waiting.append(job)
     faulty_smtp.up()
     up_at = time.monotonic()
 

@@ -246,6 +246,8 @@ async def test_operator_requeue_leaves_failed_only_and_clears_the_last_run(
     assert requeued.error_code is None and requeued.error_message is None
     assert requeued.started_at is None and requeued.finished_at is None
     assert requeued.attempts == 1  # history of attempts is kept
+    # ... and none of those runs counts as one lost to a dying worker (the sweeper's rule).
+    assert requeued.attempts - requeued.retries == 0
     with pytest.raises(ConditionFailed):  # and only once
         await jobs.requeue_failed(job.job_id, now=utcnow())
     with pytest.raises(ConditionFailed):

@@ -305,6 +305,8 @@ async def _stored_file(
         return None
     try:
         size = await progress.run(_fetch(resources, job.file_key, spool, progress, job.row_count))
+    except ConditionFailed:
+        raise  # the export moved on (cancelled, taken over): stop, do not produce it again
     except StoreUnavailable:
         raise  # S3 is away for now: retried like any other outage
     except StoreError as exc:

@@ -444,9 +444,12 @@ class JobStore:
             response = await self._client.update_item(
                 TableName=self._table,
                 Key={"job_id": s(job_id)},
+                # The earlier runs are history: none of them counts as a run lost to a dying
+                # worker for the sweeper (``attempts - retries``), so retries := attempts.
                 UpdateExpression=(
-                    "SET #status = :queued, #active = :queued, updated_at = :now REMOVE "
-                    + ", ".join(_RUN_OUTCOME_FIELDS)
+                    "SET #status = :queued, #active = :queued, updated_at = :now, "
+                    "retries = if_not_exists(attempts, :zero) REMOVE "
+                    + ", ".join(f for f in _RUN_OUTCOME_FIELDS if f != "retries")
                 ),
                 ConditionExpression="attribute_exists(job_id) AND #status = :failed",
                 ExpressionAttributeNames={"#status": "status", "#active": ACTIVE_ATTRIBUTE},
@@ -454,6 +457,7 @@ class JobStore:
                     ":queued": s(JobState.QUEUED.value),
                     ":failed": s(JobState.FAILED.value),
                     ":now": s(format_ts(now)),
+                    ":zero": n(0),
                 },
                 ReturnValues="ALL_NEW",
             )
