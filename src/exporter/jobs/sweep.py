@@ -186,13 +186,14 @@ async def _requeue(resources: Resources, job: ExportJob, now: datetime) -> bool:
     except ConditionFailed:
         log.info("sweep.claim_lost", export_id=job.job_id, status=job.status.value)
         return False
-    await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id))
+    await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id), large=job.large)
     log.warning(
         "sweep.requeued",
         export_id=job.job_id,
         user_id=job.user_id,
         status=job.status.value,
         attempts=job.attempts,
+        large=job.large,
     )
     return True
 
