@@ -51,7 +51,7 @@ from exporter.dev.s3 import LocalS3, start_s3
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
 from exporter.models import ExportJob
-from exporter.queue import operator_cancellations_key, runs_key
+from exporter.queue import operator_cancellations_key, pool_key, runs_key
 from exporter.resources import Resources, open_resources
 from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
@@ -215,7 +215,10 @@ async def _fix_resources(settings: Settings) -> AsyncIterator[Resources]:
         queue = settings.redis.queue_name
         large = settings.redis.large_queue
         await resources.queue.redis.delete(
-            queue, large, operator_cancellations_key(queue), runs_key(large), runs_key(queue)
+            queue,
+            large,
+            operator_cancellations_key(queue),
+            *(key(q) for q in (queue, large) for key in (runs_key, pool_key)),
         )
 
 
