@@ -102,6 +102,10 @@ def _slots_of(member: bytes) -> int:
     return int(slots) if slots.isdigit() else 0
 
 
+# Entries at the head of a queue checked for running markers by ``place`` (at least; twice
+# the live slots when more): runs in progress are the oldest entries in the set.
+RUNNING_SCAN_MIN = 100
+
 # Bound on the work a snapshot does: jobs due now that are inspected one by one. Past this
 # the counts are lower bounds (a backlog that large needs no finer number to act on).
 QUEUE_SCAN_LIMIT = 10_000
@@ -482,43 +486,47 @@ class ExportQueue:
         large: bool,
         estimated_rows: int | None,
         now_ms: int | None = None,
-        limit: int = QUEUE_SCAN_LIMIT,
     ) -> QueuePlace | None:
         """Where this export waits in its queue (None: not waiting there: running, gone,
         or on the other queue) and when it may start and finish (``exporter.eta``).
 
-        Its position is its rank by score (arq takes due jobs oldest score first) among
-        the jobs not yet marked running: a ZRANK that skips the runs still in the set.
+        Its position is its ZRANK (arq takes due jobs in that order) less the runs still
+        in the set ahead of it. Those are the oldest entries, so only the head of the
+        queue is checked for running markers (a few times the slots serving it): the
+        cost of a look stays bounded however long the backlog, on the morning everyone
+        is looking.
         """
         now_ms = timestamp_ms() if now_ms is None else now_ms
         queue = self.queue_for(large=large)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zscore(queue, export_id)
+                pipe.zrank(queue, export_id)
                 pipe.exists(in_progress_key_prefix + export_id)
                 pipe.lrange(runs_key(queue), 0, RUN_SAMPLES - 1)
                 pipe.zrangebyscore(pool_key(queue), now_ms, "+inf")
-                score, running, raw_runs, pool = await pipe.execute()
-            if score is None or running:
+                rank, running, raw_runs, pool = await pipe.execute()
+            if rank is None or running:
                 return None
-            ahead: list[bytes] = await self._redis.zrangebyscore(
-                queue, "-inf", score, start=0, num=limit
-            )
-            ahead = [job_id for job_id in ahead if job_id.decode() != export_id]
+            slots = sum(_slots_of(member) for member in pool)
+            head: list[bytes] = []
+            if rank:
+                head = await self._redis.zrange(
+                    queue, 0, min(rank, max(RUNNING_SCAN_MIN, 2 * slots)) - 1
+                )
             marks: list[int] = []
-            if ahead:
+            if head:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for job_id in ahead:
+                    for job_id in head:
                         pipe.exists(in_progress_key_prefix + job_id.decode())
                     marks = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"queue position: {type(exc).__name__}") from exc
         running_ahead = sum(1 for m in marks if m)
-        position = len(ahead) - running_ahead + 1
+        position = int(rank) - running_ahead + 1
         estimate = estimate_wait(
             position=position,
             running_ahead=running_ahead,
-            slots=sum(_slots_of(member) for member in pool),
+            slots=slots,
             runs=[run for run in (_parse_run(raw) for raw in raw_runs) if run is not None],
             estimated_rows=estimated_rows,
             now=datetime.fromtimestamp(now_ms / 1000, UTC),
