@@ -23,6 +23,8 @@ from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
 from exporter.exports.cancel import cancel_export
 from exporter.exports.create import Created, ExportRequest, create_export
+from exporter.exports.lifecycle import mark_failed
+from exporter.exports.retry import retry_export
 from exporter.jobs.sweep import sweep_jobs
 from exporter.jobs.worker import build_worker_settings
 from exporter.keys import RESOURCES
@@ -138,6 +140,16 @@ async def test_cancel_and_the_sweeper_find_a_job_on_the_large_queue(
     await resources.jobs.create(lost)
     report = await sweep_jobs(resources)
     assert lost.job_id in report.requeued_lost
+    assert await _on(resources, large, lost.job_id)
+    assert not await _on(resources, resources.settings.redis.queue_name, lost.job_id)
+
+    # An operator's retry of a failed large export: the large queue again.
+    await resources.queue.withdraw(lost.job_id)
+    failed = await mark_failed(
+        resources.jobs, lost.job_id, code="timed_out", message="test", expected=None
+    )
+    retried = await retry_export(resources, failed)
+    assert retried.status is JobState.QUEUED and retried.large
     assert await _on(resources, large, lost.job_id)
     assert not await _on(resources, resources.settings.redis.queue_name, lost.job_id)
 
