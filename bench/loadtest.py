@@ -304,6 +304,8 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             "EXPORTER_WORKER__POLL_DELAY_S": str(args.poll_delay),
             # Phase 1 creates far more than a day's quota per user: it measures, not limits.
             "EXPORTER_EXPORTS__MAX_PER_DAY": "1000000000",
+            # It measures one pool of workers on one queue (whatever --rows is).
+            "EXPORTER_EXPORTS__ROUTING_ENABLED": "false",
         }
         # Registered first: a run that fails half-way through preparing drops it too.
         cleanup.callback(lambda: asyncio.run(drop_database(settings)))

@@ -51,7 +51,7 @@ from exporter.dev.s3 import LocalS3, start_s3
 from exporter.dev.smtp import SmtpSink, start_smtp_sink
 from exporter.jobs.worker import build_worker_settings
 from exporter.models import ExportJob
-from exporter.queue import operator_cancellations_key
+from exporter.queue import operator_cancellations_key, pool_key, runs_key
 from exporter.resources import Resources, open_resources
 from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
@@ -213,7 +213,13 @@ async def _fix_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with open_resources(settings) as resources:
         yield resources
         queue = settings.redis.queue_name
-        await resources.queue.redis.delete(queue, operator_cancellations_key(queue))
+        large = settings.redis.large_queue
+        await resources.queue.redis.delete(
+            queue,
+            large,
+            operator_cancellations_key(queue),
+            *(key(q) for q in (queue, large) for key in (runs_key, pool_key)),
+        )
 
 
 @pytest.fixture(name="tokens")

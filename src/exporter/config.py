@@ -45,6 +45,9 @@ class PostgresSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     queue_name: str = "exporter:queue"
+    # The queue of exports above exports.large_threshold_rows, served by its own worker pool
+    # (`exporter worker --queue large`). Empty: "{queue_name}:large".
+    large_queue_name: str = ""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # Bound on any one command (arq only polls; nothing blocks server-side), so a hung Redis
     # turns into an error instead of a request or job that never returns.
@@ -53,6 +56,11 @@ class RedisSettings(BaseModel):
     # refuses to start unless Redis reports maxmemory-policy noeviction (and warns when AOF
     # is off). On in the chart; off locally and in tests, whose Redis is a plain one.
     require_noeviction: bool = False
+
+    @property
+    def large_queue(self) -> str:
+        """The large exports' queue (its own sorted set, its own workers)."""
+        return self.large_queue_name or f"{self.queue_name}:large"
 
 
 class DynamoSettings(BaseModel):
@@ -195,6 +203,16 @@ class ExportSettings(BaseModel):
     # (plus once when streaming starts). The write is also the worker's heartbeat, so keep
     # it well below the staleness after which a job counts as abandoned.
     progress_interval_s: float = Field(default=2.0, gt=0, le=60)
+    # Size-aware routing: at create, the user's rows are counted (index-only, ~0.1 s per
+    # million) and an export of more than large_threshold_rows goes to redis.large_queue,
+    # served by its own worker pool, so small exports never wait behind large ones.
+    # routing_enabled=false or a threshold of 0 keeps one queue for everything.
+    routing_enabled: bool = True
+    large_threshold_rows: int = Field(default=100_000, ge=0)
+
+    @property
+    def routes_by_size(self) -> bool:
+        return self.routing_enabled and self.large_threshold_rows > 0
 
 
 # The expiry cron's bound (a scan of the jobs table: minutes at most).

@@ -129,6 +129,11 @@ class ExportJob:
     # The worker process running the current attempt (``jobs/worker.py``): when its
     # liveness key in Redis is gone, the recovery sweeper knows the run died with it.
     worker_id: str | None = None
+    # Size-aware routing: the user's rows counted at create (None: the count failed, or
+    # routing is off) and whether the export went to the large queue. The sweeper and an
+    # operator's retry put it back on the queue it was routed to.
+    estimated_rows: int | None = None
+    large: bool = False
 
     @property
     def delivered_at(self) -> datetime | None:
@@ -157,6 +162,8 @@ class ExportJob:
         now: datetime,
         retention_s: int,
         bom: bool = False,
+        estimated_rows: int | None = None,
+        large: bool = False,
     ) -> ExportJob:
         return cls(
             job_id=str(uuid.uuid4()),
@@ -164,6 +171,8 @@ class ExportJob:
             status=JobState.QUEUED,
             format=fmt,
             bom=bom,
+            estimated_rows=estimated_rows,
+            large=large,
             created_at=now,
             updated_at=now,
             expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),

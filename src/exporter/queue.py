@@ -10,6 +10,7 @@ task functions).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -29,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exporter.config import RedisSettings as RedisConfig
 from exporter.errors import QueueUnavailable, RedisNotDurable
+from exporter.eta import RunSample, WaitEstimate, estimate_wait
 from exporter.models import ExportMessageV1
 
 RUN_EXPORT = "run_export"
@@ -81,6 +83,28 @@ async def open_arq_redis(config: RedisConfig) -> ArqRedis:
     await redis.connection_pool.disconnect()
     return redis
 
+
+# Successful runs per queue the ETA is measured from: enough to smooth one odd run, few
+# enough that a change in the queue's mix (or a slower database) shows within minutes.
+RUN_SAMPLES = 50
+
+
+def _parse_run(raw: bytes) -> RunSample | None:
+    try:
+        rows, seconds = raw.decode().split()
+        return RunSample(rows=int(rows), duration_s=float(seconds))
+    except ValueError:
+        return None
+
+
+def _slots_of(member: bytes) -> int:
+    _, _, slots = member.decode().rpartition("|")
+    return int(slots) if slots.isdigit() else 0
+
+
+# Entries at the head of a queue checked for running markers by ``place`` (at least; twice
+# the live slots when more): runs in progress are the oldest entries in the set.
+RUNNING_SCAN_MIN = 100
 
 # Bound on the work a snapshot does: jobs due now that are inspected one by one. Past this
 # the counts are lower bounds (a backlog that large needs no finer number to act on).
@@ -207,28 +231,69 @@ class QueueEntry:
     running_for_s: float | None = None
 
 
-class ExportQueue:
-    """Puts export messages on the queue; the arq job id is the export id."""
+@dataclass(frozen=True, slots=True)
+class QueuePlace:
+    """Where a waiting export stands in its queue, and when it may start and finish
+    (``exporter.eta``; None while nothing is measured)."""
 
-    def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
+    position: int  # 1-based among the ready jobs of its queue
+    running_ahead: int  # runs in progress that were queued before it
+    estimate: WaitEstimate
+
+
+def runs_key(queue_name: str) -> str:
+    """Recent successful runs on ``queue_name`` (rows and seconds), newest first: what the
+    ETA of a waiting export is measured from."""
+    return f"{queue_name}:runs"
+
+
+def pool_key(queue_name: str) -> str:
+    """The worker processes serving ``queue_name``, scored by when their entry lapses, each
+    with its number of slots (``max_jobs``) in the member."""
+    return f"{queue_name}:pool"
+
+
+class ExportQueue:
+    """Puts export messages on the queue; the arq job id is the export id.
+
+    Two queues (``large_queue_name``, size-aware routing): each message goes to the one its
+    export was routed to (``large``); probe, abort and withdraw look in both, so they need
+    not know. Without a large queue both names are the default one.
+    """
+
+    def __init__(
+        self, redis: ArqRedis, *, queue_name: str, large_queue_name: str | None = None
+    ) -> None:
         self._redis = redis
         self._queue_name = queue_name
+        self._large_queue_name = large_queue_name or queue_name
+        self._queues = tuple(dict.fromkeys((queue_name, self._large_queue_name)))
 
     @property
     def redis(self) -> ArqRedis:
         return self._redis
 
+    def queue_for(self, *, large: bool) -> str:
+        """The arq queue (sorted set) of an export routed as ``large`` or not."""
+        return self._large_queue_name if large else self._queue_name
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """Every queue messages may be on (one, or the default and the large one)."""
+        return self._queues
+
     async def enqueue_export(
-        self, message: ExportMessageV1, *, defer_s: float | None = None
+        self, message: ExportMessageV1, *, large: bool = False, defer_s: float | None = None
     ) -> bool:
-        """Enqueue (to run ``defer_s`` seconds from now, if given); False when a job with
-        this id is already queued, running or kept."""
+        """Enqueue on the default or the large queue (to run ``defer_s`` seconds from now,
+        if given); False when a job with this id is already queued, running or kept (arq's
+        job keys do not depend on the queue)."""
         try:
             job = await self._redis.enqueue_job(
                 RUN_EXPORT,
                 message.to_payload(),
                 _job_id=message.export_id,
-                _queue_name=self._queue_name,
+                _queue_name=self.queue_for(large=large),
                 _defer_by=defer_s,
             )
         except (RedisError, OSError) as exc:
@@ -236,7 +301,7 @@ class ExportQueue:
         return job is not None
 
     async def probe(self, export_id: str, *, marker_ttl_s: float | None = None) -> QueueEntry:
-        """What arq holds for this export right now.
+        """What arq holds for this export right now, on either queue.
 
         :param marker_ttl_s: the lifetime workers give their running marker (arq: the
             largest function timeout + 10 s); with it, ``running_for_s`` says how long ago
@@ -244,23 +309,27 @@ class ExportQueue:
         """
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zscore(self._queue_name, export_id)
+                for queue in self._queues:
+                    pipe.zscore(queue, export_id)
                 pipe.pttl(in_progress_key_prefix + export_id)
-                score, ttl_ms = await pipe.execute()
+                *scores, ttl_ms = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"queue lookup: {type(exc).__name__}") from exc
         running = ttl_ms != -2  # -2: no marker; -1: a marker without expiry
         running_for = None
         if running and ttl_ms >= 0 and marker_ttl_s is not None:
             running_for = max(0.0, marker_ttl_s - ttl_ms / 1000)
-        return QueueEntry(queued=score is not None, running=running, running_for_s=running_for)
+        queued = any(score is not None for score in scores)
+        return QueueEntry(queued=queued, running=running, running_for_s=running_for)
 
     async def requeue_export(
-        self, message: ExportMessageV1, *, defer_s: float | None = None
+        self, message: ExportMessageV1, *, large: bool = False, defer_s: float | None = None
     ) -> bool:
-        """Put an export on the queue again, dropping what arq still keeps from an earlier
-        delivery of the same id: after a ``kill -9`` arq holds the in-progress marker until
-        ``job_timeout`` + 10 s and refuses the id while the job or its result exists.
+        """Put an export on the queue again (the default or the large one; to run
+        ``defer_s`` seconds from now, if given), dropping what arq still keeps from an
+        earlier delivery of the same id: after a ``kill -9`` arq holds the in-progress
+        marker until ``job_timeout`` + 10 s and refuses the id while the job or its result
+        exists.
 
         Only for a job the caller has established is not running (the sweeper claims it in
         DynamoDB first); on a healthy run this would start a second copy.
@@ -268,7 +337,8 @@ class ExportQueue:
         export_id = message.export_id
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._queue_name, export_id)
+                for queue in self._queues:
+                    pipe.zrem(queue, export_id)
                 pipe.delete(
                     job_key_prefix + export_id,
                     in_progress_key_prefix + export_id,
@@ -278,7 +348,7 @@ class ExportQueue:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"requeue failed: {type(exc).__name__}") from exc
-        return await self.enqueue_export(message, defer_s=defer_s)
+        return await self.enqueue_export(message, large=large, defer_s=defer_s)
 
     async def mark_worker_alive(self, worker_id: str, *, ttl_s: float) -> None:
         """Say that the worker process ``worker_id`` lives, for the next ``ttl_s`` seconds."""
@@ -309,7 +379,8 @@ class ExportQueue:
         """Remove a message that must not run (its record is final); a no-op if absent."""
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._queue_name, export_id)
+                for queue in self._queues:
+                    pipe.zrem(queue, export_id)
                 pipe.delete(job_key_prefix + export_id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -328,7 +399,8 @@ class ExportQueue:
                 # Finished (or never queued): an abort entry would only linger in Redis.
                 return False
             async with self._redis.pipeline(transaction=True) as tr:
-                tr.zadd(self._queue_name, {export_id: 1}, xx=True)
+                for queue in self._queues:  # xx: only the queue that holds it
+                    tr.zadd(queue, {export_id: 1}, xx=True)
                 tr.zadd(abort_jobs_ss, {export_id: timestamp_ms()})
                 await tr.execute()
         except (RedisError, OSError) as exc:
@@ -374,11 +446,99 @@ class ExportQueue:
             )
         return durability
 
-    async def depth(self) -> int:
+    async def depth(self, *, large: bool = False) -> int:
         try:
-            return int(await self._redis.zcard(self._queue_name))
+            return int(await self._redis.zcard(self.queue_for(large=large)))
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"queue depth: {type(exc).__name__}") from exc
+
+    # --- where a waiting export stands, and the measurements its ETA comes from -----------
+
+    async def record_run(self, *, large: bool, rows: int, duration_s: float) -> None:
+        """A run on this queue succeeded: keep it among the last ``RUN_SAMPLES``."""
+        key = runs_key(self.queue_for(large=large))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, f"{rows} {duration_s:.4f}")
+                pipe.ltrim(key, 0, RUN_SAMPLES - 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"recording a run: {type(exc).__name__}") from exc
+
+    async def join_pool(
+        self, worker_id: str, *, large: bool, slots: int, ttl_s: float, now_ms: int | None = None
+    ) -> None:
+        """Count this worker process's ``slots`` in its queue's pool for ``ttl_s`` (renewed
+        with its liveness key; a dead process drops out when its entry lapses)."""
+        now_ms = timestamp_ms() if now_ms is None else now_ms
+        key = pool_key(self.queue_for(large=large))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {f"{worker_id}|{slots}": now_ms + int(ttl_s * 1000)})
+                pipe.zremrangebyscore(key, "-inf", now_ms)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"worker pool: {type(exc).__name__}") from exc
+
+    async def leave_pool(self, worker_id: str, *, large: bool, slots: int) -> None:
+        try:
+            await self._redis.zrem(pool_key(self.queue_for(large=large)), f"{worker_id}|{slots}")
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"worker pool: {type(exc).__name__}") from exc
+
+    async def place(
+        self,
+        export_id: str,
+        *,
+        large: bool,
+        estimated_rows: int | None,
+        now_ms: int | None = None,
+    ) -> QueuePlace | None:
+        """Where this export waits in its queue (None: not waiting there: running, gone,
+        or on the other queue) and when it may start and finish (``exporter.eta``).
+
+        Its position is its ZRANK (arq takes due jobs in that order) less the runs still
+        in the set ahead of it. Those are the oldest entries, so only the head of the
+        queue is checked for running markers (a few times the slots serving it): the
+        cost of a look stays bounded however long the backlog, on the morning everyone
+        is looking.
+        """
+        now_ms = timestamp_ms() if now_ms is None else now_ms
+        queue = self.queue_for(large=large)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrank(queue, export_id)
+                pipe.exists(in_progress_key_prefix + export_id)
+                pipe.lrange(runs_key(queue), 0, RUN_SAMPLES - 1)
+                pipe.zrangebyscore(pool_key(queue), now_ms, "+inf")
+                rank, running, raw_runs, pool = await pipe.execute()
+            if rank is None or running:
+                return None
+            slots = sum(_slots_of(member) for member in pool)
+            head: list[bytes] = []
+            if rank:
+                head = await self._redis.zrange(
+                    queue, 0, min(rank, max(RUNNING_SCAN_MIN, 2 * slots)) - 1
+                )
+            marks: list[int] = []
+            if head:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for job_id in head:
+                        pipe.exists(in_progress_key_prefix + job_id.decode())
+                    marks = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"queue position: {type(exc).__name__}") from exc
+        running_ahead = sum(1 for m in marks if m)
+        position = int(rank) - running_ahead + 1
+        estimate = estimate_wait(
+            position=position,
+            running_ahead=running_ahead,
+            slots=slots,
+            runs=[run for run in (_parse_run(raw) for raw in raw_runs) if run is not None],
+            estimated_rows=estimated_rows,
+            now=datetime.fromtimestamp(now_ms / 1000, UTC),
+        )
+        return QueuePlace(position=position, running_ahead=running_ahead, estimate=estimate)
 
     async def ping(self) -> Any:
         return await self._redis.ping()

@@ -78,7 +78,11 @@ async def open_resources(
             settings=settings,
             pg=pg,
             pg_export=pg_export,
-            queue=ExportQueue(redis, queue_name=settings.redis.queue_name),
+            queue=ExportQueue(
+                redis,
+                queue_name=settings.redis.queue_name,
+                large_queue_name=settings.redis.large_queue,
+            ),
             dynamo=dynamo,
             jobs=JobStore(dynamo, settings.dynamo, cursor_key=_cursor_key(settings)),
             users=UserStore(dynamo, settings.dynamo),

@@ -96,7 +96,7 @@ def test_api_probes_use_health_routes(rendered: list[Manifest]) -> None:
 
 def test_every_pod_is_hardened(rendered: list[Manifest]) -> None:
     pods = list(pod_specs(rendered))
-    assert len(pods) == 3  # api, worker, migrations
+    assert len(pods) == 4  # api, worker, worker-large, migrations
     for name, pod in pods:
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -287,7 +287,7 @@ def test_keda_is_off_by_default(helm_template: Render) -> None:
 
 
 def test_keda_owns_worker_replicas_when_enabled(production: list[Manifest]) -> None:
-    (scaled,) = by_kind(production, "ScaledObject")
+    scaled = one(production, "ScaledObject", "worker")
     worker = one(production, "Deployment", "worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     assert "replicas" not in worker["spec"]
@@ -357,6 +357,73 @@ def test_worker_metrics_port_reaches_the_settings_when_enabled(
 def test_keda_reads_the_queue_gauge_once_however_many_pods_report_it(
     production: list[Manifest],
 ) -> None:
-    (scaled,) = by_kind(production, "ScaledObject")
+    scaled = one(production, "ScaledObject", "worker")
     query = scaled["spec"]["triggers"][0]["metadata"]["query"]
     assert query.startswith("max(exporter_queue_ready_jobs{")
+
+
+# --- the large exports' pool (size-aware routing) ---------------------------------------------
+
+
+def test_the_large_pool_is_its_own_deployment_on_the_large_queue(rendered: list[Manifest]) -> None:
+    default = one(rendered, "Deployment", "worker")
+    large = one(rendered, "Deployment", "worker-large")
+    labels = large["spec"]["template"]["metadata"]["labels"]
+    # Neither Deployment's selector takes the other's pods.
+    assert not selects(default["spec"]["selector"]["matchLabels"], labels)
+    assert selects(large["spec"]["selector"]["matchLabels"], labels)
+    container = _container(large["spec"]["template"], "worker")
+    assert container["args"] == ["worker", "--queue", "large"]
+    assert container["livenessProbe"]["exec"]["command"] == [
+        "exporter",
+        "worker",
+        "--queue",
+        "large",
+        "--check",
+    ]
+    env = _env(container)
+    assert env["EXPORTER_WORKER__MAX_JOBS"]["value"] == "2"  # its own slots per pod
+    default_env = _env(_container(default["spec"]["template"], "worker"))
+    assert default_env["EXPORTER_WORKER__MAX_JOBS"]["value"] != "2"
+    # Same identity and secrets as the default pool; its own resources and spool.
+    assert (
+        large["spec"]["template"]["spec"]["serviceAccountName"]
+        == default["spec"]["template"]["spec"]["serviceAccountName"]
+    )
+    assert env["EXPORTER_POSTGRES__DSN"]["valueFrom"]["secretKeyRef"]["optional"] is False
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    (tmp,) = large["spec"]["template"]["spec"]["volumes"]
+    assert tmp["emptyDir"]["sizeLimit"] == "8Gi"
+    # The API routes only because a pool serves the large queue.
+    api_env = _env(_container(one(rendered, "Deployment", "api")["spec"]["template"], "api"))
+    assert api_env["EXPORTER_EXPORTS__ROUTING_ENABLED"]["value"] == "true"
+    assert api_env["EXPORTER_REDIS__LARGE_QUEUE_NAME"]["value"] == "exporter:queue:large"
+
+
+def test_keda_scales_the_large_pool_on_its_own_queue(production: list[Manifest]) -> None:
+    scaled = one(production, "ScaledObject", "worker-large")
+    large = one(production, "Deployment", "worker-large")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == large["metadata"]["name"]
+    assert "replicas" not in large["spec"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == (
+        'max(exporter_queue_ready_jobs{queue="exporter:queue:large"})'
+    )
+    default = one(production, "ScaledObject", "worker")
+    assert scaled["spec"]["maxReplicaCount"] != default["spec"]["maxReplicaCount"] or (
+        trigger["metadata"]["threshold"] != default["spec"]["triggers"][0]["metadata"]["threshold"]
+    )
+
+
+def test_without_the_large_pool_the_api_keeps_one_queue(helm_template: Render) -> None:
+    manifests = helm_template(sets=("largeWorker.enabled=false", "keda.enabled=true"))
+    assert [
+        d["metadata"]["name"]
+        for d in by_kind(manifests, "Deployment")
+        if "worker" in d["metadata"]["name"]
+    ] == ["exporter-worker"]
+    assert len(by_kind(manifests, "ScaledObject")) == 1
+    assert len(by_kind(manifests, "PodDisruptionBudget")) == 2  # api, worker
+    api_env = _env(_container(one(manifests, "Deployment", "api")["spec"]["template"], "api"))
+    assert api_env["EXPORTER_EXPORTS__ROUTING_ENABLED"]["value"] == "false"

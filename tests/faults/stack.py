@@ -87,6 +87,9 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
             "EXPORTER_SMTP__TIMEOUT_S": "5",
             "EXPORTER_JWT__PRIVATE_KEY": settings.jwt.private_key.get_secret_value(),
             "PYTHONUNBUFFERED": "1",
+            # One pool: these tests kill and starve *the* worker running a 150,000-row
+            # export, which routing would send to a large pool they do not start.
+            "EXPORTER_EXPORTS__ROUTING_ENABLED": "false",
             **FAST_WORKER,
         }
     )

@@ -415,3 +415,19 @@ async def test_without_the_guard_a_worker_runs_on_any_redis(
         await worker.main()
     finally:
         await worker.close()
+
+
+def test_the_large_pool_serves_its_own_queue_and_only_the_default_pool_runs_the_crons(
+    settings: Settings,
+) -> None:
+    default = build_worker_settings(settings)
+    large = build_worker_settings(settings, large=True)
+    assert default["queue_name"] == settings.redis.queue_name
+    assert large["queue_name"] == settings.redis.large_queue
+    # One sweep and one expiry per tick: only the default pool schedules them (arq's unique
+    # cron ids are global anyway; the large pool's slots may all be streaming for minutes).
+    assert {c.name for c in default["cron_jobs"]} == {"sweep_jobs", "expire_jobs"}
+    assert large["cron_jobs"] == []
+    assert large["health_check_key"] == health_check_key(settings, large=True)
+    assert large["health_check_key"].startswith(f"{settings.redis.large_queue}:health-check:")
+    assert large["ctx"]["large"] is True and default["ctx"]["large"] is False

@@ -86,8 +86,40 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The large exports' queue: config.redis.largeQueueName, or "<queueName>:large". */}}
+{{- define "exporter.largeQueueName" -}}
+{{- default (printf "%s:large" .Values.config.redis.queueName) .Values.config.redis.largeQueueName -}}
+{{- end }}
+
+{{/* The worker pools, as a YAML list: the default one (worker values) and, when
+largeWorker.enabled, the large exports' pool, whose values override the worker's. */}}
+{{- define "exporter.workerPools" -}}
+- component: worker
+  args: ["worker"]
+  maxJobs: {{ .Values.config.worker.maxJobs }}
+  keda: {{ .Values.keda.enabled }}
+  values:
+    {{- toYaml .Values.worker | nindent 4 }}
+{{- if .Values.largeWorker.enabled }}
+{{- $l := .Values.largeWorker }}
+- component: worker-large
+  args: ["worker", "--queue", "large"]
+  maxJobs: {{ $l.maxJobs }}
+  keda: {{ and .Values.keda.enabled $l.keda.enabled }}
+  values:
+    {{- toYaml (mergeOverwrite (deepCopy .Values.worker) (omit $l "enabled" "maxJobs" "keda")) | nindent 4 }}
+{{- end }}
+{{- end }}
+
 {{/* Non-secret settings, identical on every pod. */}}
 {{- define "exporter.env" -}}
+{{ include "exporter.envFor" (dict "ctx" . "maxJobs" .Values.config.worker.maxJobs) }}
+{{- end }}
+
+{{/* The same, with a pool's own max_jobs: (dict "ctx" $ "maxJobs" N) */}}
+{{- define "exporter.envFor" -}}
+{{- $maxJobs := .maxJobs -}}
+{{- with .ctx -}}
 {{- $c := .Values.config -}}
 - name: EXPORTER_ENVIRONMENT
   value: {{ $c.environment | quote }}
@@ -101,6 +133,13 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ $c.redis.queueName | quote }}
 - name: EXPORTER_REDIS__REQUIRE_NOEVICTION
   value: {{ $c.redis.requireNoeviction | quote }}
+- name: EXPORTER_REDIS__LARGE_QUEUE_NAME
+  value: {{ include "exporter.largeQueueName" . | quote }}
+# Size-aware routing only while a pool serves the large queue (nothing would run them).
+- name: EXPORTER_EXPORTS__ROUTING_ENABLED
+  value: {{ and .Values.largeWorker.enabled $c.exports.routingEnabled | quote }}
+- name: EXPORTER_EXPORTS__LARGE_THRESHOLD_ROWS
+  value: {{ $c.exports.largeThresholdRows | quote }}
 - name: EXPORTER_DYNAMO__ENDPOINT_URL
   value: {{ $c.dynamo.endpointUrl | quote }}
 - name: EXPORTER_DYNAMO__REGION
@@ -131,7 +170,7 @@ app.kubernetes.io/component: {{ .component }}
   value: "1"
 {{- end }}
 - name: EXPORTER_WORKER__MAX_JOBS
-  value: {{ $c.worker.maxJobs | quote }}
+  value: {{ $maxJobs | quote }}
 - name: EXPORTER_WORKER__JOB_TIMEOUT_S
   value: {{ $c.worker.jobTimeoutS | quote }}
 - name: EXPORTER_WORKER__SHUTDOWN_GRACE_S
@@ -149,6 +188,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- range $c.extraEnv }}
 - name: {{ .name }}
   value: {{ .value | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 

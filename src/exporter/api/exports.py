@@ -28,7 +28,7 @@ from exporter.errors import (
 from exporter.exports import create
 from exporter.exports.cancel import cancel_export as cancel_job
 from exporter.exports.create import Created, ExportRequest, Replayed
-from exporter.exports.view import export_path, job_body
+from exporter.exports.view import export_path, job_body, queue_place
 from exporter.keys import RESOURCES, SETTINGS
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 
@@ -158,11 +158,12 @@ def _job_response(job: ExportJob, status: int) -> web.Response:
 async def get_export(request: web.Request) -> web.Response:
     claims = authenticate(request, Scope.EXPORTS_READ)
     export_id = str(request["match_info"]["export_id"])
+    resources = request.app[RESOURCES]
     with export_problems():
-        job = await request.app[RESOURCES].jobs.get_for_user(export_id, claims.subject)
+        job = await resources.jobs.get_for_user(export_id, claims.subject)
     if job is None:
         raise export_not_found()
-    return web.json_response(job_body(job))
+    return web.json_response(job_body(job, await queue_place(resources, job)))
 
 
 @docs(

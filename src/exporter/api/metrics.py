@@ -25,10 +25,9 @@ QUEUE_READ_TIMEOUT_S = 2.0
 async def serve_metrics(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     try:
-        await asyncio.wait_for(
-            refresh_queue_metrics(resources.queue.redis, resources.settings.redis.queue_name),
-            QUEUE_READ_TIMEOUT_S,
-        )
+        async with asyncio.timeout(QUEUE_READ_TIMEOUT_S):
+            for queue in resources.queue.queue_names:  # one series per queue (label)
+                await refresh_queue_metrics(resources.queue.redis, queue)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("metrics.queue_read_failed", error=type(exc).__name__)
     body, content_type = render_latest()

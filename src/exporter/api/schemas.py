@@ -154,6 +154,33 @@ class ExportResponse(Schema):
             "example": 0.42,
         },
     )
+    estimated_rows = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "Rows counted when the export was requested (what decided its "
+            "queue: large exports have their own workers); null if they could not be counted."
+        },
+    )
+    queue_position = fields.Integer(
+        allow_none=True,
+        validate=validate.Range(min=1),
+        metadata={
+            "description": "While `queued` (single export view): 1 when it is next to "
+            "start in its queue.",
+            "example": 3,
+        },
+    )
+    estimated_start_at = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "While `queued`: when it should start, from the measured "
+            "throughput of its queue; null until something is measured."
+        },
+    )
+    estimated_finish_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "While `queued`: when it should finish, from its size."},
+    )
     byte_size = fields.Integer(allow_none=True)
     file_name = fields.String(allow_none=True)
     delivery = fields.String(

@@ -44,10 +44,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.errors import RedisNotDurable
     from exporter.jobs.worker import check_worker_health, run_worker_forever
 
+    large = args.queue == "large"
     if args.check:
-        return check_worker_health(settings)
+        return check_worker_health(settings, large=large)
     try:
-        run_worker_forever(settings)
+        run_worker_forever(settings, large=large)
     except RedisNotDurable as exc:
         raise CommandError(f"refusing to start the worker: {exc}") from None
     return 0
@@ -125,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="exit 0 if a worker on this queue is healthy (liveness probe)",
+    )
+    worker.add_argument(
+        "--queue",
+        choices=("default", "large"),
+        default="default",
+        help="which pool: the default queue (and the crons) or the large exports' queue "
+        "(redis.large_queue_name)",
     )
     worker.set_defaults(func=cmd_worker)
 

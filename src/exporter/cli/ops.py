@@ -62,9 +62,8 @@ async def show_job(resources: Resources, job_id: str) -> dict[str, Any]:
     job = await _get(resources, job_id)
     body = job_body(job)
     body["user_id"] = job.user_id
-    body["queue"] = await job_state(
-        resources.queue.redis, resources.settings.redis.queue_name, job.job_id
-    )
+    queue = resources.queue.queue_for(large=job.large)
+    body["queue"] = {"name": queue, **await job_state(resources.queue.redis, queue, job.job_id)}
     # The worker process of the current run, and whether it still lives (the sweeper
     # restarts a running job whose worker is gone).
     body["worker"] = (
@@ -100,8 +99,8 @@ async def cancel_job(resources: Resources, job_id: str) -> ExportJob:
         raise CommandError(f"no export {job_id}") from None
 
 
-async def queue_stats(resources: Resources) -> dict[str, Any]:
-    redis, queue = resources.queue.redis, resources.settings.redis.queue_name
+async def queue_stats(resources: Resources, *, large: bool = False) -> dict[str, Any]:
+    redis, queue = resources.queue.redis, resources.queue.queue_for(large=large)
     snapshot = await queue_snapshot(redis, queue)
     workers = await workers_alive(redis, queue)
     return {**snapshot.as_dict(), "workers_alive": len(workers), "workers": workers}
@@ -145,6 +144,9 @@ def add_ops_parsers(sub: Any) -> None:
     )
     stats = queue.add_parser("stats", help="depth, in progress, oldest age, workers alive")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument(
+        "--queue", choices=("default", "large"), default="default", help="which queue"
+    )
     stats.set_defaults(func=cmd_queue_stats)
 
 
@@ -187,7 +189,8 @@ def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_queue_stats(settings: Settings, args: argparse.Namespace) -> int:
-    stats: dict[str, Any] = with_resources(settings, queue_stats)
+    large = getattr(args, "queue", "default") == "large"
+    stats: dict[str, Any] = with_resources(settings, lambda r: queue_stats(r, large=large))
     if args.json:
         print(json.dumps(stats))
         return 0

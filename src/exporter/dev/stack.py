@@ -82,6 +82,9 @@ async def _check_redis(settings: Settings) -> None:
     await redis.aclose()
 
 
+_METRICS_PORT = "EXPORTER_WORKER__METRICS_PORT"
+
+
 def _port_from(url: str | None, default: int) -> int:
     port = urlsplit(url).port if url else None
     return port or default
@@ -102,7 +105,7 @@ def _env_for(settings: Settings) -> dict[str, str]:
             "EXPORTER_API__HOST": settings.api.host,
             "EXPORTER_API__PORT": str(settings.api.port),
             "EXPORTER_API__PUBLIC_URL": settings.api.public_url,
-            "EXPORTER_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
+            _METRICS_PORT: str(settings.worker.metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -165,11 +168,18 @@ def local_stack(
         )
         env = _env_for(settings)
         processes = []
-        for role in ("api", "worker"):
+        # The large exports' pool too (size-aware routing), without a metrics port of its
+        # own: the default worker's already serves the queue gauges.
+        roles = (
+            ("api", ["api"], env),
+            ("worker", ["worker"], env),
+            ("worker-large", ["worker", "--queue", "large"], {**env, _METRICS_PORT: "0"}),
+        )
+        for role, args, role_env in roles:
             # Quiet runs keep each child's log in var/<role>.log for a look afterwards.
             out = stack.enter_context(open(VAR / f"{role}.log", "wb")) if quiet else None
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "exporter", role], env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "exporter", *args], env=role_env, stdout=out, stderr=out
             )
             processes.append(proc)
             stack.callback(_stop, proc)

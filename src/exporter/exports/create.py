@@ -29,6 +29,7 @@ from exporter.errors import (
     QueueUnavailable,
     QuotaExceeded,
     StoreError,
+    StoreUnavailable,
     WriteConflict,
 )
 from exporter.exports.lifecycle import ENQUEUE_FAILED, mark_enqueue_failed
@@ -37,6 +38,7 @@ from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
 from exporter.resources import Resources
 from exporter.store.idempotency import KeyRecord, request_fingerprint
 from exporter.store.jobs import CurrentExport
+from exporter.store.memberships import estimate_rows
 
 log = structlog.stdlib.get_logger("exporter.exports.create")
 
@@ -44,6 +46,8 @@ log = structlog.stdlib.get_logger("exporter.exports.create")
 # than this means heavy contention on one user's slot (``CreateContended``, retryable).
 CREATE_ROUNDS = 4
 QUOTA_WINDOW_S = 24 * 3600
+# Bound on the size count at create: a slow PostgreSQL must not hold the request long.
+ESTIMATE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +107,16 @@ async def create_export(
     # The request id rides along so the worker's log lines for this export carry it too.
     message = ExportMessageV1(export_id=job.job_id, user_id=job.user_id, request_id=request_id)
     try:
-        await resources.queue.enqueue_export(message)
+        await resources.queue.enqueue_export(message, large=job.large)
     except QueueUnavailable as exc:
         await _abandon(resources, job, str(exc), idempotency_key=idempotency_key)
         raise
-    log.info("export.created", format=job.format.value)
+    log.info(
+        "export.created",
+        format=job.format.value,
+        estimated_rows=job.estimated_rows,
+        queue=resources.queue.queue_for(large=job.large),
+    )
     observe_export_created(job.format.value)
     return Created(job)
 
@@ -148,10 +157,18 @@ async def _decide(
         max_per_day=settings.max_per_day,
         now=now,
     )
+    estimated_rows = await _estimate_rows(resources, user_id)
+    large = (
+        settings.routes_by_size
+        and estimated_rows is not None
+        and estimated_rows > settings.large_threshold_rows
+    )
     job = ExportJob.new(
         user_id=user_id,
         fmt=request.fmt,
         bom=request.bom,
+        estimated_rows=estimated_rows,
+        large=large,
         now=now,
         # The record outlives the file, so a late download gets 410 rather than 404.
         retention_s=(settings.retention_days + settings.record_grace_days) * 86_400,
@@ -168,6 +185,19 @@ async def _decide(
     except (ConditionFailed, WriteConflict):
         return None
     return job
+
+
+async def _estimate_rows(resources: Resources, user_id: str) -> int | None:
+    """The export's size for routing (an index-only count, ~0.1 s per million rows); None
+    when routing is off or PostgreSQL cannot answer in time: then it takes the default
+    queue, which serves any size, rather than failing the create."""
+    if not resources.settings.exports.routes_by_size:
+        return None
+    try:
+        return await estimate_rows(resources.pg, user_id, timeout_s=ESTIMATE_TIMEOUT_S)
+    except StoreUnavailable as exc:
+        log.warning("export.size_unknown", error=str(exc), hint="routed to the default queue")
+        return None
 
 
 async def _replay(

@@ -35,7 +35,7 @@ async def retry_export(resources: Resources, job: ExportJob) -> ExportJob:
         export_id=job.job_id, user_id=job.user_id, request_id=f"ops-retry-{uuid.uuid4().hex}"
     )
     try:
-        await resources.queue.enqueue_export(message)
+        await resources.queue.enqueue_export(message, large=job.large)
     except QueueUnavailable:
         await mark_enqueue_failed(
             resources.jobs, job.job_id, message="an operator's retry could not be queued"

@@ -5,8 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import structlog
+
+from exporter.errors import QueueUnavailable
 from exporter.models import ExportJob, JobState
+from exporter.queue import QueuePlace
+from exporter.resources import Resources
 from exporter.store.memberships import EXPORT_HEADER
+
+log = structlog.stdlib.get_logger("exporter.exports.view")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -22,8 +29,22 @@ def download_path(job_id: str) -> str:
     return f"/v1/exports/{job_id}/download"
 
 
-def job_body(job: ExportJob) -> dict[str, Any]:
-    """The public JSON representation of one export."""
+async def queue_place(resources: Resources, job: ExportJob) -> QueuePlace | None:
+    """Where a queued export waits and when it may start (None once it is not waiting, or
+    when Redis cannot say: the rest of the answer does not depend on it)."""
+    if job.status is not JobState.QUEUED:
+        return None
+    try:
+        return await resources.queue.place(
+            job.job_id, large=job.large, estimated_rows=job.estimated_rows
+        )
+    except QueueUnavailable as exc:
+        log.warning("export.queue_place_unknown", export_id=job.job_id, error=str(exc))
+        return None
+
+
+def job_body(job: ExportJob, place: QueuePlace | None = None) -> dict[str, Any]:
+    """The public JSON representation of one export (``place``: while it waits)."""
     error = None
     if job.error_code is not None:
         error = {"code": job.error_code, "message": job.error_message or ""}
@@ -51,6 +72,12 @@ def job_body(job: ExportJob) -> dict[str, Any]:
         "rows_exported": job.rows_exported,
         "total_rows": job.total_rows,
         "progress": job.progress,
+        # Sized at create (what routed it to the default or the large queue), and while it
+        # waits: its place in that queue and when it should start and finish (exporter.eta).
+        "estimated_rows": job.estimated_rows,
+        "queue_position": place.position if place is not None else None,
+        "estimated_start_at": iso(place.estimate.start_at) if place is not None else None,
+        "estimated_finish_at": iso(place.estimate.finish_at) if place is not None else None,
         "byte_size": job.byte_size,
         "file_name": job.file_name,
         "delivery": job.delivery,

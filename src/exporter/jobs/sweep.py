@@ -187,13 +187,14 @@ async def _requeue(resources: Resources, job: ExportJob, now: datetime) -> bool:
     except ConditionFailed:
         log.info("sweep.claim_lost", export_id=job.job_id, status=job.status.value)
         return False
-    await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id))
+    await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id), large=job.large)
     log.warning(
         "sweep.requeued",
         export_id=job.job_id,
         user_id=job.user_id,
         status=job.status.value,
         attempts=job.attempts,
+        large=job.large,
     )
     return True
 
@@ -235,7 +236,7 @@ async def _retry_notice_later(resources: Resources, job: ExportJob) -> None:
         )
         # Clears what arq keeps of the killed run (its running marker) before enqueuing.
         await resources.queue.requeue_export(
-            ExportMessageV1(job.job_id, job.user_id), defer_s=delay
+            ExportMessageV1(job.job_id, job.user_id), large=job.large, defer_s=delay
         )
     except (StoreError, QueueUnavailable) as exc:
         log.warning("sweep.notice_retry_unscheduled", export_id=job.job_id, error=str(exc))

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -27,7 +28,7 @@ from exporter.jobs.run import run_export
 from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry
-from exporter.models import clean_request_id
+from exporter.models import JobState, clean_request_id
 from exporter.queue import RUN_EXPORT, ExportQueue, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
 
@@ -37,6 +38,12 @@ _RESOURCES = "resources"
 _EXIT_STACK = "exit_stack"
 _SETTINGS = "settings"
 _WORKER_ID = "worker_id"
+_LARGE = "large"
+
+
+def is_large_pool(ctx: dict[str, Any]) -> bool:
+    """Whether this worker serves the large exports' queue (``exporter worker --queue large``)."""
+    return bool(ctx.get(_LARGE, False))
 
 
 def resources_of(ctx: dict[str, Any]) -> Resources:
@@ -64,7 +71,9 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             await stack.aclose()
             raise
     try:
-        ctx[_WORKER_ID] = await _keep_alive(stack, resources.queue, settings)
+        ctx[_WORKER_ID] = await _keep_alive(
+            stack, resources.queue, settings, large=is_large_pool(ctx)
+        )
     except BaseException:
         await stack.aclose()
         raise
@@ -74,7 +83,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         await stack.enter_async_context(
             serve_worker_metrics(
                 resources.queue.redis,
-                settings.redis.queue_name,
+                resources.queue.queue_for(large=is_large_pool(ctx)),
                 host=settings.worker.metrics_host,
                 port=settings.worker.metrics_port,
             )
@@ -82,7 +91,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # Clients open, checks passed: from here on this process takes jobs.
     log.info(
         "worker.ready",
-        queue=settings.redis.queue_name,
+        queue=resources.queue.queue_for(large=is_large_pool(ctx)),
         max_jobs=settings.worker.max_jobs,
         worker_id=ctx[_WORKER_ID],
     )
@@ -94,19 +103,31 @@ def new_worker_id() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-async def _keep_alive(stack: AsyncExitStack, queue: ExportQueue, settings: Settings) -> str:
+async def _keep_alive(
+    stack: AsyncExitStack, queue: ExportQueue, settings: Settings, *, large: bool
+) -> str:
     """Write this process's liveness key now and every ``liveness_refresh_s`` until the
     worker shuts down (its jobs have ended by then: arq calls ``on_shutdown`` after them),
-    then delete it. Every job this process runs records the id (``worker_id``)."""
+    then delete it. Every job this process runs records the id (``worker_id``). The same
+    refresh counts its slots in its queue's pool (what a waiting export's ETA divides by).
+
+    Liveness keys live under the default queue's name whichever pool a worker serves, so
+    the sweeper (which runs on the default pool) finds a large worker's key too."""
     worker_id = new_worker_id()
     ttl_s, every_s = settings.worker.liveness_ttl_s, settings.worker.liveness_refresh_s
-    await queue.mark_worker_alive(worker_id, ttl_s=ttl_s)
+    slots = settings.worker.max_jobs
+
+    async def mark() -> None:
+        await queue.mark_worker_alive(worker_id, ttl_s=ttl_s)
+        await queue.join_pool(worker_id, large=large, slots=slots, ttl_s=ttl_s)
+
+    await mark()
 
     async def refresh() -> None:
         while True:
             await asyncio.sleep(every_s)
             try:
-                await queue.mark_worker_alive(worker_id, ttl_s=ttl_s)
+                await mark()
             except QueueUnavailable as exc:
                 # The next refresh retries; a key that lapses meanwhile costs at worst a
                 # re-run of a job whose heartbeat also went quiet (the sweeper asks both).
@@ -120,6 +141,7 @@ async def _keep_alive(stack: AsyncExitStack, queue: ExportQueue, settings: Setti
             await task
         try:
             await queue.forget_worker(worker_id)
+            await queue.leave_pool(worker_id, large=large, slots=slots)
         except QueueUnavailable as exc:
             log.warning("worker.liveness_not_removed", error=str(exc))  # it expires anyway
 
@@ -157,6 +179,7 @@ async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any
     request_id = clean_request_id(payload.get("request_id") if isinstance(payload, dict) else None)
     if request_id is not None:
         structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.monotonic()
     try:
         outcome = await run_export(
             resources_of(ctx),
@@ -170,7 +193,19 @@ async def run_export_task(ctx: dict[str, Any], payload: object) -> dict[str, Any
         raise Retry(defer=exc.delay_s) from exc
     if outcome is None:
         return None
+    if outcome.status is JobState.SUCCEEDED and outcome.row_count is not None:
+        await _measure(ctx, rows=outcome.row_count, duration_s=time.monotonic() - started)
     return {"status": outcome.status.value, "rows": outcome.row_count, "bytes": outcome.byte_size}
+
+
+async def _measure(ctx: dict[str, Any], *, rows: int, duration_s: float) -> None:
+    """Keep this run among its queue's recent ones, for the ETA of the exports waiting."""
+    try:
+        await resources_of(ctx).queue.record_run(
+            large=is_large_pool(ctx), rows=rows, duration_s=duration_s
+        )
+    except QueueUnavailable as exc:
+        log.warning("worker.run_not_measured", error=str(exc))  # one sample fewer
 
 
 def _retry_reason(exc: RetryLater) -> str:
@@ -200,13 +235,21 @@ def sweep_schedule(every_s: int) -> dict[str, Any]:
 ARQ_MAX_TRIES = 100_000
 
 
-def health_check_key(settings: Settings) -> str:
+def health_check_key(settings: Settings, *, large: bool = False) -> str:
     host = os.environ.get("HOSTNAME") or socket.gethostname()
-    return f"{settings.redis.queue_name}:health-check:{host}"
+    queue = settings.redis.large_queue if large else settings.redis.queue_name
+    return f"{queue}:health-check:{host}"
 
 
-def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``arq.Worker``; ``overrides`` win (tests use burst mode)."""
+def build_worker_settings(
+    settings: Settings, *, large: bool = False, **overrides: Any
+) -> dict[str, Any]:
+    """Keyword arguments for ``arq.Worker``; ``overrides`` win (tests use burst mode).
+
+    ``large``: serve the large exports' queue (``redis.large_queue``). Only the default
+    pool runs the crons: arq's unique cron job ids (``cron:<name>:<ms>``) are global, so
+    both pools would still run a tick once, but a large pool whose slots are all streaming
+    would start a sweep late; the default pool's slots turn over in seconds."""
     worker = settings.worker
     functions: list[Function] = [
         func(
@@ -220,7 +263,9 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
     ]
     return {
         "functions": functions,
-        "cron_jobs": [
+        "cron_jobs": []
+        if large
+        else [
             cron(
                 expire_jobs_task,
                 name="expire_jobs",
@@ -238,12 +283,12 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
                 **sweep_schedule(worker.sweep_every_s),
             ),
         ],
-        "queue_name": settings.redis.queue_name,
+        "queue_name": settings.redis.large_queue if large else settings.redis.queue_name,
         "redis_settings": arq_redis_settings(settings.redis),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "on_job_start": on_job_start,
-        "ctx": {_SETTINGS: settings},
+        "ctx": {_SETTINGS: settings, _LARGE: large},
         "max_jobs": worker.max_jobs,
         "job_timeout": worker.job_timeout_s,
         "max_tries": worker.max_tries,
@@ -256,27 +301,27 @@ def build_worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any
         "health_check_interval": 30,
         # One key per worker process, so a liveness probe sees *this* pod hang even while
         # other workers on the queue are healthy.
-        "health_check_key": health_check_key(settings),
+        "health_check_key": health_check_key(settings, large=large),
         **overrides,
     }
 
 
-def run_worker_forever(settings: Settings) -> None:
+def run_worker_forever(settings: Settings, *, large: bool = False) -> None:
     from arq.worker import run_worker
 
     configure_logging(settings)
-    run_worker(build_worker_settings(settings))
+    run_worker(build_worker_settings(settings, large=large))
 
 
-async def worker_is_healthy(settings: Settings) -> bool:
+async def worker_is_healthy(settings: Settings, *, large: bool = False) -> bool:
     """True when the worker on this host wrote its health key within the last interval."""
     redis = await open_arq_redis(settings.redis)
     try:
-        return bool(await redis.exists(health_check_key(settings)))
+        return bool(await redis.exists(health_check_key(settings, large=large)))
     finally:
         await redis.aclose()
 
 
-def check_worker_health(settings: Settings) -> int:
+def check_worker_health(settings: Settings, *, large: bool = False) -> int:
     """Exit status for a liveness probe: 0 healthy, 1 not."""
-    return 0 if asyncio.run(worker_is_healthy(settings)) else 1
+    return 0 if asyncio.run(worker_is_healthy(settings, large=large)) else 1

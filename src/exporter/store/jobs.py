@@ -44,6 +44,7 @@ _INT_FIELDS = (
     "total_rows",
     "download_count",
     "retries",
+    "estimated_rows",
 )
 _STR_FIELDS = (
     "file_name",
@@ -57,7 +58,7 @@ _STR_FIELDS = (
     "last_error",
     "worker_id",
 )
-_BOOL_FIELDS = ("bom",)
+_BOOL_FIELDS = ("bom", "large")
 # What one run leaves on the record; a requeued job starts without it.
 _RUN_OUTCOME_FIELDS = (
     "started_at",
@@ -164,6 +165,8 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         retries=get_n(item, "retries") or 0,
         notice_next_attempt_at=ts("notice_next_attempt_at"),
         worker_id=get_s(item, "worker_id"),
+        estimated_rows=get_n(item, "estimated_rows"),
+        large=bool(item.get("large", {}).get("BOOL", False)),
     )
 
 

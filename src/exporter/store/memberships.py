@@ -11,6 +11,7 @@ The SELECT does the formatting the CSV promises, so no row is touched in Python:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeAlias
 
@@ -18,6 +19,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from exporter.csvstream import FORMULA_TRIGGERS
+from exporter.errors import StoreUnavailable
 
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 Sink = Callable[[bytes], Coroutine[Any, Any, None]]
@@ -94,6 +96,25 @@ async def copy_memberships(
             EXPORT_QUERY, user_id, output=sink, format="csv", header=True, timeout=timeout_s
         )
     return int(status.split()[-1])
+
+
+# What a failed count looks like (PostgreSQL down, restarting, refusing connections).
+PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def estimate_rows(pool: asyncpg.Pool[Any], user_id: str, *, timeout_s: float) -> int:
+    """The user's rows as an export would hold them now (the index-only count the run
+    repeats in its snapshot), within ``timeout_s``; raises ``StoreUnavailable``."""
+    try:
+        async with asyncio.timeout(timeout_s), pool.acquire() as conn:
+            return await count_memberships(conn, user_id)
+    except PG_UNAVAILABLE as exc:
+        raise StoreUnavailable(f"counting rows: {type(exc).__name__}") from exc
 
 
 async def count_memberships(conn: Conn, user_id: str) -> int:

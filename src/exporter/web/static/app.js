@@ -243,12 +243,23 @@
     return i === 0 ? `${value} bytes` : `${value.toFixed(1)} ${units[i]}`;
   }
 
+  // "14:05" in the reader's own time zone, from an ISO 8601 timestamp; "" without one.
+  function clockTime(iso) {
+    if (typeof iso !== "string") return "";
+    const when = new Date(iso);
+    if (Number.isNaN(when.getTime())) return "";
+    return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+  }
+
   function describe(job) {
     switch (job.status) {
-      case "queued":
-        return typeof job.queue_position === "number"
+      case "queued": {
+        const place = typeof job.queue_position === "number"
           ? `Waiting to start (number ${job.queue_position} in the queue)`
           : "Waiting to start";
+        const start = clockTime(job.estimated_start_at);
+        return start ? `${place}, expected to start around ${start}` : place;
+      }
       case "in_progress":
         return job.last_error ? `Delayed: ${job.last_error}` : "Being made";
       case "succeeded":
