@@ -118,6 +118,9 @@ class ExportJob:
     next_attempt_at: datetime | None = None
     last_error: str | None = None
     retries: int = 0
+    # When an operator last put this failed export back on the queue: its retry budget
+    # counts from here, not from the original request.
+    requeued_at: datetime | None = None
     # A failed export's notice could not be sent yet (the mail service is down): its next
     # try, within the retry budget counted from the failure.
     notice_next_attempt_at: datetime | None = None

@@ -487,3 +487,24 @@ async def test_a_retry_that_starts_no_longer_says_it_is_delayed(
 
     assert running.next_attempt_at is None
     assert job_body(running)["last_error"] is None  # the page would say "Delayed: ..."
+
+
+async def test_an_operator_retry_gets_a_fresh_retry_budget(
+    resources: Resources, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    job, down = await past_its_budget(resources, user.user_id)  # asked an hour ago
+    payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
+    with pytest.raises(RetryLater):  # failed at once (budget spent); the notice waits
+        await run_export(down, payload, attempt=1, max_attempts=3)
+    failed = await resources.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobState.FAILED
+
+    await resources.jobs.requeue_failed(job.job_id, now=utcnow())
+    # The mail service is still down: the retried export waits instead of failing at once.
+    with pytest.raises(RetryLater):
+        await run_export(down, payload, attempt=1, max_attempts=3)
+
+    waiting = await resources.jobs.get(job.job_id)
+    assert waiting is not None and waiting.status is JobState.IN_PROGRESS
+    assert waiting.next_attempt_at is not None and waiting.error_code is None

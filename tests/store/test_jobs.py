@@ -248,6 +248,7 @@ async def test_operator_requeue_leaves_failed_only_and_clears_the_last_run(
     assert requeued.attempts == 1  # history of attempts is kept
     # ... and none of those runs counts as one lost to a dying worker (the sweeper's rule).
     assert requeued.attempts - requeued.retries == 0
+    assert requeued.requeued_at is not None  # its retry budget counts from here
     with pytest.raises(ConditionFailed):  # and only once
         await jobs.requeue_failed(job.job_id, now=utcnow())
     with pytest.raises(ConditionFailed):

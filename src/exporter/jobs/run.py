@@ -163,7 +163,8 @@ async def _retry_within_budget(
     delay = backoff_delay(attempt, base_s=worker.retry_base_s, cap_s=worker.retry_cap_s)
     if job is not None:
         now = utcnow()
-        deadline = job.created_at + timedelta(seconds=worker.retry_budget_s)
+        # From the request, or from an operator's retry of the failed export.
+        deadline = (job.requeued_at or job.created_at) + timedelta(seconds=worker.retry_budget_s)
         if now + timedelta(seconds=delay) > deadline:
             log.warning("export.retry_budget_spent", error=str(exc), attempt=attempt)
             return

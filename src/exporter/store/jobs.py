@@ -35,6 +35,7 @@ _TIMESTAMP_FIELDS = (
     "file_stored_at",
     "next_attempt_at",
     "notice_next_attempt_at",
+    "requeued_at",
 )
 _INT_FIELDS = (
     "attempts",
@@ -164,6 +165,7 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         last_error=get_s(item, "last_error"),
         retries=get_n(item, "retries") or 0,
         notice_next_attempt_at=ts("notice_next_attempt_at"),
+        requeued_at=ts("requeued_at"),
         worker_id=get_s(item, "worker_id"),
         estimated_rows=get_n(item, "estimated_rows"),
         large=bool(item.get("large", {}).get("BOOL", False)),
@@ -451,6 +453,7 @@ class JobStore:
                 # worker for the sweeper (``attempts - retries``), so retries := attempts.
                 UpdateExpression=(
                     "SET #status = :queued, #active = :queued, updated_at = :now, "
+                    "requeued_at = :now, "
                     "retries = if_not_exists(attempts, :zero) REMOVE "
                     + ", ".join(f for f in _RUN_OUTCOME_FIELDS if f != "retries")
                 ),
