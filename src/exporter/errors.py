@@ -28,6 +28,7 @@
     ├── ExportRefused                 a use case (``exporter.exports``) said no, by a rule
     │   ├── ExportNotFound            no such export (of this caller)
     │   ├── AlreadyFinished           a final export cannot be cancelled; carries the job
+    │   │                             (defined in exports/cancel.py, beside the job type)
     │   ├── QuotaExceeded             over the daily quota; carries retry_after_s
     │   ├── IdempotencyKeyReused      a key repeated with another body
     │   ├── CreateContended           racing creates of one user did not settle
@@ -50,10 +51,7 @@ layer maps them to ``ApiError`` (``api/problems.py``), handlers raise, and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from exporter.models import ExportJob
+from typing import Any
 
 
 class ExporterError(Exception):
@@ -212,14 +210,6 @@ class ExportRefused(ExporterError):
 
 class ExportNotFound(ExportRefused):
     """No such export, or not the caller's (the two are never told apart)."""
-
-
-class AlreadyFinished(ExportRefused):
-    """The export reached a final state before the cancel; ``job`` is how it ended."""
-
-    def __init__(self, job: ExportJob) -> None:
-        super().__init__(f"export {job.job_id} is already {job.status.value}")
-        self.job = job
 
 
 class QuotaExceeded(ExportRefused):

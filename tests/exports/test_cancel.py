@@ -21,8 +21,8 @@ from pydantic import SecretStr
 from exporter.config import Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
-from exporter.errors import AlreadyFinished, RetryLater
-from exporter.exports.cancel import cancel_export
+from exporter.errors import RetryLater
+from exporter.exports.cancel import AlreadyFinished, cancel_export
 from exporter.jobs.expire import expire_files
 from exporter.jobs.run import run_export
 from exporter.jobs.worker import build_worker_settings, on_startup, resources_of

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 import structlog
 
 from exporter.errors import (
-    AlreadyFinished,
     BadRequest,
     Conflict,
     CreateContended,
@@ -24,6 +23,7 @@ from exporter.errors import (
     TooManyRequests,
     ValidationFailed,
 )
+from exporter.exports.cancel import AlreadyFinished
 
 log = structlog.stdlib.get_logger("exporter.api.exports")
 

@@ -17,13 +17,12 @@ from typing import Any
 from exporter.cli.common import with_resources
 from exporter.config import Settings
 from exporter.errors import (
-    AlreadyFinished,
     CommandError,
     ExportNotFound,
     NotRetryable,
     QueueUnavailable,
 )
-from exporter.exports.cancel import cancel_export
+from exporter.exports.cancel import AlreadyFinished, cancel_export
 from exporter.exports.lifecycle import CANCELLED_BY_OPERATOR
 from exporter.exports.retry import retry_export
 from exporter.exports.view import job_body

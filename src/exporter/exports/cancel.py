@@ -27,9 +27,9 @@ from __future__ import annotations
 import structlog
 
 from exporter.errors import (
-    AlreadyFinished,
     ConditionFailed,
     ExportNotFound,
+    ExportRefused,
     QueueUnavailable,
     StoreError,
 )
@@ -39,6 +39,15 @@ from exporter.models import ExportJob, JobState
 from exporter.resources import Resources
 
 log = structlog.stdlib.get_logger("exporter.exports.cancel")
+
+
+class AlreadyFinished(ExportRefused):
+    """The export reached a final state before the cancel; ``job`` is how it ended. (Here,
+    not in ``errors.py``: it carries a model, and models already import the error tree.)"""
+
+    def __init__(self, job: ExportJob) -> None:
+        super().__init__(f"export {job.job_id} is already {job.status.value}")
+        self.job = job
 
 
 async def cancel_export(
