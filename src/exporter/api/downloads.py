@@ -10,8 +10,6 @@ path segment if anything else prints it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 import structlog
@@ -24,17 +22,18 @@ from exporter.api.guard import BEARER_SECURITY, authenticate
 from exporter.api.openapi import docs, match_info_schema, response_schema
 from exporter.api.pages import error_page as html_error_page
 from exporter.api.pages import prefers_html
+from exporter.api.problems import export_problems, file_store_problems
 from exporter.auth import Scope
 from exporter.errors import (
     ApiError,
     Conflict,
     Gone,
     NotFound,
-    ServiceUnavailable,
     StoreError,
     TokenError,
     TokenExpired,
 )
+from exporter.exports.view import iso
 from exporter.keys import RESOURCES, SETTINGS, TOKENS
 from exporter.links import is_downloadable, issue_link
 from exporter.models import ExportJob, JobState, utcnow
@@ -52,10 +51,6 @@ class DownloadLinkResponse(Schema):
         metadata={"description": "Opens the file with no sign-in until `expires_at`."},
     )
     expires_at = fields.DateTime(required=True)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def check_downloadable(job: ExportJob, *, now: datetime) -> None:
@@ -82,15 +77,6 @@ def check_downloadable(job: ExportJob, *, now: datetime) -> None:
             f"This export is {job.status.value}; there is nothing to download yet.",
             code="export_not_ready",
         )
-
-
-@contextmanager
-def _unavailable_as_503(what: str, code: str) -> Iterator[None]:
-    try:
-        yield
-    except StoreError as exc:
-        log.error("download.store_failed", error=str(exc), code=code)
-        raise ServiceUnavailable(f"{what} Please retry.", code=code) from None
 
 
 @docs(
@@ -144,14 +130,14 @@ async def _open_download(request: web.Request) -> web.Response:
         log.info("download.link_rejected", reason=str(exc))
         raise NotFound("This download link is not valid.", code="link_not_found") from None
     structlog.contextvars.bind_contextvars(user_id=claims.subject, export_id=claims.export_id)
-    with _unavailable_as_503("Export records are unavailable.", "store_unavailable"):
+    with export_problems():
         job = await resources.jobs.get(claims.export_id)
     if job is None or job.user_id != claims.subject:
         # Signed by us, yet no such export of that user: retention ended (or a key leaked).
         raise NotFound("This download link is not valid.", code="link_not_found")
     check_downloadable(job, now=now)
     assert job.file_key is not None  # checked by check_downloadable
-    with _unavailable_as_503("The file store is unavailable.", "files_unavailable"):
+    with file_store_problems():
         url = await resources.files.signed_url(
             job.file_key,
             file_name=job.file_name or job.file_key.rsplit("/", 1)[-1],
@@ -198,7 +184,7 @@ async def _open_download(request: web.Request) -> web.Response:
 async def create_download_link(request: web.Request) -> web.Response:
     claims = authenticate(request, Scope.EXPORTS_READ)
     export_id = str(request["match_info"]["export_id"])
-    with _unavailable_as_503("Export records are unavailable.", "store_unavailable"):
+    with export_problems():
         job = await request.app[RESOURCES].jobs.get_for_user(export_id, claims.subject)
     if job is None:
         raise NotFound("No export with this id.", code="export_not_found")
@@ -207,5 +193,5 @@ async def create_download_link(request: web.Request) -> web.Response:
     link = issue_link(request.app[TOKENS], request.app[SETTINGS].api.public_url, job, now=now)
     log.info("download.link_issued", export_id=job.job_id)
     return web.json_response(
-        {"url": link.url, "expires_at": _iso(link.expires_at)}, status=201, headers=NO_STORE
+        {"url": link.url, "expires_at": iso(link.expires_at)}, status=201, headers=NO_STORE
     )

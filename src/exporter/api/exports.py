@@ -16,14 +16,12 @@ from exporter.api.openapi import (
     request_schema,
     response_schema,
 )
-from exporter.api.problems import export_not_found, export_problems
+from exporter.api.problems import export_not_found, export_problems, file_store_problems
 from exporter.auth import Scope
 from exporter.errors import (
     BadRequest,
     Conflict,
     Gone,
-    ServiceUnavailable,
-    StoreError,
 )
 from exporter.exports import create
 from exporter.exports.cancel import cancel_export as cancel_job
@@ -247,15 +245,10 @@ async def download_export(request: web.Request) -> web.Response:
             "This export was delivered as an email attachment; it has no download.",
             code="no_download",
         )
-    try:
+    with file_store_problems():
         url = await resources.files.signed_url(
             job.file_key, file_name=job.file_name, content_type="/".join(job.format.content_type)
         )
-    except StoreError as exc:
-        log.error("export.sign_failed", error=str(exc))
-        raise ServiceUnavailable(
-            "The file store is unavailable. Please retry.", code="files_unavailable"
-        ) from None
     log.info("export.download", export_id=job.job_id)
     # A signed URL is a bearer credential for a minute: keep it out of every cache.
     return web.Response(

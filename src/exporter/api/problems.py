@@ -66,3 +66,15 @@ def export_problems() -> Iterator[None]:
         raise ServiceUnavailable(
             "Export records are unavailable. Please retry.", code="store_unavailable"
         ) from None
+
+
+@contextmanager
+def file_store_problems() -> Iterator[None]:
+    """Signing a download URL: a failing file store is a retryable 503."""
+    try:
+        yield
+    except StoreError as exc:
+        log.error("export.sign_failed", error=str(exc))
+        raise ServiceUnavailable(
+            "The file store is unavailable. Please retry.", code="files_unavailable"
+        ) from None
