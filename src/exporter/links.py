@@ -13,7 +13,6 @@ here; neither imports the other.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -66,29 +65,12 @@ def issue_link(
     )
 
 
-_services: dict[tuple[str, ...], TokenService] = {}
-_services_lock = threading.Lock()
-
-
-def _token_service(settings: Settings) -> TokenService:
-    """One TokenService per configured key, per process (parsing the PEM once)."""
-    jwt = settings.jwt
-    private = jwt.private_key.get_secret_value() if jwt.private_key is not None else ""
-    key = (private, jwt.issuer, jwt.audience, jwt.verification_keys or "")
-    with _services_lock:
-        service = _services.get(key)
-        if service is None:
-            # Without a configured key (local only) each process makes its own, and links
-            # from one process fail in another: `make run` passes one key to both.
-            service = build_token_service(jwt, allow_ephemeral=not settings.is_deployed)
-            _services[key] = service
-        return service
-
-
 def capability_url(settings: Settings, job: ExportJob, *, now: datetime | None = None) -> str:
-    """The link for the export email: ``{api.public_url}/v1/downloads/{token}``.
+    """A link to ``job``'s file, ``{api.public_url}/v1/downloads/{token}``, signed with the
+    configured ``jwt.private_key`` (a one-off: it parses the key each call; a process that
+    makes many, like the worker, holds one ``TokenService`` in ``Resources.tokens``).
 
-    Needs ``job.file_key`` and ``job.file_expires_at`` (set before the upload); raises
-    ``NotLinkable`` otherwise. Signed with ``jwt.private_key``, which the worker holds.
+    Needs ``job.file_key`` and ``job.file_expires_at``; raises ``NotLinkable`` otherwise.
     """
-    return issue_link(_token_service(settings), settings.api.public_url, job, now=now).url
+    tokens = build_token_service(settings.jwt, allow_ephemeral=False)
+    return issue_link(tokens, settings.api.public_url, job, now=now).url

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from exporter.auth import TokenService, build_token_service
 from exporter.aws import open_dynamo, open_s3
 from exporter.config import PostgresSettings, Settings
 from exporter.mail.smtp import Mailer
@@ -32,6 +33,8 @@ class Resources:
     mailer: Mailer
     idempotency: IdempotencyStore
     files: ExportFiles
+    # Signs download links (the worker's emails); the API verifies with its own app[TOKENS].
+    tokens: TokenService
 
 
 async def open_pg_pool(
@@ -89,6 +92,7 @@ async def open_resources(
             mailer=Mailer(settings.smtp),
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
+            tokens=build_token_service(settings.jwt, allow_ephemeral=not settings.is_deployed),
         )
 
 

@@ -3,8 +3,9 @@
 Attached when the email, counted after base64 as SES counts it, stays within
 ``exports.attachment_max_bytes``; the attachment is read from the produced file while the
 message is sent. For a larger file the email carries a capability link
-(``links.capability_url``): one click opens the stored file, no sign-in, until it expires
-(never a presigned URL, which the link route makes fresh on every use). Every file is
+(``links.issue_link``, signed with ``Resources.tokens``): one click opens the stored file,
+no sign-in, until it expires (never a presigned URL, which the link route makes fresh on
+every use). Every file is
 stored before this channel runs (``delivery/storage.py``). What the emails say is
 ``mail/messages.py``; how they are sent, ``mail/smtp.py``.
 """
@@ -17,7 +18,7 @@ import time
 import structlog
 
 from exporter.delivery.base import DeliveryGuard, ProducedFile, Receipt
-from exporter.links import capability_url, page_url
+from exporter.links import issue_link, page_url
 from exporter.mail.messages import (
     DownloadLink,
     ExportAttachment,
@@ -109,7 +110,7 @@ class EmailChannel:
             return compose(attachment=attachment), ATTACHMENT
         assert job.file_expires_at is not None  # stored before any channel runs
         link = DownloadLink(
-            url=capability_url(settings, job),
+            url=issue_link(self._resources.tokens, settings.api.public_url, job).url,
             expires_at=job.file_expires_at,
             file_name=produced.name,
             row_count=produced.rows,
