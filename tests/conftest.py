@@ -276,7 +276,7 @@ def _fix_run_worker(settings: Settings) -> RunWorker:
     """Run a real arq worker in burst mode until the queue is empty."""
 
     async def run(**overrides: Any) -> Worker:
-        # No crons: the sweeper runs every minute and would turn up in the job counts of a
+        # No crons: the sweeper runs every 10 s and would turn up in the job counts of a
         # test that crosses a minute (tests call sweep_jobs/expire_jobs directly instead).
         kwargs = build_worker_settings(
             settings, burst=True, poll_delay=0, handle_signals=False, cron_jobs=[]
