@@ -22,6 +22,11 @@ repairs what the queue lost:
   workers (runs that ended in a scheduled retry do not count): ``failed``
   with a reason, and the user gets the failure notice.
 
+Two regions (``Settings.region``; ``regions.py``): a sweep repairs only this region's jobs,
+and a failed region's once an operator declared it failed, re-homing each with the same
+conditional claim; another healthy region's jobs are counted (``other_region``) and left to
+it. A region declared failed itself repairs nothing.
+
 A live run is never started twice: its progress write refreshes ``heartbeat_at`` every
 ``exports.progress_interval_s`` while it streams and mails (``jobs/progress.py``), a
 missing liveness key alone (Redis wiped) is not enough while that heartbeat is recent, a
