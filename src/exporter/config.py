@@ -105,6 +105,11 @@ class DynamoSettings(BaseModel):
     def idempotency_keys_table(self) -> str:
         return f"{self.table_prefix}idempotency-keys"
 
+    @property
+    def regions_table(self) -> str:
+        """The failed-region flags (store/regions.py); read only when ``region`` is set."""
+        return f"{self.table_prefix}regions"
+
 
 class S3Settings(BaseModel):
     """Where exports too large to attach are kept (a private bucket, one object per export)."""
@@ -131,6 +136,10 @@ class S3Settings(BaseModel):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=4, ge=1)
+    # Two regions (``Settings.region``): the other regions' export buckets, region -> bucket
+    # (EXPORTER_S3__REGION_BUCKETS='{"us-east-1": "..."}'). A job records the region whose
+    # bucket holds its file, so a link served here signs a URL for that bucket.
+    region_buckets: dict[str, str] = {}
 
     @field_validator("endpoint_url", mode="before")
     @classmethod
@@ -313,6 +322,11 @@ class Settings(BaseSettings):
     )
 
     environment: Environment = Environment.LOCAL
+    # The region this process serves in a two-region deployment (EXPORTER_REGION, e.g.
+    # "eu-west-1"): every job it creates is homed here, and it runs only jobs homed here or
+    # in a region declared failed (regions.py). None (the default, local, tests): one
+    # region, no ownership rule, exactly as before regions existed.
+    region: str | None = None
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON unless attached to a terminal
     postgres: PostgresSettings = PostgresSettings()
@@ -325,6 +339,11 @@ class Settings(BaseSettings):
     exports: ExportSettings = ExportSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _empty_is_one_region(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _heartbeat_well_inside_staleness(self) -> Settings:

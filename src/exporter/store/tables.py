@@ -90,6 +90,14 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
             "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
             **on_demand,
         },
+        {
+            # Regions an operator declared failed (two-region deployments); see
+            # store/regions.py. One item per failed region, none while all are healthy.
+            "TableName": settings.regions_table,
+            "KeySchema": [{"AttributeName": "region", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "region", "AttributeType": "S"}],
+            **on_demand,
+        },
     ]
 
 
