@@ -479,18 +479,24 @@ class CpuSampler:
         return used
 
 
-async def dynamodb_calls(http: aiohttp.ClientSession, url: str) -> float | None:
-    """The process's ``exporter_dynamodb_calls_total``, all operations; None if it has none."""
-    try:
-        async with http.get(url) as response:
-            text = await response.text()
-    except aiohttp.ClientError:
-        return None
+def dynamodb_calls_in(text: str) -> float | None:
+    """``exporter_dynamodb_calls_total`` summed over its operations in a Prometheus text
+    page; None when the page has no such counter."""
     found = None
     for family in text_string_to_metric_families(text):
-        if family.name == DYNAMODB_CALLS:
-            found = sum(s.value for s in family.samples if s.name.endswith("_total"))
+        if family.name in (DYNAMODB_CALLS, f"{DYNAMODB_CALLS}_total"):
+            total = f"{DYNAMODB_CALLS}_total"
+            found = sum(s.value for s in family.samples if s.name == total)
     return found
+
+
+async def dynamodb_calls(http: aiohttp.ClientSession, url: str) -> float | None:
+    """The process's DynamoDB calls so far (None: it does not count them, or no answer)."""
+    try:
+        async with http.get(url) as response:
+            return dynamodb_calls_in(await response.text())
+    except aiohttp.ClientError:
+        return None
 
 
 async def count_calls(procs: Processes) -> tuple[float | None, float | None]:

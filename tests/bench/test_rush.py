@@ -4,14 +4,15 @@ e-mailed exactly once. Counts, never timings: the machine may be busy."""
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from bench.rush import default_threshold, parse_args, table
+from bench.rush import default_threshold, dynamodb_calls_in, parse_args, table
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_USERS, LARGE_USERS = 4, 1
@@ -62,7 +63,9 @@ def test_a_toy_rush_delivers_every_export_exactly_once_in_all_three_rounds(
     # per export, no failure notice, and as many exports as the rounds accepted (plus the
     # unmeasured warm-up's two).
     lines = [json.loads(line) for line in Path(ROOT, report["mail_log"]).read_text().splitlines()]
-    per_export = Counter(line["export_id"] for line in lines if line["kind"] == "export")
+    per_export = collections.Counter(
+        line["export_id"] for line in lines if line["kind"] == "export"
+    )
     assert set(per_export.values()) == {1}
     assert len(per_export) == sum(r["accepted"] for r in rounds.values()) + 2
     assert all(line["kind"] == "export" for line in lines)
@@ -99,3 +102,14 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
     rendered = table([row])
     assert "| DynamoDB calls per create | n/a |" in rendered
     assert "| DynamoDB calls per run | 2.5 |" in rendered
+
+
+def test_dynamodb_calls_are_summed_over_operations_and_absent_reads_none() -> None:
+    registry = CollectorRegistry()
+    calls = Counter("exporter_dynamodb_calls", "DynamoDB calls", ["operation"], registry=registry)
+    calls.labels("GetItem").inc(3)
+    calls.labels("TransactWriteItems").inc(2)
+    other = Counter("exporter_other", "something else", registry=registry)
+    other.inc(7)
+    assert dynamodb_calls_in(generate_latest(registry).decode()) == 5
+    assert dynamodb_calls_in("# nothing here\n") is None
