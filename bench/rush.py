@@ -878,8 +878,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup-users",
         type=int,
-        default=50,
-        help="small users of an unmeasured burst before the first round",
+        default=200,
+        help="small users of an unmeasured burst before the first round (warms DynamoDB "
+        "Local's JIT and PostgreSQL's caches for round (a) as for the others)",
     )
     parser.add_argument("--spread-s", type=float, default=10.0, help="every POST within this")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
