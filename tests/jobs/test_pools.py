@@ -9,17 +9,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from arq.worker import Worker
 from pydantic import SecretStr
 
 from exporter.config import Settings
+from exporter.errors import RedisNotDurable
 from exporter.exports.create import Created, ExportRequest, create_export
-from exporter.jobs.pools import build_pool_workers, serve_pools, stop_workers
-from exporter.jobs.worker import health_check_key, worker_is_healthy
+from exporter.jobs.pools import build_pool_workers, serve_pools
+from exporter.jobs.worker import build_worker_settings, health_check_key, worker_is_healthy
 from exporter.models import ExportJob, JobState
 from exporter.queue import pool_key
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
-from tests.faults.stack import Processes, process_env
+from tests.faults.stack import PrivateRedis, Processes, process_env
 from tests.pgproxy import stalling_proxy
 
 THRESHOLD = 100
@@ -76,7 +79,8 @@ async def test_a_large_export_holding_the_large_slots_does_not_delay_a_small_one
                 both.redis.large_queue,
             )
             assert (default_pool.max_jobs, large_pool.max_jobs) == (1, 1)
-            serving = asyncio.create_task(serve_pools(workers))
+            stop = asyncio.Event()
+            serving = asyncio.create_task(serve_pools(workers, stop))
             try:
                 big_job = await _create(shared, big.user_id)
                 assert big_job.large
@@ -99,7 +103,7 @@ async def test_a_large_export_holding_the_large_slots_does_not_delay_a_small_one
                 finished = await _until_status(shared, big_job.job_id, JobState.SUCCEEDED)
                 assert finished.row_count == 30_000
             finally:
-                stop_workers(workers, signal.SIGTERM)
+                stop.set()  # what SIGTERM does
                 await asyncio.wait_for(serving, 30)
             # Each pool left its slots and its liveness key on the way out; the shared
             # clients are still open (this block closes them).
@@ -173,3 +177,44 @@ async def test_each_pool_has_its_own_slots_and_only_the_default_pool_runs_crons_
     assert default_pool.ctx["serve_metrics"] and not large_pool.ctx["serve_metrics"]
     assert default_pool.health_check_key == health_check_key(sized)
     assert large_pool.health_check_key == health_check_key(sized, large=True)
+
+
+async def test_when_one_pool_ends_on_its_own_the_other_is_stopped_too(
+    settings: Settings, resources: Resources
+) -> None:
+    # The large pool drains an empty queue and ends (burst): the process must not go on
+    # serving only the default queue.
+    default_pool = Worker(
+        **build_worker_settings(settings, shared=resources, handle_signals=False, cron_jobs=[])
+    )
+    large_pool = Worker(
+        **build_worker_settings(
+            settings, large=True, shared=resources, handle_signals=False, burst=True
+        )
+    )
+    await asyncio.wait_for(serve_pools([default_pool, large_pool], asyncio.Event()), 30)
+    assert default_pool.main_task is not None and default_pool.main_task.done()
+    assert not await worker_is_healthy(settings)
+    assert await resources.queue.redis.ping()  # the shared clients stay open
+
+
+async def test_a_pool_that_cannot_start_stops_the_process_with_its_reason(
+    settings: Settings, resources: Resources, tmp_path: Path
+) -> None:
+    evicting = PrivateRedis(tmp_path, "--maxmemory-policy", "allkeys-lru")
+    evicting.start()
+    try:
+        guarded = settings.model_copy(
+            update={
+                "redis": settings.redis.model_copy(
+                    update={"url": SecretStr(evicting.url), "require_noeviction": True}
+                )
+            }
+        )
+        async with open_resources(guarded) as shared:
+            workers = build_pool_workers(guarded, shared)
+            with pytest.raises(RedisNotDurable):
+                await asyncio.wait_for(serve_pools(workers, asyncio.Event()), 30)
+            assert all(w.main_task is not None and w.main_task.done() for w in workers)
+    finally:
+        evicting.kill()

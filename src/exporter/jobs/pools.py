@@ -19,15 +19,12 @@ import asyncio
 import contextlib
 import signal
 
-import structlog
 from arq.worker import Worker
 
 from exporter.config import Settings
 from exporter.jobs.worker import build_worker_settings
 from exporter.logs import configure_logging
 from exporter.resources import Resources, open_resources
-
-log = structlog.stdlib.get_logger("exporter.jobs.pools")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -62,17 +59,20 @@ def stop_workers(workers: list[Worker], signum: signal.Signals) -> None:
             worker.handle_sig(signum)
 
 
-async def serve_pools(workers: list[Worker]) -> None:
-    """Run the workers until ``stop_workers`` (a signal) or one pool's failure stops them,
-    then close each (its on_shutdown: liveness key, metrics port); a failure is re-raised."""
+async def serve_pools(workers: list[Worker], stop: asyncio.Event) -> None:
+    """Run the workers until ``stop`` is set (a signal) or one pool ends on its own, then
+    stop them all and close each (its on_shutdown: liveness key, metrics port); a pool's
+    failure is re-raised."""
     runs = [asyncio.create_task(w.async_run(), name=f"pool-{w.queue_name}") for w in workers]
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
-        # A pool that ended without a signal (its start-up failed, Redis refused it) must
-        # not leave the process half-served: stop the other too.
+        await asyncio.wait([*runs, stopping], return_when=asyncio.FIRST_COMPLETED)
+        # A signal, or a pool that ended without one (its start-up failed, Redis refused
+        # it): either way the process stops whole rather than go on half-served.
         stop_workers(workers, signal.SIGTERM)
         await asyncio.wait(runs)
     finally:
+        stopping.cancel()
         for worker in workers:
             # Its jobs have ended or been cancelled by now; arq's close() would re-raise a
             # cancelled one's CancelledError and skip on_shutdown (the liveness key).
@@ -88,11 +88,14 @@ async def run_pools(settings: Settings) -> None:
     """Both pools on one set of clients, until SIGTERM or SIGINT."""
     async with open_resources(settings) as shared:
         workers = build_pool_workers(settings, shared)
+        # The handler only sets the event: a signal that comes before the workers' tasks
+        # have started is then not lost (arq's handlers need a running main task).
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
-            loop.add_signal_handler(signum, stop_workers, workers, signum)
+            loop.add_signal_handler(signum, stop.set)
         try:
-            await serve_pools(workers)
+            await serve_pools(workers, stop)
         finally:
             for signum in _STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
