@@ -67,6 +67,7 @@ from exporter.config import (
     S3Settings,
     Settings,
     SmtpSettings,
+    WorkerSettings,
 )
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port, stop_process, wait_for_port
@@ -663,9 +664,15 @@ async def run_round(
         mail.read()
     finally:
         procs.stop()
-    return summarise(
+    result = summarise(
         rnd, sent, accepted, mail, started, peak, cpu, calls_before, calls_after, sign_in_s
     )
+    shipped = WorkerSettings()
+    small_slots = args.max_jobs or shipped.max_jobs
+    large_slots = (args.large_max_jobs or shipped.large_max_jobs) if rnd.routing else 0
+    result["slots_per_process"] = {"small": small_slots, "large": large_slots}
+    result["worker_processes"] = args.workers
+    return result
 
 
 def summarise(
@@ -775,6 +782,14 @@ def table(rounds: list[dict[str, Any]]) -> str:
         (
             "accepted / e-mailed exactly once",
             [f"{r['accepted']} / {r['delivered_once']}" for r in rounds],
+        ),
+        (
+            "worker processes x slots (small + large)",
+            [
+                f"{r['worker_processes']} x ({r['slots_per_process']['small']} + "
+                f"{r['slots_per_process']['large']})"
+                for r in rounds
+            ],
         ),
         ("errors", [", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0" for r in rounds]),
         (

@@ -87,6 +87,8 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
         "title": "(x)",
         "asked": {"small": 1, "large": 0},
         "accepted": 1,
+        "worker_processes": 2,
+        "slots_per_process": {"small": 4, "large": 2},
         "delivered_once": 1,
         "errors": {},
         "small_request_to_email_ms": {"p50": 1.0, "p95": 1.0, "p99": 1.0, "max": 1.0},
@@ -102,6 +104,7 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
     rendered = table([row])
     assert "| DynamoDB calls per create | n/a |" in rendered
     assert "| DynamoDB calls per run | 2.5 |" in rendered
+    assert "| worker processes x slots (small + large) | 2 x (4 + 2) |" in rendered
 
 
 def test_dynamodb_calls_are_summed_over_operations_and_absent_reads_none() -> None:
