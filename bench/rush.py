@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import secrets
 import signal
 import subprocess
@@ -138,14 +139,14 @@ def rush_stack(args: argparse.Namespace, run: str) -> Iterator[Stack]:
     and the workers, which each round starts with its own settings."""
     OUT.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
-        dynamo = start_dynamodb(log_path=OUT / "rush-dynamodb.log")
+        dynamo = start_dynamodb(log_path=OUT / f"rush-{run}-dynamodb.log")
         cleanup.callback(dynamo.stop)
-        s3 = start_s3(log_path=OUT / "rush-s3.log")
+        s3 = start_s3(log_path=OUT / f"rush-{run}-s3.log")
         cleanup.callback(s3.stop)
         mail_log = OUT / f"rush-{run}-mail.jsonl"
         smtp_port = free_port()
         sink_cmd = ["-m", "bench.smtp_sink", "--port", str(smtp_port), "--out", str(mail_log)]
-        with open(OUT / "rush-smtp.log", "ab") as log:
+        with open(OUT / f"rush-{run}-smtp.log", "ab") as log:
             sink = subprocess.Popen(
                 [sys.executable, *sink_cmd],
                 stdout=log,
@@ -360,7 +361,7 @@ def start_round(stack: Stack, rnd: Round, run: str, workers: int) -> Processes:
     }
     url = f"http://{HOST}:{api_port}"
     procs = Processes(url, f"{url}/metrics", [], queue, combined=rnd.routing)
-    procs.started.append(spawn(stack, env, f"rush-{rnd.key}-api", "api"))
+    procs.started.append(spawn(stack, env, f"rush-{run}-{rnd.key}-api", "api"))
     # With routing on, each process serves both pools: the box has two worker processes.
     queues = ["--queue", "default", "--queue", "large"] if rnd.routing else []
     for n in range(1, workers + 1):
@@ -368,7 +369,7 @@ def start_round(stack: Stack, rnd: Round, run: str, workers: int) -> Processes:
         procs.worker_metrics.append(f"http://{HOST}:{port}/metrics")
         worker_env = {**env, "EXPORTER_WORKER__METRICS_PORT": str(port), "HOSTNAME": f"rush-{n}"}
         procs.started.append(
-            spawn(stack, worker_env, f"rush-{rnd.key}-worker-{n}", "worker", *queues)
+            spawn(stack, worker_env, f"rush-{run}-{rnd.key}-worker-{n}", "worker", *queues)
         )
         stack.roles[procs.started[-1].pid] = f"worker-{n}"
     stack.roles[procs.started[0].pid] = "api"
@@ -940,6 +941,11 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": [],
     }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanups run on a stop, too
+    # A thousand open connections in this process and as many in the API (which inherits it).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 8192:
+        wanted = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
     with rush_stack(args, run) as stack:
         report["machine"].update(asyncio.run(service_versions(stack.settings)))
         mail = MailLog(stack.mail_log)
