@@ -58,6 +58,8 @@ def test_a_toy_rush_delivers_every_export_exactly_once_in_all_three_rounds(
         assert {"api", "worker-1", "worker-2", "dynamodb-local", "smtp sink"} <= set(r["cpu_s"])
         assert r["cpu_ms_all_in_per_small_export"] > 0
         assert "dynamodb_calls_per_create" in r and "dynamodb_calls_per_run" in r
+        unknown = r["size_unknown_at_create"]  # how many, depends on the machine's load
+        assert set(unknown) == {"small", "large"} and unknown["large"] <= LARGE_USERS
 
     # The sink's own record, independently of the report's arithmetic: one export e-mail
     # per export, no failure notice, and as many exports as the rounds accepted (plus the
@@ -85,6 +87,8 @@ def test_the_threshold_separates_the_sizes_or_is_the_shipped_one() -> None:
 def test_a_measure_nobody_took_reads_n_a() -> None:
     row = {
         "title": "(x)",
+        "routing": True,
+        "size_unknown_at_create": {"small": 0, "large": 1},
         "asked": {"small": 1, "large": 0},
         "accepted": 1,
         "worker_processes": 2,
@@ -104,6 +108,9 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
     rendered = table([row])
     assert "| DynamoDB calls per create | n/a |" in rendered
     assert "| DynamoDB calls per run | 2.5 |" in rendered
+    assert "| size unknown at create, small + large (routed to the default queue) | 0 + 1 |" in (
+        rendered
+    )
     assert "| worker processes x slots (small + large) | 2 x (4 + 2) |" in rendered
 
 
