@@ -87,6 +87,10 @@ OUT = Path("var/bench")
 HOST = "127.0.0.1"
 PASSWORD = "rush-hour-password"  # noqa: S105 - every bench user's; only loopback sees it
 DYNAMODB_CALLS = "exporter_dynamodb_calls"  # the counter's family name (…_total samples)
+# The operations that write (the issue's target: at most 3 per successful small run).
+DYNAMODB_WRITES = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+)
 # The issue's targets (2 vCPU, everything local), printed beside the results.
 TARGET_P99_RATIO = 2.0
 TARGET_SMALL_PER_MIN = 2000
@@ -481,18 +485,24 @@ class CpuSampler:
         return used
 
 
-def dynamodb_calls_in(text: str) -> float | None:
-    """``exporter_dynamodb_calls_total`` summed over its operations in a Prometheus text
-    page; None when the page has no such counter."""
-    found = None
+Calls = dict[str, float]  # DynamoDB operation -> calls so far
+
+
+def dynamodb_calls_in(text: str) -> Calls | None:
+    """``exporter_dynamodb_calls_total`` by operation, from a Prometheus text page; None
+    when the page has no such counter."""
+    found: Calls | None = None
     for family in text_string_to_metric_families(text):
         if family.name in (DYNAMODB_CALLS, f"{DYNAMODB_CALLS}_total"):
-            total = f"{DYNAMODB_CALLS}_total"
-            found = sum(s.value for s in family.samples if s.name == total)
+            found = {}
+            for sample in family.samples:
+                if sample.name == f"{DYNAMODB_CALLS}_total":
+                    operation = sample.labels.get("operation", "")
+                    found[operation] = found.get(operation, 0.0) + sample.value
     return found
 
 
-async def dynamodb_calls(http: aiohttp.ClientSession, url: str) -> float | None:
+async def dynamodb_calls(http: aiohttp.ClientSession, url: str) -> Calls | None:
     """The process's DynamoDB calls so far (None: it does not count them, or no answer)."""
     try:
         async with http.get(url) as response:
@@ -501,13 +511,25 @@ async def dynamodb_calls(http: aiohttp.ClientSession, url: str) -> float | None:
         return None
 
 
-async def count_calls(procs: Processes) -> tuple[float | None, float | None]:
+async def count_calls(procs: Processes) -> tuple[Calls | None, Calls | None]:
     """DynamoDB calls so far: the API's, and all the workers' together."""
     async with aiohttp.ClientSession() as http:
         api = await dynamodb_calls(http, procs.api_metrics)
         per_worker = [await dynamodb_calls(http, url) for url in procs.worker_metrics]
-    workers = None if any(v is None for v in per_worker) else sum(v or 0 for v in per_worker)
+    if any(calls is None for calls in per_worker):
+        return api, None
+    workers: Calls = {}
+    for calls in per_worker:
+        for operation, n in (calls or {}).items():
+            workers[operation] = workers.get(operation, 0.0) + n
     return api, workers
+
+
+def calls_between(before: Calls | None, after: Calls | None) -> Calls | None:
+    """The calls made between two readings, by operation."""
+    if before is None or after is None:
+        return None
+    return {op: n - before.get(op, 0.0) for op, n in after.items() if n - before.get(op, 0.0)}
 
 
 class MailLog:
@@ -686,8 +708,8 @@ def summarise(
     started: float,
     peak: int,
     cpu: dict[str, float],
-    calls_before: tuple[float | None, float | None],
-    calls_after: tuple[float | None, float | None],
+    calls_before: tuple[Calls | None, Calls | None],
+    calls_after: tuple[Calls | None, Calls | None],
     sign_in_s: float,
 ) -> dict[str, Any]:
     delivered = {e: mail.exports[e] for e in accepted if e in mail.exports}
@@ -710,8 +732,13 @@ def summarise(
     all_in = sum(v for k, v in cpu.items() if k != "load generator")
     exports = len(delivered)
     api_calls, worker_calls = (
-        None if before is None or after is None else after - before
+        calls_between(before, after)
         for before, after in zip(calls_before, calls_after, strict=True)
+    )
+    worker_writes = (
+        None
+        if worker_calls is None
+        else sum(n for op, n in worker_calls.items() if op in DYNAMODB_WRITES)
     )
     # With routing on, an export whose count failed at create (export.size_unknown: the
     # API's pool or PostgreSQL too busy for the 2 s the count gets) went to the default queue.
@@ -755,12 +782,16 @@ def summarise(
         "cpu_ms_all_in_per_small_export": round(all_in / len(small_done) * 1000, 1)
         if small_done
         else None,
-        "dynamodb_calls_per_create": round(api_calls / len(accepted), 2)
+        "dynamodb_calls_per_create": round(sum(api_calls.values()) / len(accepted), 2)
         if api_calls is not None and accepted
         else None,
-        "dynamodb_calls_per_run": round(worker_calls / exports, 2)
+        "dynamodb_calls_per_run": round(sum(worker_calls.values()) / exports, 2)
         if worker_calls is not None and exports
         else None,
+        "dynamodb_writes_per_run": round(worker_writes / exports, 2)
+        if worker_writes is not None and exports
+        else None,
+        "dynamodb_calls": {"api": api_calls, "workers": worker_calls},
     }
 
 
@@ -850,7 +881,13 @@ def table(rounds: list[dict[str, Any]]) -> str:
             [f"**{_ms(r['cpu_ms_all_in_per_small_export'])}**" for r in rounds],
         ),
         ("DynamoDB calls per create", [na(r["dynamodb_calls_per_create"]) for r in rounds]),
-        ("DynamoDB calls per run", [na(r["dynamodb_calls_per_run"]) for r in rounds]),
+        (
+            "DynamoDB calls (writes) per run",
+            [
+                f"{na(r['dynamodb_calls_per_run'])} ({na(r.get('dynamodb_writes_per_run'))})"
+                for r in rounds
+            ],
+        ),
     ]
     out = ["| | " + " | ".join(r["title"] for r in rounds) + " |"]
     out.append("|---|" + "---:|" * len(rounds))

@@ -104,22 +104,24 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
         "cpu_ms_all_in_per_small_export": 1.0,
         "dynamodb_calls_per_create": None,
         "dynamodb_calls_per_run": 2.5,
+        "dynamodb_writes_per_run": 2.0,
     }
     rendered = table([row])
     assert "| DynamoDB calls per create | n/a |" in rendered
-    assert "| DynamoDB calls per run | 2.5 |" in rendered
+    assert "| DynamoDB calls (writes) per run | 2.5 (2.0) |" in rendered
     assert "| size unknown at create, small + large (routed to the default queue) | 0 + 1 |" in (
         rendered
     )
     assert "| worker processes x slots (small + large) | 2 x (4 + 2) |" in rendered
 
 
-def test_dynamodb_calls_are_summed_over_operations_and_absent_reads_none() -> None:
+def test_dynamodb_calls_are_read_by_operation_and_absent_reads_none() -> None:
     registry = CollectorRegistry()
     calls = Counter("exporter_dynamodb_calls", "DynamoDB calls", ["operation"], registry=registry)
     calls.labels("GetItem").inc(3)
     calls.labels("TransactWriteItems").inc(2)
     other = Counter("exporter_other", "something else", registry=registry)
     other.inc(7)
-    assert dynamodb_calls_in(generate_latest(registry).decode()) == 5
+    page = generate_latest(registry).decode()
+    assert dynamodb_calls_in(page) == {"GetItem": 3, "TransactWriteItems": 2}
     assert dynamodb_calls_in("# nothing here\n") is None
