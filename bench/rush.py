@@ -961,7 +961,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--large-max-jobs", type=int, help="worker.large_max_jobs (default: shipped)"
     )
     parser.add_argument("--poll-delay-s", type=float, help="worker.poll_delay_s (default: shipped)")
-    parser.add_argument("--rounds", default="abc", help="which rounds, of a, b and c")
+    parser.add_argument(
+        "--rounds",
+        default="abc",
+        help="which rounds, in this order (e.g. cba to see what running first costs)",
+    )
     parser.add_argument("--timeout-s", type=float, default=1800, help="per round, for e-mails")
     parser.add_argument("--settle-s", type=float, default=2.0, help="wait for duplicates")
     parser.add_argument("--seed", type=int, default=1, help="the POSTs' random order")
@@ -972,6 +976,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="the JSON report (default var/bench/rush-*.json)")
     args = parser.parse_args(argv)
+    if not args.rounds or set(args.rounds) - set("abc") or len(set(args.rounds)) < len(args.rounds):
+        parser.error("--rounds takes each of a, b and c at most once, e.g. abc or cb")
     if args.large_threshold is None:
         args.large_threshold = default_threshold(args.small_rows, args.large_rows)
     return args
@@ -1005,9 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
     with rush_stack(args, run) as stack:
         report["machine"].update(asyncio.run(service_versions(stack.settings)))
         mail = MailLog(stack.mail_log)
-        for rnd in ROUNDS:
-            if rnd.key not in args.rounds:
-                continue
+        by_key = {r.key: r for r in ROUNDS}
+        for rnd in (by_key[k] for k in args.rounds):
             print(f"round {rnd.title} ...", flush=True)
             first = not report["rounds"]
             result = asyncio.run(run_round(stack, rnd, args, run, mail, first=first))
@@ -1016,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         report["unrecognised_emails"] = mail.unrecognised
         report["mail_log"] = str(stack.mail_log)
     report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    rendered = table(report["rounds"])
+    rendered = table(sorted(report["rounds"], key=lambda r: str(r["round"])))  # a, b, c
     report["targets"] = targets({r["round"]: r for r in report["rounds"]})
     path = args.out or OUT / f"rush-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,10 +78,14 @@ def test_a_toy_rush_delivers_every_export_exactly_once_in_all_three_rounds(
     assert text.count("target: ") == 4
 
 
-def test_the_threshold_separates_the_sizes_or_is_the_shipped_one() -> None:
+def test_the_threshold_separates_the_sizes_and_rounds_are_each_run_once() -> None:
     assert default_threshold(1000, 500_000) == 100_000
     assert default_threshold(1000, 50_000) == 25_500
     assert parse_args(["--large-threshold", "7"]).large_threshold == 7
+    assert parse_args(["--rounds", "cb"]).rounds == "cb"
+    for wrong in ("abd", "aa", ""):
+        with pytest.raises(SystemExit):
+            parse_args(["--rounds", wrong])
 
 
 def test_a_measure_nobody_took_reads_n_a() -> None:
