@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint lint-python typecheck format pytest pytest-live fuzz bench outage loadtest clean
+.PHONY: help venv run demo test lint lint-python typecheck format pytest pytest-live fuzz bench bench-rush outage loadtest clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -52,6 +52,12 @@ pytest-live:
 
 bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see docs/benchmarks.md
 	$(PY) -m bench.export
+
+# Full size by default (1,000 + 10 users, three rounds; roughly 15-25 min on 2 vCPU); sizes
+# as flags, e.g. make bench-rush RUSH_ARGS="--small-users 50 --large-users 2 --large-rows 50000".
+RUSH_ARGS ?=
+bench-rush: venv  ## the morning-of-the-1st burst, routing off/on/without large users; see docs/benchmarks.md
+	$(PY) -m bench.rush $(RUSH_ARGS)
 
 fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
 	$(VENV)/bin/pytest tests/test_fuzz.py

@@ -230,6 +230,10 @@ EXPIRE_TIMEOUT_S = 300
 
 class WorkerSettings(BaseModel):
     max_jobs: int = Field(default=4, ge=1)
+    # The large pool's slots in a process that serves both queues (`exporter worker --queue
+    # default --queue large`: max_jobs small slots plus these); a process serving only the
+    # large queue has max_jobs slots, as its own Deployment sets them.
+    large_max_jobs: int = Field(default=2, ge=1)
     job_timeout_s: int = Field(default=1800, gt=0)
     # Runs a job may lose to dying workers before the sweeper gives it up (``worker_lost``);
     # transient failures are bounded by retry_budget_s instead, however many tries it takes.

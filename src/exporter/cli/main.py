@@ -44,11 +44,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from exporter.errors import RedisNotDurable
     from exporter.jobs.worker import check_worker_health, run_worker_forever
 
-    large = args.queue == "large"
-    if args.check:
-        return check_worker_health(settings, large=large)
+    queues = set(args.queue or ["default"])
+    if args.check:  # every pool this process serves must be healthy
+        return max(check_worker_health(settings, large=q == "large") for q in sorted(queues))
     try:
-        run_worker_forever(settings, large=large)
+        if len(queues) > 1:
+            from exporter.jobs.pools import run_pools_forever
+
+            run_pools_forever(settings)
+        else:
+            run_worker_forever(settings, large=queues == {"large"})
     except RedisNotDurable as exc:
         raise CommandError(f"refusing to start the worker: {exc}") from None
     return 0
@@ -130,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--queue",
         choices=("default", "large"),
-        default="default",
+        action="append",
         help="which pool: the default queue (and the crons) or the large exports' queue "
-        "(redis.large_queue_name)",
+        "(redis.large_queue_name); given twice, one process serves both, with "
+        "worker.max_jobs and worker.large_max_jobs slots",
     )
     worker.set_defaults(func=cmd_worker)
 

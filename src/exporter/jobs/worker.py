@@ -39,6 +39,10 @@ _EXIT_STACK = "exit_stack"
 _SETTINGS = "settings"
 _WORKER_ID = "worker_id"
 _LARGE = "large"
+_SLOTS = "slots"
+# Resources the process opened for several pools (jobs/pools.py): used, not opened or closed.
+_SHARED = "shared_resources"
+_SERVE_METRICS = "serve_metrics"
 
 
 def is_large_pool(ctx: dict[str, Any]) -> bool:
@@ -63,7 +67,11 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         )
         await arq_pool.connection_pool.disconnect()
     stack = AsyncExitStack()
-    resources = await stack.enter_async_context(open_resources(settings))
+    shared: Resources | None = ctx.get(_SHARED)
+    if shared is None:
+        resources = await stack.enter_async_context(open_resources(settings))
+    else:
+        resources = shared
     if settings.redis.require_noeviction:
         try:
             await _check_redis_durability(resources)
@@ -72,14 +80,18 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             raise
     try:
         ctx[_WORKER_ID] = await _keep_alive(
-            stack, resources.queue, settings, large=is_large_pool(ctx)
+            stack,
+            resources.queue,
+            settings,
+            large=is_large_pool(ctx),
+            slots=int(ctx.get(_SLOTS, settings.worker.max_jobs)),
         )
     except BaseException:
         await stack.aclose()
         raise
     ctx[_RESOURCES] = resources
     ctx[_EXIT_STACK] = stack
-    if settings.worker.metrics_port:
+    if settings.worker.metrics_port and ctx.get(_SERVE_METRICS, True):
         await stack.enter_async_context(
             serve_worker_metrics(
                 resources.queue.redis,
@@ -92,7 +104,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     log.info(
         "worker.ready",
         queue=resources.queue.queue_for(large=is_large_pool(ctx)),
-        max_jobs=settings.worker.max_jobs,
+        max_jobs=ctx.get(_SLOTS, settings.worker.max_jobs),
         worker_id=ctx[_WORKER_ID],
     )
 
@@ -104,7 +116,7 @@ def new_worker_id() -> str:
 
 
 async def _keep_alive(
-    stack: AsyncExitStack, queue: ExportQueue, settings: Settings, *, large: bool
+    stack: AsyncExitStack, queue: ExportQueue, settings: Settings, *, large: bool, slots: int
 ) -> str:
     """Write this process's liveness key now and every ``liveness_refresh_s`` until the
     worker shuts down (its jobs have ended by then: arq calls ``on_shutdown`` after them),
@@ -115,7 +127,6 @@ async def _keep_alive(
     the sweeper (which runs on the default pool) finds a large worker's key too."""
     worker_id = new_worker_id()
     ttl_s, every_s = settings.worker.liveness_ttl_s, settings.worker.liveness_refresh_s
-    slots = settings.worker.max_jobs
 
     async def mark() -> None:
         await queue.mark_worker_alive(worker_id, ttl_s=ttl_s)
@@ -242,15 +253,31 @@ def health_check_key(settings: Settings, *, large: bool = False) -> str:
 
 
 def build_worker_settings(
-    settings: Settings, *, large: bool = False, **overrides: Any
+    settings: Settings,
+    *,
+    large: bool = False,
+    max_jobs: int | None = None,
+    shared: Resources | None = None,
+    serve_metrics: bool = True,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker``; ``overrides`` win (tests use burst mode).
+
+    ``max_jobs``: this pool's slots (``worker.max_jobs`` by default). ``shared``: clients
+    the process opened for all its pools, which this worker uses and leaves open;
+    ``serve_metrics``: whether this worker serves the process's metrics port (one per
+    process). Both for jobs/pools.py, where one process runs both pools.
 
     ``large``: serve the large exports' queue (``redis.large_queue``). Only the default
     pool runs the crons: arq's unique cron job ids (``cron:<name>:<ms>``) are global, so
     both pools would still run a tick once, but a large pool whose slots are all streaming
     would start a sweep late; the default pool's slots turn over in seconds."""
     worker = settings.worker
+    slots = worker.max_jobs if max_jobs is None else max_jobs
+    ctx: dict[str, Any] = {_SETTINGS: settings, _LARGE: large, _SLOTS: slots}
+    ctx[_SERVE_METRICS] = serve_metrics
+    if shared is not None:
+        ctx[_SHARED] = shared
     functions: list[Function] = [
         func(
             run_export_task,
@@ -288,8 +315,8 @@ def build_worker_settings(
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "on_job_start": on_job_start,
-        "ctx": {_SETTINGS: settings, _LARGE: large},
-        "max_jobs": worker.max_jobs,
+        "ctx": ctx,
+        "max_jobs": slots,
         "job_timeout": worker.job_timeout_s,
         "max_tries": worker.max_tries,
         "poll_delay": worker.poll_delay_s,
