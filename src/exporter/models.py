@@ -137,6 +137,9 @@ class ExportJob:
     # operator's retry put it back on the queue it was routed to.
     estimated_rows: int | None = None
     large: bool = False
+    # The monthly schedule that made this export (``exporter.schedules``); None when the
+    # user asked for it. The email then says it is the monthly export and how to stop it.
+    schedule_id: str | None = None
 
     @property
     def delivered_at(self) -> datetime | None:
@@ -167,6 +170,7 @@ class ExportJob:
         bom: bool = False,
         estimated_rows: int | None = None,
         large: bool = False,
+        schedule_id: str | None = None,
     ) -> ExportJob:
         return cls(
             job_id=str(uuid.uuid4()),
@@ -176,6 +180,7 @@ class ExportJob:
             bom=bom,
             estimated_rows=estimated_rows,
             large=large,
+            schedule_id=schedule_id,
             created_at=now,
             updated_at=now,
             expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),

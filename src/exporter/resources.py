@@ -17,6 +17,7 @@ from exporter.queue import ExportQueue, open_arq_redis
 from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore, derive_cursor_key
+from exporter.store.schedules import ScheduleStore
 from exporter.store.users import UserStore
 
 
@@ -35,6 +36,7 @@ class Resources:
     files: ExportFiles
     # Signs download links (the worker's emails); the API verifies with its own app[TOKENS].
     tokens: TokenService
+    schedules: ScheduleStore
 
 
 async def open_pg_pool(
@@ -93,6 +95,7 @@ async def open_resources(
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
             tokens=build_token_service(settings.jwt, allow_ephemeral=not settings.is_deployed),
+            schedules=ScheduleStore(dynamo, settings.dynamo),
         )
 
 
