@@ -60,6 +60,7 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         "refresh-tokens",
         "export-slots",
         "idempotency-keys",
+        "export-schedules",
     }
     keys = {name: t["Properties"]["KeySchema"][0]["AttributeName"] for name, t in tables.items()}
     assert keys == {
@@ -69,6 +70,7 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         "refresh-tokens": "pk",
         "export-slots": "user_id",
         "idempotency-keys": "pk",
+        "export-schedules": "pk",
     }
     ttl = {"AttributeName": "expires_at", "Enabled": True}
     for name in ("refresh-tokens", "export-slots", "idempotency-keys"):
@@ -81,6 +83,16 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
     assert indexes == _app_job_indexes()
     assert indexes[ACTIVE_INDEX] == [(ACTIVE_ATTRIBUTE, "HASH"), ("created_at", "RANGE")]
     assert jobs["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    (app_schedules,) = [
+        s
+        for s in table_specs(DynamoSettings(table_prefix="x-"))
+        if s["TableName"] == "x-export-schedules"
+    ]
+    infra_schedules = tables["export-schedules"]["Properties"]
+    assert infra_schedules["GlobalSecondaryIndexes"] == app_schedules["GlobalSecondaryIndexes"]
+    assert sorted(
+        infra_schedules["AttributeDefinitions"], key=lambda a: a["AttributeName"]
+    ) == sorted(app_schedules["AttributeDefinitions"], key=lambda a: a["AttributeName"])
     for table in tables.values():
         props = table["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST"
