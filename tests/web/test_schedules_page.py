@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from exporter.schedules.model import PauseReason
+from tests.api.test_swagger_ui import CHROMIUM
 from tests.conftest import MakeUser
-from tests.web.test_browser import CHROMIUM, Live, _fix_live, chromium, loopback_only, snap  # noqa: F401 - the live fixture
+from tests.web.test_browser import Live, _fix_live, chromium, loopback_only, snap  # noqa: F401 - the live fixture
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed"),

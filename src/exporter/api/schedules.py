@@ -11,6 +11,7 @@ from exporter.api.guard import BEARER_SECURITY, authenticate
 from exporter.api.openapi import docs, match_info_schema, request_schema, response_schema
 from exporter.api.problems import schedule_problems
 from exporter.auth import Scope
+from exporter.errors import ValidationFailed
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat
 from exporter.schedules import manage
@@ -46,6 +47,15 @@ _UNAVAILABLE = {"schema": schemas.Problem, "description": "Schedules are unavail
 async def create_schedule(request: web.Request) -> web.Response:
     claims = authenticate(request, Scope.EXPORTS_WRITE)
     body = schemas.CreateScheduleRequest().load(request["data"] or {})
+    missing = [name for name in schemas.REQUIRED_FOR_SCHEDULE if body.get(name) is None]
+    if missing:
+        raise ValidationFailed(
+            "The request is not valid.",
+            errors=[
+                {"field": name, "message": "Missing data for required field.", "location": "json"}
+                for name in missing
+            ],
+        )
     wanted = manage.ScheduleRequest(
         day_of_month=body["day_of_month"],
         time_zone=body["time_zone"],

@@ -305,7 +305,7 @@ class TimeZoneField(fields.String):
         return text
 
 
-_DAY_DOC = {
+_DAY_DOC: dict[str, Any] = {
     "description": 'The day of the month the export runs: 1 to 28, or "last" (the month\'s '
     "last day). 29 to 31 are refused: not every month has them.",
     "oneOf": [
@@ -314,7 +314,7 @@ _DAY_DOC = {
     ],
     "example": 1,
 }
-_ZONE_DOC = {
+_ZONE_DOC: dict[str, Any] = {
     "description": "IANA time zone the day is counted in; the export starts at a stable "
     "time in the configured early-morning window of that day (spread, like cron's H).",
     "example": "Europe/Berlin",
@@ -322,14 +322,23 @@ _ZONE_DOC = {
 
 
 class CreateScheduleRequest(StrictSchema):
+    """``day_of_month`` and ``time_zone`` are required, but checked by the handler after the
+    token (``REQUIRED_FOR_SCHEDULE``): the validation middleware runs before the handler, and
+    a caller without a token gets 401, never a description of what the body lacks."""
+
     frequency = fields.String(
         load_default="monthly",
         validate=validate.OneOf(["monthly"]),
         metadata={"description": "Only `monthly` for now.", "example": "monthly"},
     )
-    day_of_month = DayOfMonthField(required=True, metadata=_DAY_DOC)
+    day_of_month = DayOfMonthField(
+        load_default=None,
+        metadata={**_DAY_DOC, "description": "Required. " + _DAY_DOC["description"]},
+    )
     time_zone = TimeZoneField(
-        required=True, validate=validate.Length(min=1, max=64), metadata=_ZONE_DOC
+        load_default=None,
+        validate=validate.Length(min=1, max=64),
+        metadata={**_ZONE_DOC, "description": "Required. " + _ZONE_DOC["description"]},
     )
     format = fields.String(
         load_default=ExportFormat.CSV.value,
@@ -340,6 +349,9 @@ class CreateScheduleRequest(StrictSchema):
         load_default=False,
         metadata={"description": "Start each CSV with a UTF-8 byte order mark.", "example": False},
     )
+
+
+REQUIRED_FOR_SCHEDULE = ("day_of_month", "time_zone")
 
 
 class UpdateScheduleRequest(StrictSchema):
