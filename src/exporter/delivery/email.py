@@ -18,6 +18,7 @@ import time
 import structlog
 
 from exporter.delivery.base import DeliveryGuard, ProducedFile, Receipt
+from exporter.delivery.schedule_notice import schedule_notice
 from exporter.links import issue_link, page_url
 from exporter.mail.messages import (
     DownloadLink,
@@ -30,7 +31,6 @@ from exporter.mail.smtp import base64_wire_size
 from exporter.metrics import observe_email
 from exporter.models import ExportJob, User
 from exporter.resources import Resources
-from exporter.schedules.notice import schedule_notice
 
 log = structlog.stdlib.get_logger("exporter.delivery.email")
 

@@ -9,10 +9,10 @@ from exporter.errors import StoreError
 from exporter.mail.messages import ScheduleNotice
 from exporter.models import utcnow
 from exporter.resources import Resources
-from exporter.schedules.manage import next_due
 from exporter.schedules.pause_link import pause_url
+from exporter.schedules.timing import next_due_after
 
-log = structlog.stdlib.get_logger("exporter.schedules.notice")
+log = structlog.stdlib.get_logger("exporter.delivery.schedule_notice")
 
 
 async def schedule_notice(
@@ -44,11 +44,12 @@ async def schedule_notice(
     # may be quicker, so a due time not yet in the future is recomputed from now.
     due = schedule.due_at
     if due is None or due <= now:
-        due = next_due(
-            settings.schedules,
+        due = next_due_after(
             schedule_id,
             day=schedule.day_of_month,
             time_zone=schedule.time_zone,
             after=now,
+            window_start_s=settings.schedules.window_start_s,
+            window_s=settings.schedules.window_s,
         )
     return ScheduleNotice(pause_url=link, time_zone=schedule.time_zone, next_run_at=due)
