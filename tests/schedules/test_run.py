@@ -4,7 +4,8 @@ recording, retrying, recovering, stopping."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from exporter.exports.cancel import cancel_export
 from exporter.exports.create import Created, ExportRequest, create_export
@@ -42,6 +43,8 @@ async def test_a_due_schedule_creates_one_export_marked_with_its_schedule(
     schedule = await _schedule(resources, user.user_id, created=datetime(2027, 1, 10, tzinfo=UTC))
     assert schedule.due_at is not None
     before = sample_value("exporter_schedule_runs_total", {"outcome": "created"})
+    lags_before = sample_value("exporter_schedule_lag_seconds_count")
+    lag_sum_before = sample_value("exporter_schedule_lag_seconds_sum")
 
     early = await run_due_schedules(resources, now=schedule.due_at - timedelta(seconds=1))
     report = await run_due_schedules(resources, now=schedule.due_at + timedelta(seconds=30))
@@ -56,9 +59,11 @@ async def test_a_due_schedule_creates_one_export_marked_with_its_schedule(
     stored = await resources.schedules.get(schedule.schedule_id)
     assert stored is not None and stored.due_at is not None
     assert [(r.outcome, r.export_id) for r in stored.runs] == [(RunOutcome.CREATED, export_id)]
-    assert stored.due_at.astimezone(UTC) > datetime(2027, 2, 1, tzinfo=UTC) - timedelta(hours=1)
-    assert stored.due_at.month == 3 or stored.due_at < datetime(2027, 3, 1, tzinfo=UTC)
+    assert schedule.due_at.astimezone(ZoneInfo(BERLIN)).date() == date(2027, 2, 1)
+    assert stored.due_at.astimezone(ZoneInfo(BERLIN)).date() == date(2027, 3, 1)  # next month
     assert sample_value("exporter_schedule_runs_total", {"outcome": "created"}) == before + 1
+    assert sample_value("exporter_schedule_lag_seconds_count") == lags_before + 1
+    assert sample_value("exporter_schedule_lag_seconds_sum") == lag_sum_before + 30
 
 
 async def test_two_schedulers_racing_start_each_due_schedule_exactly_once(

@@ -119,8 +119,11 @@ async def run_schedule(
             claim_id=claim_id,
             lease_until=now + timedelta(seconds=settings.claim_lease_s),
         )
-    except StoreError:
-        # Lost the race (ConditionFailed), or DynamoDB is away: either way not ours now.
+    except ConditionFailed:
+        return None  # another scheduler took it, or it was paused, changed or deleted
+    except StoreError as exc:
+        # DynamoDB is away: the schedule stays due and the next tick tries again.
+        log.warning("schedule.claim_failed", schedule_id=seen.schedule_id, error=str(exc))
         return None
     assert claimed.due_at is not None
     with structlog.contextvars.bound_contextvars(
