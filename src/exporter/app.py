@@ -18,6 +18,7 @@ from marshmallow import ValidationError
 from exporter import __version__
 from exporter.api import schedule_links
 from exporter.api.access_log import RedactingAccessLogger
+from exporter.api.guard import auth_middleware
 from exporter.api.hardening import (
     parse_json_body,
     read_body,
@@ -204,6 +205,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
             security_headers_middleware,
             request_context_middleware,
             errors_middleware,
+            auth_middleware,  # 401/403 before the body or query is read or validated
             unambiguous_query_middleware,
             json_body_middleware,
             validation_middleware,

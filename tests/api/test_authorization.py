@@ -126,3 +126,24 @@ async def test_path_ids_must_be_well_formed(client: Client, make_user: MakeUser)
             response = await call(client, method, fill(template, bad), headers)
             assert response.status in (404, 422), (method, template, bad)
             assert response.content_type == "application/problem+json"
+
+
+async def test_the_token_is_checked_before_the_request_is_read(
+    client: Client, make_user: MakeUser
+) -> None:
+    # A caller without a valid token learns nothing about what a valid request looks like:
+    # a malformed id, query or body still gets 401 (or 403 without the scope), never a 422
+    # that describes the schema, and the body is never parsed for them.
+    nobody = await login(client, await make_user(scopes=[]))
+    for method, template in protected_routes(client.app):
+        path = fill(template, "not-a-uuid") + "?limit=oops&limit=twice&cursor="
+        for headers, status in (({}, 401), ({"Authorization": "Bearer x.y.z"}, 401)):
+            response = await client.request(
+                method, path, headers=headers, data=b'{"format": 7, "unknown": ['
+            )
+            assert response.status == status, (method, template, await response.text())
+            assert response.content_type == "application/problem+json"
+        response = await client.request(
+            method, path, headers={**nobody, "Content-Type": "application/json"}, data=b"{"
+        )
+        assert response.status == 403, (method, template, await response.text())

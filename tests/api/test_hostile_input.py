@@ -264,20 +264,22 @@ APP_CASES = {
         400,
         "repeated_query_parameter",
     ),
-    "repeated query parameter": (
+    # Without a token nothing of the request is read: the token is checked first (the same
+    # requests with a token: test_malformed_requests_with_a_token_are_named below).
+    "repeated query parameter, no token": (
         request_bytes("GET", "/v1/exports?limit=1&limit=2"),
-        400,
-        "repeated_query_parameter",
+        401,
+        "missing_token",
     ),
     "unknown Expect (aiohttp answers it before any middleware)": (
         request_bytes("GET", "/healthz", headers={"Expect": f"<{MARK}>"}),
         417,
         "expectation_failed",
     ),
-    "query bytes that are not UTF-8": (
+    "path bytes that are not UTF-8, no token": (
         request_bytes("GET", f"/v1/exports/%ff%fe{MARK}"),
-        422,
-        "validation_failed",
+        401,
+        "missing_token",
     ),
 }
 
@@ -294,7 +296,7 @@ def test_hostile_bodies_and_headers_are_4xx_problems(api: LiveApi, case: str) ->
         assert "'password'" in str(body["detail"])  # a plain field name is named
 
 
-def test_repeated_query_parameter_is_named(api: LiveApi, access_token: str) -> None:
+def test_malformed_requests_with_a_token_are_named(api: LiveApi, access_token: str) -> None:
     auth = {"Authorization": f"Bearer {access_token}"}
     body = assert_refused(
         exchange(api, request_bytes("GET", "/v1/exports?cursor=a&cursor=b", headers=auth)),
@@ -302,6 +304,13 @@ def test_repeated_query_parameter_is_named(api: LiveApi, access_token: str) -> N
         "repeated_query_parameter",
     )
     assert "'cursor'" in str(body["detail"])
+    start = len(api.log_lines())
+    assert_refused(
+        exchange(api, request_bytes("GET", f"/v1/exports/%ff%fe{MARK}", headers=auth)),
+        422,
+        "validation_failed",
+    )
+    assert_quiet_log(log_since(api, start))
 
 
 def _old_style_cursor(user_id: str, job_id: str, created_at: str) -> str:

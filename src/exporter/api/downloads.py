@@ -18,7 +18,7 @@ from marshmallow import Schema, fields
 
 from exporter import audit
 from exporter.api import schemas
-from exporter.api.guard import BEARER_SECURITY, authenticate
+from exporter.api.guard import BEARER_SECURITY, authenticate, requires
 from exporter.api.openapi import docs, match_info_schema, response_schema
 from exporter.api.pages import error_page as html_error_page
 from exporter.api.pages import prefers_html
@@ -162,6 +162,7 @@ async def _open_download(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": url, **NO_STORE})
 
 
+@requires(Scope.EXPORTS_READ)
 @docs(
     tags=["exports"],
     summary="A download link for one of your exports",

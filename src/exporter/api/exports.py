@@ -8,7 +8,7 @@ import structlog
 from aiohttp import web
 
 from exporter.api import schemas
-from exporter.api.guard import BEARER_SECURITY, authenticate
+from exporter.api.guard import BEARER_SECURITY, authenticate, requires
 from exporter.api.openapi import (
     docs,
     match_info_schema,
@@ -60,6 +60,7 @@ IDEMPOTENCY_PARAMETER = {
 }
 
 
+@requires(Scope.EXPORTS_WRITE)
 @docs(
     tags=["exports"],
     summary="Ask for an export of all your memberships",
@@ -141,6 +142,7 @@ def _job_response(job: ExportJob, status: int) -> web.Response:
     )
 
 
+@requires(Scope.EXPORTS_READ)
 @docs(
     tags=["exports"],
     summary="One of your exports",
@@ -164,6 +166,7 @@ async def get_export(request: web.Request) -> web.Response:
     return web.json_response(job_body(job, await queue_place(resources, job)))
 
 
+@requires(Scope.EXPORTS_WRITE)
 @docs(
     tags=["exports"],
     summary="Cancel one of your exports",
@@ -196,6 +199,7 @@ async def cancel_export(request: web.Request) -> web.Response:
     return web.json_response(job_body(job))
 
 
+@requires(Scope.EXPORTS_READ)
 @docs(
     tags=["exports"],
     summary="Download a finished export's file",
@@ -257,6 +261,7 @@ async def download_export(request: web.Request) -> web.Response:
     )
 
 
+@requires(Scope.EXPORTS_READ)
 @docs(
     tags=["exports"],
     summary="Your exports, newest first",
