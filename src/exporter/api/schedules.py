@@ -7,11 +7,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from exporter.api import schemas
-from exporter.api.guard import BEARER_SECURITY, authenticate
+from exporter.api.guard import BEARER_SECURITY, authenticate, requires
 from exporter.api.openapi import docs, match_info_schema, request_schema, response_schema
 from exporter.api.problems import schedule_problems
 from exporter.auth import Scope
-from exporter.errors import ValidationFailed
 from exporter.keys import RESOURCES
 from exporter.models import ExportFormat
 from exporter.schedules import manage
@@ -21,6 +20,7 @@ _NOT_FOUND = {"schema": schemas.Problem, "description": "No such schedule of you
 _UNAVAILABLE = {"schema": schemas.Problem, "description": "Schedules are unavailable; retry"}
 
 
+@requires(Scope.EXPORTS_WRITE)
 @docs(
     tags=["schedules"],
     summary="Have an export of your memberships made every month",
@@ -47,15 +47,6 @@ _UNAVAILABLE = {"schema": schemas.Problem, "description": "Schedules are unavail
 async def create_schedule(request: web.Request) -> web.Response:
     claims = authenticate(request, Scope.EXPORTS_WRITE)
     body = schemas.CreateScheduleRequest().load(request["data"] or {})
-    missing = [name for name in schemas.REQUIRED_FOR_SCHEDULE if body.get(name) is None]
-    if missing:
-        raise ValidationFailed(
-            "The request is not valid.",
-            errors=[
-                {"field": name, "message": "Missing data for required field.", "location": "json"}
-                for name in missing
-            ],
-        )
     wanted = manage.ScheduleRequest(
         day_of_month=body["day_of_month"],
         time_zone=body["time_zone"],
@@ -71,6 +62,7 @@ async def create_schedule(request: web.Request) -> web.Response:
     )
 
 
+@requires(Scope.EXPORTS_READ)
 @docs(
     tags=["schedules"],
     summary="Your export schedules",
@@ -85,6 +77,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     return web.json_response({"items": [schedule_body(s) for s in items]})
 
 
+@requires(Scope.EXPORTS_READ)
 @docs(
     tags=["schedules"],
     summary="One of your export schedules, with its last runs",
@@ -101,6 +94,7 @@ async def get_schedule(request: web.Request) -> web.Response:
     return web.json_response(schedule_body(schedule))
 
 
+@requires(Scope.EXPORTS_WRITE)
 @docs(
     tags=["schedules"],
     summary="Change, pause or resume one of your export schedules",
@@ -132,6 +126,7 @@ async def update_schedule(request: web.Request) -> web.Response:
     return web.json_response(schedule_body(schedule))
 
 
+@requires(Scope.EXPORTS_WRITE)
 @docs(
     tags=["schedules"],
     summary="Delete one of your export schedules",

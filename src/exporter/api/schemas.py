@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, validate
 
 from exporter.models import ExportFormat, JobState
-from exporter.schedules.timing import is_time_zone
+from exporter.schedules.timing import is_time_zone, time_zone_names
 
 
 class JsonBoolean(fields.Boolean):
@@ -318,27 +318,21 @@ _ZONE_DOC: dict[str, Any] = {
     "description": "IANA time zone the day is counted in; the export starts at a stable "
     "time in the configured early-morning window of that day (spread, like cron's H).",
     "example": "Europe/Berlin",
+    # The document names every zone the service knows, so a client (or a fuzzer) can tell
+    # a valid value from the schema alone.
+    "enum": time_zone_names(),
 }
 
 
 class CreateScheduleRequest(StrictSchema):
-    """``day_of_month`` and ``time_zone`` are required, but checked by the handler after the
-    token (``REQUIRED_FOR_SCHEDULE``): the validation middleware runs before the handler, and
-    a caller without a token gets 401, never a description of what the body lacks."""
-
     frequency = fields.String(
         load_default="monthly",
         validate=validate.OneOf(["monthly"]),
         metadata={"description": "Only `monthly` for now.", "example": "monthly"},
     )
-    day_of_month = DayOfMonthField(
-        load_default=None,
-        metadata={**_DAY_DOC, "description": "Required. " + _DAY_DOC["description"]},
-    )
+    day_of_month = DayOfMonthField(required=True, metadata=_DAY_DOC)
     time_zone = TimeZoneField(
-        load_default=None,
-        validate=validate.Length(min=1, max=64),
-        metadata={**_ZONE_DOC, "description": "Required. " + _ZONE_DOC["description"]},
+        required=True, validate=validate.Length(min=1, max=64), metadata=_ZONE_DOC
     )
     format = fields.String(
         load_default=ExportFormat.CSV.value,
@@ -349,9 +343,6 @@ class CreateScheduleRequest(StrictSchema):
         load_default=False,
         metadata={"description": "Start each CSV with a UTF-8 byte order mark.", "example": False},
     )
-
-
-REQUIRED_FOR_SCHEDULE = ("day_of_month", "time_zone")
 
 
 class UpdateScheduleRequest(StrictSchema):

@@ -31,6 +31,11 @@ def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+def time_zone_names() -> list[str]:
+    """Every IANA time zone this process knows, sorted."""
+    return sorted(_known_zones())
+
+
 def is_time_zone(name: str) -> bool:
     """Whether ``name`` is an IANA time zone this process knows (``Europe/Berlin``)."""
     return name in _known_zones()
