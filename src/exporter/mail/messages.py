@@ -82,7 +82,7 @@ def _schedule_notes(schedule: ScheduleNotice) -> list[str]:
     if schedule.next_run_at is not None:
         local = schedule.next_run_at.astimezone(ZoneInfo(schedule.time_zone))
         notes.append(
-            f"The next one comes on {local:%A %d %B %Y}, around {local:%H:%M} "
+            f"The next one comes on {local:%A} {local.day} {local:%B %Y}, around {local:%H:%M} "
             f"({schedule.time_zone})."
         )
     notes.append("To stop these monthly exports, pause the schedule with this link:")
