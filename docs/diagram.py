@@ -1,4 +1,6 @@
-"""Draw docs/architecture.png: every component from the export request to the emailed file.
+"""Draw docs/architecture.png: every component from the export request to the emailed file,
+in two regions that can each serve every user (global tables, a cross-region database
+replica, replicated signing keys, Route 53 failover).
 
     python docs/diagram.py [--output docs/architecture]     (make diagram)
 
@@ -42,6 +44,7 @@ FLOW = "#1f6feb"  # the request-to-email path
 STATUS = "#2da44e"  # job status reads and writes
 BACKGROUND = "#8250df"  # crons: sweeper and expiry
 PLATFORM = "#6e7781"  # secrets, identity, telemetry
+REPLICATION = "#cf222e"  # cross-region replication
 
 
 def step(label: str, color: str = FLOW, **attrs: str) -> Edge:
@@ -52,7 +55,7 @@ def draw(output: Path) -> Path:
     """Render the diagram to OUTPUT.png and return that path."""
     output.parent.mkdir(parents=True, exist_ok=True)
     with Diagram(
-        "exporter: membership CSV export, from request to mailbox",
+        "exporter: membership CSV export, from request to mailbox, in two regions",
         filename=str(output),
         outformat="png",
         show=False,
@@ -63,9 +66,9 @@ def draw(output: Path) -> Path:
     ):
         user = User("user\n(browser / client)")
         mailbox = User("user's mailbox")
-        dns = Route53("Route 53\nlatency records\n(2 regions, health-evaluated)")
+        dns = Route53("Route 53\nfailover records\n+ health checks (/readyz)")
 
-        with Cluster("AWS region eu-west-1"):
+        with Cluster("AWS region eu-west-1 (primary: serves every user)"):
             alb = ElbApplicationLoadBalancer("ALB\n(AWS LB Controller,\nACM TLS, WAF)")
 
             with Cluster("EKS cluster - namespace exporter"):
@@ -88,8 +91,10 @@ def draw(output: Path) -> Path:
                 with Cluster("RDS PostgreSQL"):
                     pg_primary = RDSPostgresqlInstance("primary\n(memberships)")
                     pg_replica = RDSPostgresqlInstance("read replica\n(export reads)")
-                jobs = Dynamodb("DynamoDB export-jobs\n(GSI user-created-index,\nTTL expires_at)")
-                users = Dynamodb("DynamoDB users,\nuser-emails,\nrefresh tokens")
+                jobs = Dynamodb("DynamoDB export-jobs\n(global table replica,\nhome_region, TTL)")
+                users = Dynamodb(
+                    "DynamoDB users, user-emails,\nrefresh tokens, slots,\nregion flags (global)"
+                )
 
             bucket = SimpleStorageServiceS3("S3 exports\n(private, SSE-KMS,\nlifecycle expiry)")
             ses = SimpleEmailServiceSes("SES SMTP 587\n(STARTTLS, DKIM,\nconfiguration set)")
@@ -100,8 +105,17 @@ def draw(output: Path) -> Path:
                 prom = Prometheus("Prometheus\n/metrics, :9100")
                 logs = Cloudwatch("CloudWatch\nlogs + SES events")
 
-        with Cluster("AWS region eu-central-1 (same stack, own data)"):
-            alb_2 = ElbApplicationLoadBalancer("ALB + EKS + data\n(standby / nearest users)")
+        with Cluster("AWS region eu-central-1 (secondary: serves every user too)"):
+            alb_2 = ElbApplicationLoadBalancer("ALB")
+            with Cluster(
+                "EKS: api + worker + crons (own jobs; takes over\na region declared failed)"
+            ):
+                pods_2 = Pod("api / worker")
+            redis_2 = ElasticacheForRedis("Redis\n(own queue)")
+            pg_2 = RDSPostgresqlInstance("cross-region\nread replica")
+            jobs_2 = Dynamodb("DynamoDB replicas\n(every table)")
+            bucket_2 = SimpleStorageServiceS3("S3 exports\n(this region's files)")
+            secrets_2 = SecretsManager("JWT keys\n(replica)")
 
         # Replicas are identical: draw each flow once, from the first pod of each group.
         apis = api_a
@@ -111,7 +125,30 @@ def draw(output: Path) -> Path:
         # The request path, numbered as in docs/architecture.md.
         user >> step("1 POST /v1/exports (HTTPS)") >> dns
         dns >> step("1 nearest healthy region") >> alb
-        dns >> Edge(style="dashed", color=PLATFORM, label="other region") >> alb_2
+        dns >> Edge(style="dashed", color=PLATFORM, label="failover\n(health check)") >> alb_2
+        alb_2 >> Edge(color=PLATFORM) >> pods_2
+        pods_2 >> Edge(color=PLATFORM) >> [redis_2, jobs_2, bucket_2, pg_2]
+
+        # Cross-region replication: each region reads its own copy.
+        (
+            jobs
+            >> Edge(
+                color=REPLICATION, style="bold", label="global tables\n(async, last writer wins)"
+            )
+            << jobs_2
+        )
+        users >> Edge(color=REPLICATION, style="bold") << jobs_2
+        (
+            pg_primary
+            >> Edge(color=REPLICATION, style="bold", label="cross-region\nread replica")
+            >> pg_2
+        )
+        secrets >> Edge(color=REPLICATION, style="bold", label="ReplicaRegions") >> secrets_2
+        (
+            pods_2
+            >> Edge(color=REPLICATION, style="dashed", label="links sign for the\nfile's region")
+            >> bucket
+        )
         alb >> step("1 target type ip") >> [api_a, api_b]
         apis >> step("2 auth: JWT, refresh tokens") >> users
         apis >> step("3 job record: queued (conditional put)", STATUS) >> jobs

@@ -528,3 +528,18 @@ def test_arq_keeps_a_killed_jobs_running_marker_for_the_longest_timeout_plus_10_
     assert WorkerSettings(job_timeout_s=1800).in_progress_marker_s == 1810
     # The expiry cron's 300 s bound dominates short job timeouts, as arq takes the maximum.
     assert WorkerSettings(job_timeout_s=60).in_progress_marker_s == 310
+
+
+def test_one_region_unless_a_region_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXPORTER_REGION turns the two-region ownership rule on; unset or empty, one region."""
+    assert Settings().region is None
+    monkeypatch.setenv("EXPORTER_REGION", "")
+    assert Settings().region is None
+    monkeypatch.setenv("EXPORTER_REGION", "eu-central-1")
+    monkeypatch.setenv(
+        "EXPORTER_S3__REGION_BUCKETS", '{"eu-west-1": "b-west", "eu-central-1": "b-central"}'
+    )
+    settings = Settings()
+    assert settings.region == "eu-central-1"
+    assert settings.s3.region_buckets == {"eu-west-1": "b-west", "eu-central-1": "b-central"}
+    assert settings.dynamo.regions_table == "exporter-local-regions"

@@ -106,8 +106,14 @@ class DynamoSettings(BaseModel):
         return f"{self.table_prefix}idempotency-keys"
 
     @property
+    def regions_table(self) -> str:
+        """The failed-region flags (store/regions.py); read only when ``region`` is set."""
+        return f"{self.table_prefix}regions"
+
+    @property
     def schedules_table(self) -> str:
-        return f"{self.table_prefix}export-schedules"
+        # The name infra/ gave the table when it anticipated this change.
+        return f"{self.table_prefix}schedules"
 
 
 class S3Settings(BaseModel):
@@ -135,6 +141,10 @@ class S3Settings(BaseModel):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=4, ge=1)
+    # Two regions (``Settings.region``): the other regions' export buckets, region -> bucket
+    # (EXPORTER_S3__REGION_BUCKETS='{"us-east-1": "..."}'). A job records the region whose
+    # bucket holds its file, so a link served here signs a URL for that bucket.
+    region_buckets: dict[str, str] = {}
 
     @field_validator("endpoint_url", mode="before")
     @classmethod
@@ -315,6 +325,9 @@ class ScheduleSettings(BaseModel):
     window_hours: int = Field(default=6, ge=1, le=24)
     # Schedules one user may have (409 beyond).
     max_per_user: int = Field(default=3, ge=1, le=100)
+    # Whether this deployment's workers run the scheduler cron. With two regions, run it in
+    # one: a claim is a conditional write, and those hold within a region only.
+    scheduler_enabled: bool = True
     # The scheduler (an arq cron, unique across workers) looks for due schedules this often.
     tick_every_s: int = Field(default=60, ge=1, le=3600)
     # Due schedules one tick takes on at most (the rest wait for the next tick), and how
@@ -364,6 +377,11 @@ class Settings(BaseSettings):
     )
 
     environment: Environment = Environment.LOCAL
+    # The region this process serves in a two-region deployment (EXPORTER_REGION, e.g.
+    # "eu-west-1"): every job it creates is homed here, and it runs only jobs homed here or
+    # in a region declared failed (regions.py). None (the default, local, tests): one
+    # region, no ownership rule, exactly as before regions existed.
+    region: str | None = None
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON unless attached to a terminal
     postgres: PostgresSettings = PostgresSettings()
@@ -377,6 +395,11 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     schedules: ScheduleSettings = ScheduleSettings()
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _empty_is_one_region(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _heartbeat_well_inside_staleness(self) -> Settings:

@@ -137,6 +137,11 @@ class ExportJob:
     # operator's retry put it back on the queue it was routed to.
     estimated_rows: int | None = None
     large: bool = False
+    # Two regions (regions.py): the region that owns the job (where it was created, or the
+    # region that took it over from a failed one), and the region whose bucket holds its
+    # file. None in a one-region deployment.
+    home_region: str | None = None
+    file_region: str | None = None
     # The monthly schedule that made this export (``exporter.schedules``); None when the
     # user asked for it. The email then says it is the monthly export and how to stop it.
     schedule_id: str | None = None

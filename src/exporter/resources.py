@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -12,11 +12,15 @@ import asyncpg
 from exporter.auth import TokenService, build_token_service
 from exporter.aws import open_dynamo, open_s3
 from exporter.config import PostgresSettings, Settings
+from exporter.errors import StoreError
 from exporter.mail.smtp import Mailer
+from exporter.models import ExportJob
 from exporter.queue import ExportQueue, open_arq_redis
+from exporter.regions import file_region
 from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore, derive_cursor_key
+from exporter.store.regions import RegionFlagStore
 from exporter.store.schedules import ScheduleStore
 from exporter.store.users import UserStore
 
@@ -37,6 +41,21 @@ class Resources:
     # Signs download links (the worker's emails); the API verifies with its own app[TOKENS].
     tokens: TokenService
     schedules: ScheduleStore
+    # Two regions (regions.py): the failed-region flags, and the other regions' export
+    # buckets (s3.region_buckets), each with a client for its own region.
+    region_flags: RegionFlagStore | None = None
+    region_files: Mapping[str, ExportFiles] = field(default_factory=dict)
+
+    def files_for(self, job: ExportJob) -> ExportFiles:
+        """The bucket that holds ``job``'s file: this region's, or the one its record names
+        (a file stored by the other region stays there; links sign for that bucket)."""
+        region = file_region(job.file_region, here=self.settings.region)
+        if region is None:
+            return self.files
+        files = self.region_files.get(region)
+        if files is None:
+            raise StoreError(f"no export bucket configured for region {region}")
+        return files
 
 
 async def open_pg_pool(
@@ -79,6 +98,13 @@ async def open_resources(
         stack.push_async_callback(redis.aclose)
         dynamo = await stack.enter_async_context(open_dynamo(settings.dynamo))
         s3 = await stack.enter_async_context(open_s3(settings.s3))
+        region_files = {}
+        for region, bucket in settings.s3.region_buckets.items():
+            if region == settings.region:
+                continue
+            other = settings.s3.model_copy(update={"region": region, "bucket": bucket})
+            client = await stack.enter_async_context(open_s3(other))
+            region_files[region] = ExportFiles(client, other)
         yield Resources(
             settings=settings,
             pg=pg,
@@ -89,12 +115,21 @@ async def open_resources(
                 large_queue_name=settings.redis.large_queue,
             ),
             dynamo=dynamo,
-            jobs=JobStore(dynamo, settings.dynamo, cursor_key=_cursor_key(settings)),
+            jobs=JobStore(
+                dynamo,
+                settings.dynamo,
+                cursor_key=_cursor_key(settings),
+                home_region=settings.region,
+            ),
             users=UserStore(dynamo, settings.dynamo),
             mailer=Mailer(settings.smtp),
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
             tokens=build_token_service(settings.jwt, allow_ephemeral=not settings.is_deployed),
+            region_flags=None
+            if settings.region is None
+            else RegionFlagStore(dynamo, settings.dynamo),
+            region_files=region_files,
             schedules=ScheduleStore(dynamo, settings.dynamo),
         )
 

@@ -11,7 +11,7 @@ import structlog
 from aiohttp.test_utils import TestClient
 
 from exporter.config import Settings
-from exporter.keys import RESOURCES, TOKENS
+from exporter.keys import RESOURCES, SETTINGS, TOKENS
 from exporter.models import utcnow
 from exporter.store.refresh_tokens import token_hash
 from tests.conftest import MakeUser
@@ -150,3 +150,70 @@ async def test_a_valid_token_without_a_record_is_refused(
     pair = client.app[TOKENS].issue_pair(user.user_id, ["exports:read"], now=utcnow())
     status, _ = await refresh(client, pair.refresh_token)
     assert status == 401
+
+
+async def _plant_token(
+    client: TestClient[Any, Any], settings: Settings, user_id: str, family_id: str, issued_at: int
+) -> str:
+    """A refresh token of ``family_id`` that is not the family's head, as a cross-region
+    race leaves one (store/refresh_tokens.py): written straight into the table."""
+    pair = client.app[TOKENS].issue_pair(user_id, ["exports:read"], now=utcnow())
+    await client.app[RESOURCES].dynamo.put_item(
+        TableName=settings.dynamo.refresh_tokens_table,
+        Item={
+            "pk": {"S": f"token#{token_hash(pair.refresh_token)}"},
+            "family_id": {"S": family_id},
+            "user_id": {"S": user_id},
+            "expires_at": {"N": str(pair.refresh_expires_at)},
+            "issued_at": {"N": str(issued_at)},
+        },
+    )
+    return str(pair.refresh_token)
+
+
+async def _family_of(client: TestClient[Any, Any], token: str) -> tuple[str, int]:
+    record = await client.app[RESOURCES].dynamo.get_item(
+        TableName=client.app[SETTINGS].dynamo.refresh_tokens_table,
+        Key={"pk": {"S": f"token#{token_hash(token)}"}},
+        ConsistentRead=True,
+    )
+    family_id = record["Item"]["family_id"]["S"]
+    family = await client.app[RESOURCES].dynamo.get_item(
+        TableName=client.app[SETTINGS].dynamo.refresh_tokens_table,
+        Key={"pk": {"S": f"family#{family_id}"}},
+        ConsistentRead=True,
+    )
+    return family_id, int(family["Item"]["head_at"]["N"])
+
+
+async def test_a_fork_from_another_region_is_reuse_and_revokes_the_family(
+    client: TestClient[Any, Any], settings: Settings, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    pair = await sign_in(client, user)
+    family_id, head_at = await _family_of(client, pair["refresh_token"])
+    # The other region's successor of the same token lost last writer wins: unused, older
+    # than the head, not the head.
+    fork = await _plant_token(client, settings, user.user_id, family_id, head_at - 1)
+    with structlog.testing.capture_logs() as logs:
+        status, _ = await refresh(client, fork)
+    assert status == 401
+    assert [e for e in logs if e["event"] == "security.refresh_token_reused"]
+    status, _ = await refresh(client, pair["refresh_token"])
+    assert status == 401, "the whole family is revoked, the head too"
+
+
+async def test_a_rotation_not_replicated_here_yet_asks_to_retry_and_revokes_nothing(
+    client: TestClient[Any, Any], settings: Settings, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    pair = await sign_in(client, user)
+    family_id, head_at = await _family_of(client, pair["refresh_token"])
+    # Issued after the head this region knows: its family write is still on its way here.
+    newer = await _plant_token(client, settings, user.user_id, family_id, head_at + 1000)
+    response = await client.post("/v1/auth/refresh", json={"refresh_token": newer})
+    assert response.status == 503
+    assert (await response.json())["code"] == "replication_pending"
+    assert response.headers["Retry-After"]
+    status, _ = await refresh(client, pair["refresh_token"])
+    assert status == 200, "nothing was revoked"

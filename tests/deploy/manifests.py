@@ -17,6 +17,7 @@ PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 KNOWN_SETTINGS = frozenset(
     {
         "EXPORTER_ENVIRONMENT",
+        "EXPORTER_REGION",
         "EXPORTER_LOG_LEVEL",
         "EXPORTER_LOG_JSON",
         "EXPORTER_POSTGRES__DSN",
@@ -55,6 +56,7 @@ KNOWN_SETTINGS = frozenset(
         "EXPORTER_S3__ENDPOINT_URL",
         "EXPORTER_S3__REGION",
         "EXPORTER_S3__SSE",
+        "EXPORTER_S3__REGION_BUCKETS",
     }
 )
 

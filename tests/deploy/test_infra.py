@@ -48,11 +48,22 @@ def _of_type(resources: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {name: r for name, r in resources.items() if r["Type"] == kind}
 
 
-def test_tables_match_the_app(resources: dict[str, Any]) -> None:
-    tables = {
+def _tables(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The global tables by their name without the environment prefix."""
+    return {
         r["Properties"]["TableName"]["Fn::Sub"].split("}-", 1)[1]: r
-        for r in _of_type(resources, "AWS::DynamoDB::Table").values()
+        for r in _of_type(resources, "AWS::DynamoDB::GlobalTable").values()
     }
+
+
+# Tables the template anticipates before the app creates them (none since the schedules
+# change created its own).
+ANTICIPATED_TABLES: set[str] = set()
+
+
+def test_tables_match_the_app(resources: dict[str, Any]) -> None:
+    tables = _tables(resources)
+    assert not _of_type(resources, "AWS::DynamoDB::Table"), "every table is a global table"
     assert set(tables) == {
         "users",
         "user-emails",
@@ -60,7 +71,8 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         "refresh-tokens",
         "export-slots",
         "idempotency-keys",
-        "export-schedules",
+        "regions",
+        "schedules",
     }
     keys = {name: t["Properties"]["KeySchema"][0]["AttributeName"] for name, t in tables.items()}
     assert keys == {
@@ -70,10 +82,11 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
         "refresh-tokens": "pk",
         "export-slots": "user_id",
         "idempotency-keys": "pk",
-        "export-schedules": "pk",
+        "regions": "region",
+        "schedules": "schedule_id",
     }
     ttl = {"AttributeName": "expires_at", "Enabled": True}
-    for name in ("refresh-tokens", "export-slots", "idempotency-keys"):
+    for name in ("refresh-tokens", "export-slots", "idempotency-keys", "export-jobs"):
         assert tables[name]["Properties"]["TimeToLiveSpecification"] == ttl, name
     jobs = tables["export-jobs"]["Properties"]
     indexes = {
@@ -82,13 +95,10 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
     }
     assert indexes == _app_job_indexes()
     assert indexes[ACTIVE_INDEX] == [(ACTIVE_ATTRIBUTE, "HASH"), ("created_at", "RANGE")]
-    assert jobs["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     (app_schedules,) = [
-        s
-        for s in table_specs(DynamoSettings(table_prefix="x-"))
-        if s["TableName"] == "x-export-schedules"
+        s for s in table_specs(DynamoSettings(table_prefix="x-")) if s["TableName"] == "x-schedules"
     ]
-    infra_schedules = tables["export-schedules"]["Properties"]
+    infra_schedules = tables["schedules"]["Properties"]
     assert infra_schedules["GlobalSecondaryIndexes"] == app_schedules["GlobalSecondaryIndexes"]
     assert sorted(
         infra_schedules["AttributeDefinitions"], key=lambda a: a["AttributeName"]
@@ -96,9 +106,26 @@ def test_tables_match_the_app(resources: dict[str, Any]) -> None:
     for table in tables.values():
         props = table["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST"
-        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
         assert table["DeletionPolicy"] == "Retain"
+
+
+def test_every_table_is_replicated_to_both_regions_with_recovery(
+    resources: dict[str, Any],
+) -> None:
+    """Global tables: one replica per region, each with point-in-time recovery and deletion
+    protection, replicated through a stream; created once, by the primary region's stack."""
+    for name, table in _tables(resources).items():
+        assert table["Condition"] == "IsPrimaryRegion", name
+        props = table["Properties"]
+        regions = [replica["Region"] for replica in props["Replicas"]]
+        assert regions == [{"Ref": "PrimaryRegion"}, {"Ref": "SecondaryRegion"}], name
+        for replica in props["Replicas"]:
+            pitr = replica["PointInTimeRecoverySpecification"]
+            assert pitr == {"PointInTimeRecoveryEnabled": True}, name
+            assert replica["DeletionProtectionEnabled"] is True, name
+        # MREC global tables with more than one replica need a stream of both images.
+        assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}, name
 
 
 def _app_job_indexes() -> dict[str, list[tuple[str, str]]]:
@@ -153,20 +180,60 @@ def test_redis_is_multi_az_encrypted_and_never_evicts(resources: dict[str, Any])
     assert params["Properties"]["Properties"]["maxmemory-policy"] == "noeviction"
 
 
-def test_postgres_has_a_multi_az_primary_and_a_replica(resources: dict[str, Any]) -> None:
+def test_postgres_has_a_multi_az_primary_and_a_replica_in_each_region(
+    resources: dict[str, Any],
+) -> None:
     instances = _of_type(resources, "AWS::RDS::DBInstance")
-    primaries = [
-        r for r in instances.values() if "SourceDBInstanceIdentifier" not in r["Properties"]
-    ]
-    replicas = [r for r in instances.values() if "SourceDBInstanceIdentifier" in r["Properties"]]
-    assert len(primaries) == 1
-    assert len(replicas) == 1
-    primary = primaries[0]["Properties"]
+    primaries = {
+        name: r
+        for name, r in instances.items()
+        if "SourceDBInstanceIdentifier" not in r["Properties"]
+    }
+    replicas = {
+        name: r for name, r in instances.items() if "SourceDBInstanceIdentifier" in r["Properties"]
+    }
+    assert set(primaries) == {"Database"}
+    assert primaries["Database"]["Condition"] == "IsPrimaryRegion"
+    primary = primaries["Database"]["Properties"]
     assert primary["MultiAZ"] is True
     assert primary["StorageEncrypted"] is True
     assert primary["PubliclyAccessible"] is False
     assert primary["DeletionProtection"] is True
     assert primary["ManageMasterUserPassword"] is True, "no password in the template"
+    # The primary region's exports read an in-region replica; the secondary region's read a
+    # cross-region replica of the same primary (its workers never cross the ocean per row).
+    assert {name: r["Condition"] for name, r in replicas.items()} == {
+        "DatabaseReplica": "IsPrimaryRegion",
+        "CrossRegionDatabaseReplica": "IsSecondaryRegion",
+    }
+    remote = replicas["CrossRegionDatabaseReplica"]["Properties"]
+    assert remote["SourceDBInstanceIdentifier"] == {"Ref": "PrimaryDatabaseArn"}
+    assert remote["SourceRegion"] == {"Ref": "PrimaryRegion"}
+    assert remote["KmsKeyId"], "an encrypted source needs a key in the replica's region"
+    assert remote["PubliclyAccessible"] is False
+    # Both regions' pods find their local database in the infra secret.
+    infra_secret = resources["AppInfraSecret"]["Properties"]["SecretString"]["Fn::Sub"][1]
+    assert infra_secret["DbHost"]["Fn::If"][2] == {
+        "Fn::GetAtt": "CrossRegionDatabaseReplica.Endpoint.Address"
+    }
+
+
+def test_signing_keys_and_db_password_are_replicated_to_the_other_region(
+    resources: dict[str, Any],
+) -> None:
+    """One issuer, one JWKS, the same kids: the JWT keys exist once and are replicated, as
+    is the database role's password (the cross-region replica has the same roles)."""
+    secrets = _of_type(resources, "AWS::SecretsManager::Secret")
+    replicated = {name: s for name, s in secrets.items() if "ReplicaRegions" in s["Properties"]}
+    assert set(replicated) == {"JwtSigningKeys", "AppDbPassword"}
+    for name, secret in replicated.items():
+        assert secret["Condition"] == "IsPrimaryRegion", name
+        assert secret["Properties"]["ReplicaRegions"] == [{"Region": {"Ref": "SecondaryRegion"}}]
+    assert replicated["JwtSigningKeys"]["Properties"]["Name"] == {
+        "Fn::Sub": "exporter/${EnvironmentName}/jwt"
+    }
+    # No key material in a template: operators write the keys into the primary's secret.
+    assert replicated["JwtSigningKeys"]["Properties"]["SecretString"] == "{}"
 
 
 def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
@@ -195,12 +262,49 @@ def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
         assert ":aud" in trust
 
 
-def test_route53_latency_records_and_dkim(resources: dict[str, Any]) -> None:
+def test_route53_health_checks_and_failover_records(resources: dict[str, Any]) -> None:
+    (check,) = _of_type(resources, "AWS::Route53::HealthCheck").values()
+    config = check["Properties"]["HealthCheckConfig"]
+    assert config["Type"] == "HTTPS"
+    assert config["ResourcePath"] == {"Ref": "HealthCheckPath"}
+    # Detection time the runbook states: RequestInterval x FailureThreshold = 30 s.
+    assert config["RequestInterval"] * config["FailureThreshold"] == 30
+    assert config["FullyQualifiedDomainName"] == {"Fn::Sub": "${AWS::Region}.${ApiDomainName}"}
     records = _of_type(resources, "AWS::Route53::RecordSet")
-    latency = [r for r in records.values() if "Region" in r["Properties"]]
-    assert latency
-    assert all(r["Properties"]["AliasTarget"]["EvaluateTargetHealth"] for r in latency)
+    failover = [r["Properties"] for r in records.values() if "Failover" in r["Properties"]]
+    assert {r["Type"] for r in failover} == {"A", "AAAA"}
+    for record in failover:
+        assert record["Failover"] == {"Fn::If": ["IsPrimaryRegion", "PRIMARY", "SECONDARY"]}
+        assert record["HealthCheckId"] == {"Ref": "ApiHealthCheck"}
+        assert record["SetIdentifier"] == {"Ref": "AWS::Region"}
+        assert record["AliasTarget"]["EvaluateTargetHealth"] is True
+    assert not [r for r in records.values() if "Region" in r["Properties"]], "no latency records"
     assert sum(r["Properties"]["Type"] == "CNAME" for r in records.values()) == 3  # DKIM
+
+
+def test_replication_is_watched(resources: dict[str, Any]) -> None:
+    alarms = {
+        r["Properties"]["MetricName"]: r
+        for r in _of_type(resources, "AWS::CloudWatch::Alarm").values()
+    }
+    assert set(alarms) == {"ReplicationLatency", "ReplicaLag"}
+    dims = {d["Name"] for d in alarms["ReplicationLatency"]["Properties"]["Dimensions"]}
+    assert dims == {"TableName", "ReceivingRegion"}
+
+
+def test_either_region_reads_both_buckets(resources: dict[str, Any]) -> None:
+    """A file stays in the bucket of the region that stored it: a download link served by
+    either region signs a URL for that bucket, so both roles may read both buckets."""
+    for role in ("ApiRole", "WorkerRole"):
+        readable = [
+            str(r)
+            for policy in resources[role]["Properties"]["Policies"]
+            for statement in policy["PolicyDocument"]["Statement"]
+            if "s3:GetObject" in statement["Action"]
+            for r in statement["Resource"]
+        ]
+        for region in ("PrimaryRegion", "SecondaryRegion"):
+            assert any(f"${{{region}}}/*" in r for r in readable), (role, region)
 
 
 def test_the_template_has_every_table_the_app_creates_locally(resources: dict[str, Any]) -> None:
@@ -208,21 +312,18 @@ def test_the_template_has_every_table_the_app_creates_locally(resources: dict[st
     settings = DynamoSettings(table_prefix="p-")
     expiring = {name.removeprefix("p-") for name in ttl_tables(settings)}
     app = {spec["TableName"].removeprefix("p-"): spec for spec in table_specs(settings)}
-    infra = {
-        r["Properties"]["TableName"]["Fn::Sub"].split("}-", 1)[1]: (name, r["Properties"])
-        for name, r in _of_type(resources, "AWS::DynamoDB::Table").items()
-    }
-    assert set(app) == set(infra)
+    infra = {name: table["Properties"] for name, table in _tables(resources).items()}
+    assert set(app) == set(infra) - ANTICIPATED_TABLES
+    # The roles name this region's replica of each table by its ARN.
     api_tables = {
-        # `!GetAtt X.Arn` loads as the scalar "X.Arn"
-        str(ref["Fn::GetAtt"]).split(".", 1)[0]
+        str(ref["Fn::Sub"]).rsplit(":table/exporter-${EnvironmentName}-", 1)[1]
         for policy in resources["ApiRole"]["Properties"]["Policies"]
         for statement in policy["PolicyDocument"]["Statement"]
         for ref in statement["Resource"]
-        if isinstance(ref, dict) and "Fn::GetAtt" in ref
+        if isinstance(ref, dict) and ":table/" in str(ref.get("Fn::Sub", ""))
     }
     for table, spec in app.items():
-        logical, props = infra[table]
+        props = infra[table]
         assert props["KeySchema"] == spec["KeySchema"], table
         assert ("TimeToLiveSpecification" in props) == (table in expiring), table
-        assert logical in api_tables, f"the API cannot reach {table}"
+        assert table in api_tables, f"the API cannot reach {table}"

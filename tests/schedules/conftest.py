@@ -13,11 +13,13 @@ from exporter.resources import Resources
 
 async def empty_schedules_table(resources: Resources) -> None:
     table = resources.settings.dynamo.schedules_table
-    kwargs: dict[str, object] = {"TableName": table, "ProjectionExpression": "pk"}
+    kwargs: dict[str, object] = {"TableName": table, "ProjectionExpression": "schedule_id"}
     while True:
         page = await resources.dynamo.scan(**kwargs)
         for item in page.get("Items", []):
-            await resources.dynamo.delete_item(TableName=table, Key={"pk": item["pk"]})
+            await resources.dynamo.delete_item(
+                TableName=table, Key={"schedule_id": item["schedule_id"]}
+            )
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

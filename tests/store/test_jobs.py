@@ -329,3 +329,41 @@ async def test_downloads_are_counted_atomically(resources: Resources) -> None:
     )
     with pytest.raises(ConditionFailed):
         await resources.jobs.record_download(str(uuid.uuid4()), now=now)
+
+
+async def test_a_region_stamps_its_jobs_and_a_takeover_claim_rehomes_once(
+    resources: Resources,
+) -> None:
+    """Two regions: the store homes every job it creates in its region; the sweeper's
+    takeover claim moves the home only while the record is still as read."""
+    here = JobStore(resources.dynamo, resources.settings.dynamo, home_region="eu-west-1")
+    job = ExportJob.new(
+        user_id=str(uuid.uuid4()), fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600
+    )
+    await here.create(job)
+    seen = await here.get(job.job_id)
+    assert seen is not None
+    assert seen.home_region == "eu-west-1"
+
+    # The home moved meanwhile (another region's takeover, replicated), nothing else did:
+    # a claim from the read before that loses.
+    await resources.dynamo.update_item(
+        TableName=resources.settings.dynamo.jobs_table,
+        Key={"job_id": {"S": job.job_id}},
+        UpdateExpression="SET home_region = :h",
+        ExpressionAttributeValues={":h": {"S": "us-east-1"}},
+    )
+    with pytest.raises(ConditionFailed):
+        await resources.jobs.claim_stale(seen, now=utcnow(), rehome="eu-central-1")
+    moved = await here.get(job.job_id)
+    assert moved is not None
+    claimed = await resources.jobs.claim_stale(moved, now=utcnow(), rehome="eu-central-1")
+    assert claimed.home_region == "eu-central-1"
+    # A one-region store (the default) stamps nothing.
+    plain = ExportJob.new(
+        user_id=str(uuid.uuid4()), fmt=ExportFormat.CSV, now=utcnow(), retention_s=3600
+    )
+    await resources.jobs.create(plain)
+    stored = await resources.jobs.get(plain.job_id)
+    assert stored is not None
+    assert stored.home_region is None

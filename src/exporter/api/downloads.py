@@ -138,7 +138,7 @@ async def _open_download(request: web.Request) -> web.Response:
     check_downloadable(job, now=now)
     assert job.file_key is not None  # checked by check_downloadable
     with file_store_problems():
-        url = await resources.files.signed_url(
+        url = await resources.files_for(job).signed_url(
             job.file_key,
             file_name=job.file_name or job.file_key.rsplit("/", 1)[-1],
             content_type="/".join(job.format.content_type),

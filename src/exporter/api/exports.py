@@ -250,7 +250,7 @@ async def download_export(request: web.Request) -> web.Response:
             code="no_download",
         )
     with file_store_problems():
-        url = await resources.files.signed_url(
+        url = await resources.files_for(job).signed_url(
             job.file_key, file_name=job.file_name, content_type="/".join(job.format.content_type)
         )
     log.info("export.download", export_id=job.job_id)

@@ -168,8 +168,17 @@ async def refresh_token(request: web.Request) -> web.Response:
         if record.family_revoked:
             log.info("auth.refresh_rejected", reason="family revoked", family_id=record.family_id)
             raise Unauthorized(INVALID_REFRESH, code="invalid_token")
-        if record.used:
+        if record.used or record.forked:
+            # forked: an unused token that is not its family's newest, because the same
+            # token was refreshed in the other region too (last writer wins kept the other
+            # successor). Reuse, whichever copy is the owner's (store/refresh_tokens.py).
             await _reused(store, record)
+        if record.family_behind:
+            # Refreshed a moment ago in the other region; that write has not arrived here.
+            log.info("auth.refresh_deferred", family_id=record.family_id)
+            raise ServiceUnavailable(
+                "Your session is being updated. Please retry.", code="replication_pending"
+            )
         user = await _user(request, user_id=claims.subject)
         if user is None or not user.active:
             await store.revoke_family(record.family_id)

@@ -32,7 +32,13 @@ async def store_file(
     now = utcnow()
     expires_at = now + timedelta(days=resources.settings.exports.retention_days)
     await lifecycle.record_file_location(
-        resources.jobs, job.job_id, key=key, expires_at=expires_at, now=now
+        resources.jobs,
+        job.job_id,
+        key=key,
+        expires_at=expires_at,
+        now=now,
+        # Two regions: the file stays in this region's bucket; the job says which.
+        region=resources.settings.region,
     )
     try:
         # The heartbeat goes on during a long upload, as during the stream.

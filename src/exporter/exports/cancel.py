@@ -86,13 +86,15 @@ async def cancel_export(
         log.warning("export.abort_failed", export_id=job.job_id, error=str(exc))
     if cancelled.file_key is not None:
         # After the abort, so a worker mid-upload is being stopped while the object goes.
-        await _delete_file(resources, cancelled.job_id, cancelled.file_key)
+        await _delete_file(resources, cancelled, cancelled.file_key)
     return cancelled
 
 
-async def _delete_file(resources: Resources, export_id: str, key: str) -> None:
+async def _delete_file(resources: Resources, job: ExportJob, key: str) -> None:
+    export_id = job.job_id
     try:
-        await resources.files.delete(key)
+        # The bucket of the region that stored it (two regions: maybe not this one).
+        await resources.files_for(job).delete(key)
     except StoreError as exc:
         # The export is cancelled either way; the expiry cron finds the key and retries.
         log.warning("export.file_delete_failed", export_id=export_id, key=key, error=str(exc))

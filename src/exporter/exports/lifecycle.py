@@ -67,16 +67,26 @@ async def start_run(jobs: JobStore, job_id: str, *, worker_id: str | None = None
 
 
 async def record_file_location(
-    jobs: JobStore, job_id: str, *, key: str, expires_at: datetime, now: datetime | None = None
+    jobs: JobStore,
+    job_id: str,
+    *,
+    key: str,
+    expires_at: datetime,
+    now: datetime | None = None,
+    region: str | None = None,
 ) -> ExportJob:
     """Where the running export's file is stored, and until when; written before the upload
-    so that whatever interrupts it (a cancel, a crash), cleanup can find what arrived."""
+    so that whatever interrupts it (a cancel, a crash), cleanup can find what arrived.
+    ``region`` (two regions) names the region whose bucket holds it."""
+    fields: dict[str, object] = {"file_key": key, "file_expires_at": expires_at}
+    if region is not None:
+        fields["file_region"] = region
     return await jobs.transition(
         job_id,
         to=JobState.IN_PROGRESS,
         expected=(JobState.IN_PROGRESS,),
         now=now or utcnow(),
-        fields={"file_key": key, "file_expires_at": expires_at},
+        fields=fields,
     )
 
 

@@ -47,7 +47,7 @@ async def expire_files(resources: Resources) -> int:
             log.warning("expire.file_failed", export_id=job.job_id, error=str(exc))
             continue
         try:
-            await resources.files.delete(job.file_key)
+            await resources.files_for(job).delete(job.file_key)
         except StoreError as exc:
             # One bad object must not stop the rest. The record gets its key back, so the
             # next run finds the object again instead of leaving it to the lifecycle rule.

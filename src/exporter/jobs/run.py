@@ -49,6 +49,7 @@ from exporter.errors import (
     StoreUnavailable,
 )
 from exporter.exports import lifecycle
+from exporter.jobs.ownership import may_run_here
 from exporter.jobs.produce import export_file_name, write_export_file
 from exporter.jobs.progress import ExportProgress, ProgressWriter
 from exporter.metrics import observe_export_finished
@@ -104,6 +105,10 @@ async def run_export(
         raise
     if job is None:
         log.warning("export.record_missing")
+        return None
+    if not await may_run_here(resources, job):
+        # Two regions: another region owns it (docs/operations.md); this delivery is a no-op.
+        log.info("export.other_region", home_region=job.home_region)
         return None
     if job.user_id != message.user_id:
         return await _fail(

@@ -22,6 +22,11 @@ repairs what the queue lost:
   workers (runs that ended in a scheduled retry do not count): ``failed``
   with a reason, and the user gets the failure notice.
 
+Two regions (``Settings.region``; ``regions.py``): a sweep repairs only this region's jobs,
+and a failed region's once an operator declared it failed, re-homing each with the same
+conditional claim; another healthy region's jobs are counted (``other_region``) and left to
+it. A region declared failed itself repairs nothing.
+
 A live run is never started twice: its progress write refreshes ``heartbeat_at`` every
 ``exports.progress_interval_s`` while it streams and mails (``jobs/progress.py``), a
 missing liveness key alone (Redis wiped) is not enough while that heartbeat is recent, a
@@ -40,6 +45,7 @@ import structlog
 from exporter.delivery.notice import send_failure_notice
 from exporter.errors import ConditionFailed, QueueUnavailable, StoreError
 from exporter.exports import lifecycle
+from exporter.jobs.ownership import failed_regions, may_sweep_here, new_home
 from exporter.jobs.run import backoff_delay
 from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
 from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
@@ -66,6 +72,10 @@ class SweepReport:
     requeued_stale: list[str] = field(default_factory=list)
     requeued_orphaned: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # Two regions: jobs another (healthy) region owns, left to it; jobs taken over from a
+    # region declared failed (also counted in the requeued lists).
+    other_region: int = 0
+    taken_over: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -75,6 +85,8 @@ class SweepReport:
             "requeued_stale": len(self.requeued_stale),
             "requeued_orphaned": len(self.requeued_orphaned),
             "failed": len(self.failed),
+            "other_region": self.other_region,
+            "taken_over": len(self.taken_over),
         }
 
 
@@ -83,8 +95,9 @@ async def sweep_jobs(resources: Resources, *, now: datetime | None = None) -> Sw
     now = now or utcnow()
     report = SweepReport()
     try:
-        await _sweep_queued(resources, now, report)
-        await _sweep_in_progress(resources, now, report)
+        failed = await failed_regions(resources)
+        await _sweep_queued(resources, now, report, failed)
+        await _sweep_in_progress(resources, now, report, failed)
     except Exception:
         observe_sweep(ok=False)
         log.exception("sweep.failed", **report.as_dict())
@@ -94,11 +107,16 @@ async def sweep_jobs(resources: Resources, *, now: datetime | None = None) -> Sw
     return report
 
 
-async def _sweep_queued(resources: Resources, now: datetime, report: SweepReport) -> None:
+async def _sweep_queued(
+    resources: Resources, now: datetime, report: SweepReport, failed: frozenset[str]
+) -> None:
     worker = resources.settings.worker
     grace = timedelta(seconds=worker.sweep_queued_grace_s)
     too_old = now - timedelta(seconds=worker.max_job_age_s)
     async for job in resources.jobs.active(JobState.QUEUED):
+        if not may_sweep_here(resources, job, failed):
+            report.other_region += 1  # its own region's sweeper repairs it
+            continue
         report.queued += 1
         # updated_at is when it entered the queue (created, or retried by an operator).
         queued_at = job.updated_at or job.created_at
@@ -114,16 +132,21 @@ async def _sweep_queued(resources: Resources, now: datetime, report: SweepReport
         if entry.running and (entry.running_for_s or 0) < worker.stale_after_s:
             continue  # just taken: the run moves the record to in_progress at once
         # Lost by Redis, or taken by a worker that died before its first write (arq would
-        # keep it marked running for job_timeout + 10 s).
-        if await _requeue(resources, job, now):
+        # keep it marked running for job_timeout + 10 s), or homed in a failed region.
+        if await _requeue(resources, job, now, report, failed):
             observe_sweeper_action("requeued_lost")
             report.requeued_lost.append(job.job_id)
 
 
-async def _sweep_in_progress(resources: Resources, now: datetime, report: SweepReport) -> None:
+async def _sweep_in_progress(
+    resources: Resources, now: datetime, report: SweepReport, failed: frozenset[str]
+) -> None:
     worker = resources.settings.worker
     too_old = now - timedelta(seconds=worker.max_job_age_s)
     async for job in resources.jobs.active(JobState.IN_PROGRESS):
+        if not may_sweep_here(resources, job, failed):
+            report.other_region += 1  # its own region's sweeper repairs it
+            continue
         report.in_progress += 1
         last_sign = job.heartbeat_at or job.started_at or job.updated_at or job.created_at
         quiet_s = (now - last_sign).total_seconds()
@@ -159,7 +182,7 @@ async def _sweep_in_progress(resources: Resources, now: datetime, report: SweepR
                 f"the worker stopped during each of {job.attempts - job.retries} attempts",
             )
             report.failed.append(job.job_id)
-        elif await _requeue(resources, job, now):
+        elif await _requeue(resources, job, now, report, failed):
             orphaned = job.worker_id is not None and not worker_alive
             observe_sweeper_action("requeued_orphaned" if orphaned else "requeued_stale")
             (report.requeued_orphaned if orphaned else report.requeued_stale).append(job.job_id)
@@ -180,14 +203,25 @@ def _newly_taken(entry: QueueEntry, job: ExportJob, now: datetime, within_s: flo
     return taken_at > job.started_at + timedelta(seconds=_TAKEN_AFTER_START_SLACK_S)
 
 
-async def _requeue(resources: Resources, job: ExportJob, now: datetime) -> bool:
-    """Claim the record as read, then put the job back on the queue from a clean slate."""
+async def _requeue(
+    resources: Resources,
+    job: ExportJob,
+    now: datetime,
+    report: SweepReport,
+    failed: frozenset[str] = frozenset(),
+) -> bool:
+    """Claim the record as read, then put the job back on the queue from a clean slate. A
+    job of a failed region is re-homed here by the same claim (a takeover)."""
+    rehome = new_home(resources, job, failed)
     try:
-        await resources.jobs.claim_stale(job, now=now)
+        await resources.jobs.claim_stale(job, now=now, rehome=rehome)
     except ConditionFailed:
         log.info("sweep.claim_lost", export_id=job.job_id, status=job.status.value)
         return False
     await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id), large=job.large)
+    if rehome is not None:
+        report.taken_over.append(job.job_id)
+        log.warning("sweep.taken_over", export_id=job.job_id, from_region=job.home_region)
     log.warning(
         "sweep.requeued",
         export_id=job.job_id,

@@ -288,15 +288,21 @@ def build_worker_settings(
                 timeout=worker.sweep_timeout_s,
                 **sweep_schedule(worker.sweep_every_s),
             ),
-            cron(
-                run_schedules_task,
-                # arq's unique cron ids (cron:<name>:<ms>) are global: the name is the key.
-                name="run_export_schedules",
-                unique=True,
-                run_at_startup=False,
-                # A tick must not outlive the next one (claims are safe to overlap anyway).
-                timeout=max(10, min(settings.schedules.tick_every_s, 300)),
-                **sweep_schedule(settings.schedules.tick_every_s),
+            *(
+                [
+                    cron(
+                        run_schedules_task,
+                        # arq's unique cron ids (cron:<name>:<ms>) are global: the name is the key.
+                        name="run_export_schedules",
+                        unique=True,
+                        run_at_startup=False,
+                        # A tick must not outlive the next one (claims are safe to overlap anyway).
+                        timeout=max(10, min(settings.schedules.tick_every_s, 300)),
+                        **sweep_schedule(settings.schedules.tick_every_s),
+                    )
+                ]
+                if settings.schedules.scheduler_enabled
+                else []
             ),
         ],
         "queue_name": settings.redis.large_queue if large else settings.redis.queue_name,

@@ -58,6 +58,8 @@ _STR_FIELDS = (
     "delivery_error_message",
     "last_error",
     "worker_id",
+    "home_region",
+    "file_region",
     "schedule_id",
 )
 _BOOL_FIELDS = ("bom", "large")
@@ -86,6 +88,7 @@ _RUN_OUTCOME_FIELDS = (
     "retries",
     "notice_next_attempt_at",
     "worker_id",
+    "file_region",
 )
 
 
@@ -171,6 +174,8 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         schedule_id=get_s(item, "schedule_id"),
         estimated_rows=get_n(item, "estimated_rows"),
         large=bool(item.get("large", {}).get("BOOL", False)),
+        home_region=get_s(item, "home_region"),
+        file_region=get_s(item, "file_region"),
     )
 
 
@@ -198,20 +203,33 @@ class JobStore:
     """Create, read, list and move export jobs."""
 
     def __init__(
-        self, client: Any, settings: DynamoSettings, *, cursor_key: bytes | None = None
+        self,
+        client: Any,
+        settings: DynamoSettings,
+        *,
+        cursor_key: bytes | None = None,
+        home_region: str | None = None,
     ) -> None:
         """``cursor_key`` signs page cursors; every process that serves a user's pages needs
-        the same one (``derive_cursor_key``). Without it, one of this process's own."""
+        the same one (``derive_cursor_key``). Without it, one of this process's own.
+        ``home_region`` (two regions: ``Settings.region``) is stamped on every job created
+        here that names none, so whoever creates a job, its region owns it (regions.py)."""
         self._client = client
         self._table = settings.jobs_table
         self._slots = settings.export_slots_table
         self._cursor_key = cursor_key or _PROCESS_CURSOR_KEY
+        self._home_region = home_region
+
+    def _new_item(self, job: ExportJob) -> Item:
+        if job.home_region is None and self._home_region is not None:
+            job = job.replace(home_region=self._home_region)
+        return job_to_item(job)
 
     async def create(self, job: ExportJob) -> None:
         with dynamo_errors("create_job"):
             await self._client.put_item(
                 TableName=self._table,
-                Item=job_to_item(job),
+                Item=self._new_item(job),
                 ConditionExpression="attribute_not_exists(job_id)",
             )
 
@@ -258,7 +276,7 @@ class JobStore:
             {
                 "Put": {
                     "TableName": self._table,
-                    "Item": job_to_item(job),
+                    "Item": self._new_item(job),
                     "ConditionExpression": "attribute_not_exists(job_id)",
                 }
             },
@@ -529,13 +547,17 @@ class JobStore:
             )
         return item_to_job(response["Attributes"])
 
-    async def claim_stale(self, seen: ExportJob, *, now: datetime) -> ExportJob:
+    async def claim_stale(
+        self, seen: ExportJob, *, now: datetime, rehome: str | None = None
+    ) -> ExportJob:
         """Take over a job the sweeper found stale, if nothing touched it since ``seen``.
 
         Succeeds only while the record is exactly as read (same status, attempts and
         heartbeat), so a run that started or beat meanwhile keeps the job; the write sets
         ``heartbeat_at`` so the next sweep waits a full staleness period for the new run.
-        Raises ``ConditionFailed`` otherwise.
+        With ``rehome`` (a takeover from a failed region), also only while the job's home is
+        still the one read, and the job moves to ``rehome``. Raises ``ConditionFailed``
+        otherwise.
         """
         values: dict[str, Any] = {
             ":now": s(format_ts(now)),
@@ -551,13 +573,22 @@ class JobStore:
         else:
             condition += " AND heartbeat_at = :seen_heartbeat"
             values[":seen_heartbeat"] = s(format_ts(seen.heartbeat_at))
+        update = "SET heartbeat_at = :now"
+        if rehome is not None:
+            update += ", home_region = :home"
+            values[":home"] = s(rehome)
+            if seen.home_region is None:
+                condition += " AND attribute_not_exists(home_region)"
+            else:
+                condition += " AND home_region = :seen_home"
+                values[":seen_home"] = s(seen.home_region)
         with dynamo_errors("claim_stale_job"):
             response = await self._client.update_item(
                 TableName=self._table,
                 Key={"job_id": s(seen.job_id)},
                 # Not updated_at: for a queued job that is when it entered the queue, which
                 # the sweeper's age limit counts from.
-                UpdateExpression="SET heartbeat_at = :now",
+                UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,

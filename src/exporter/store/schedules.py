@@ -1,10 +1,10 @@
-"""Monthly export schedules in DynamoDB (``export-schedules``): one repository.
+"""Monthly export schedules in DynamoDB (``schedules``): one repository.
 
-Two kinds of item share the table, told apart by their key ``pk``:
+Two kinds of item share the table, told apart by their key ``schedule_id``:
 
-- a schedule (``pk`` = its id): its settings, the pending run (``due_at``), when the
+- a schedule (its id, a UUID): its settings, the pending run (``due_at``), when the
   scheduler next looks at it (``wake_at``) and its last runs;
-- an owner's counter (``pk`` = ``owner#{user_id}``): how many schedules the user has, so the
+- an owner's counter (``owner#{user_id}``): how many schedules the user has, so the
   per-user limit is a condition in the same transaction as the Put, which two racing
   creates cannot both pass.
 
@@ -71,7 +71,7 @@ def _attr_to_run(attr: Mapping[str, Any]) -> ScheduleRun:
 
 def schedule_to_item(schedule: Schedule) -> Item:
     item: Item = {
-        "pk": s(schedule.schedule_id),
+        "schedule_id": s(schedule.schedule_id),
         "user_id": s(schedule.user_id),
         "frequency": s(schedule.frequency),
         "day_of_month": _day_to_attr(schedule.day_of_month),
@@ -104,7 +104,7 @@ def item_to_schedule(item: Mapping[str, Mapping[str, Any]]) -> Schedule:
     day: DayOfMonth = LAST_DAY if "S" in day_attr else int(day_attr["N"])
     reason = get_s(item, "paused_reason")
     return Schedule(
-        schedule_id=str(get_s(item, "pk")),
+        schedule_id=str(get_s(item, "schedule_id")),
         user_id=str(get_s(item, "user_id")),
         frequency=str(get_s(item, "frequency")),
         day_of_month=day,
@@ -138,7 +138,7 @@ class ScheduleStore:
                     {
                         "Update": {
                             "TableName": self._table,
-                            "Key": {"pk": s(_OWNER + schedule.user_id)},
+                            "Key": {"schedule_id": s(_OWNER + schedule.user_id)},
                             "UpdateExpression": "SET schedules = if_not_exists(schedules, :zero)"
                             " + :one",
                             "ConditionExpression": "attribute_not_exists(schedules)"
@@ -154,7 +154,7 @@ class ScheduleStore:
                         "Put": {
                             "TableName": self._table,
                             "Item": schedule_to_item(schedule),
-                            "ConditionExpression": "attribute_not_exists(pk)",
+                            "ConditionExpression": "attribute_not_exists(schedule_id)",
                         }
                     },
                 ]
@@ -165,7 +165,7 @@ class ScheduleStore:
             return None
         with dynamo_errors("get_schedule"):
             response = await self._client.get_item(
-                TableName=self._table, Key={"pk": s(schedule_id)}, ConsistentRead=True
+                TableName=self._table, Key={"schedule_id": s(schedule_id)}, ConsistentRead=True
             )
         item = response.get("Item")
         return None if item is None else item_to_schedule(item)
@@ -237,7 +237,7 @@ class ScheduleStore:
         with dynamo_errors("claim_schedule"):
             response = await self._client.update_item(
                 TableName=self._table,
-                Key={"pk": s(schedule_id)},
+                Key={"schedule_id": s(schedule_id)},
                 UpdateExpression=f"SET {WAKE_ATTRIBUTE} = :lease, claim_id = :claim",
                 ConditionExpression=f"{WAKE_ATTRIBUTE} = :seen",
                 ExpressionAttributeValues={
@@ -265,7 +265,7 @@ class ScheduleStore:
         with dynamo_errors("finish_schedule_run"):
             await self._client.update_item(
                 TableName=self._table,
-                Key={"pk": s(schedule_id)},
+                Key={"schedule_id": s(schedule_id)},
                 UpdateExpression=(
                     f"SET runs = :runs, due_at = :due, {WAKE_ATTRIBUTE} = :wake, "
                     "attempt = :attempt, last_run_at = :now REMOVE claim_id"
@@ -289,10 +289,10 @@ class ScheduleStore:
             with dynamo_errors("append_schedule_run"):
                 await self._client.update_item(
                     TableName=self._table,
-                    Key={"pk": s(schedule_id)},
+                    Key={"schedule_id": s(schedule_id)},
                     UpdateExpression="SET runs = list_append(if_not_exists(runs, :empty), :run)"
                     " REMOVE claim_id",
-                    ConditionExpression="attribute_exists(pk)",
+                    ConditionExpression="attribute_exists(schedule_id)",
                     ExpressionAttributeValues={
                         ":empty": {"L": []},
                         ":run": {"L": [_run_to_attr(run)]},
@@ -337,7 +337,7 @@ class ScheduleStore:
         with dynamo_errors("update_schedule"):
             response = await self._client.update_item(
                 TableName=self._table,
-                Key={"pk": s(schedule.schedule_id)},
+                Key={"schedule_id": s(schedule.schedule_id)},
                 UpdateExpression=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
                 ConditionExpression="user_id = :u",
                 ExpressionAttributeNames={"#fmt": "format"},
@@ -351,7 +351,7 @@ class ScheduleStore:
     ) -> Schedule:
         """Take the schedule out of the scheduler's index (it keeps its runs). ``user_id``
         makes it the owner's act: ``ConditionFailed`` if it is not theirs (or gone)."""
-        condition = "attribute_exists(pk)"
+        condition = "attribute_exists(schedule_id)"
         values: Item = {":reason": s(reason.value), ":now": s(format_ts(now))}
         if user_id is not None:
             condition = "user_id = :u"
@@ -359,7 +359,7 @@ class ScheduleStore:
         with dynamo_errors("pause_schedule"):
             response = await self._client.update_item(
                 TableName=self._table,
-                Key={"pk": s(schedule_id)},
+                Key={"schedule_id": s(schedule_id)},
                 UpdateExpression=(
                     "SET paused_reason = :reason, updated_at = :now "
                     f"REMOVE {WAKE_ATTRIBUTE}, {DUE_SHARD_ATTRIBUTE}, due_at, claim_id"
@@ -374,7 +374,7 @@ class ScheduleStore:
         self, schedule_id: str, *, due_at: datetime, now: datetime, user_id: str | None = None
     ) -> Schedule:
         """Put the schedule back in the index with its next run at ``due_at``."""
-        condition = "attribute_exists(pk)"
+        condition = "attribute_exists(schedule_id)"
         values: Item = {
             ":due": s(format_ts(due_at)),
             ":shard": s(DUE_SHARD),
@@ -387,7 +387,7 @@ class ScheduleStore:
         with dynamo_errors("resume_schedule"):
             response = await self._client.update_item(
                 TableName=self._table,
-                Key={"pk": s(schedule_id)},
+                Key={"schedule_id": s(schedule_id)},
                 UpdateExpression=(
                     f"SET due_at = :due, {WAKE_ATTRIBUTE} = :due, "
                     f"{DUE_SHARD_ATTRIBUTE} = :shard, attempt = :zero, updated_at = :now "
@@ -407,7 +407,7 @@ class ScheduleStore:
                     {
                         "Delete": {
                             "TableName": self._table,
-                            "Key": {"pk": s(schedule_id)},
+                            "Key": {"schedule_id": s(schedule_id)},
                             "ConditionExpression": "user_id = :u",
                             "ExpressionAttributeValues": {":u": s(user_id)},
                         }
@@ -415,7 +415,7 @@ class ScheduleStore:
                     {
                         "Update": {
                             "TableName": self._table,
-                            "Key": {"pk": s(_OWNER + user_id)},
+                            "Key": {"schedule_id": s(_OWNER + user_id)},
                             "UpdateExpression": "ADD schedules :minus",
                             "ExpressionAttributeValues": {":minus": n(-1)},
                         }

@@ -95,12 +95,20 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
             **on_demand,
         },
         {
+            # Regions an operator declared failed (two-region deployments); see
+            # store/regions.py. One item per failed region, none while all are healthy.
+            "TableName": settings.regions_table,
+            "KeySchema": [{"AttributeName": "region", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "region", "AttributeType": "S"}],
+            **on_demand,
+        },
+        {
             # Monthly export schedules and, per owner, a counter of them (the per-user limit
             # as a transaction condition); see store/schedules.py.
             "TableName": settings.schedules_table,
-            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "KeySchema": [{"AttributeName": "schedule_id", "KeyType": "HASH"}],
             "AttributeDefinitions": [
-                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "schedule_id", "AttributeType": "S"},
                 {"AttributeName": "user_id", "AttributeType": "S"},
                 {"AttributeName": "created_at", "AttributeType": "S"},
                 {"AttributeName": "due_shard", "AttributeType": "S"},

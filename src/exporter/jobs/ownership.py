@@ -1,0 +1,40 @@
+"""The cross-region ownership rule (regions.py) as the worker and the sweeper apply it: read
+the failed-region flags from this region's replica, then ask the pure rule.
+
+In a one-region deployment (``Settings.region`` unset) nothing is read and every job is ours.
+"""
+
+from __future__ import annotations
+
+from exporter.models import ExportJob
+from exporter.regions import may_run, may_sweep, may_take_over
+from exporter.resources import Resources
+
+
+async def failed_regions(resources: Resources) -> frozenset[str]:
+    """The regions declared failed, as this region knows them; none with one region."""
+    if resources.settings.region is None or resources.region_flags is None:
+        return frozenset()
+    return await resources.region_flags.failed_regions()
+
+
+async def may_run_here(resources: Resources, job: ExportJob) -> bool:
+    """Whether this region's workers may run ``job`` now: it is homed here (a job taken
+    over from a failed region is re-homed by the sweeper's claim before it is enqueued),
+    and this region is not declared failed itself."""
+    here = resources.settings.region
+    if here is None:
+        return True
+    return may_run(job.home_region, here=here, failed=await failed_regions(resources))
+
+
+def may_sweep_here(resources: Resources, job: ExportJob, failed: frozenset[str]) -> bool:
+    """Whether this region's sweeper may repair ``job`` (its own, or a failed region's)."""
+    return may_sweep(job.home_region, here=resources.settings.region, failed=failed)
+
+
+def new_home(resources: Resources, job: ExportJob, failed: frozenset[str]) -> str | None:
+    """This region, when repairing ``job`` takes it over from its failed home (the claim
+    then re-homes it); None when the job is already ours."""
+    here = resources.settings.region
+    return here if may_take_over(job.home_region, here=here, failed=failed) else None

@@ -1,0 +1,52 @@
+"""Failed-region flags in DynamoDB: which regions an operator has declared failed.
+
+One item per declared region (``region``, ``failed_at``, ``reason``) in a small global table.
+The operator writes it in the surviving region (docs/operations.md, *Fail over*), where it
+takes effect at once: that region's sweeper takes over the failed region's jobs. It reaches
+the failed region when replication resumes, and fences it there (regions.py). Deleting the
+item is the failback. A missing item means the region is healthy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from exporter.config import DynamoSettings
+from exporter.store.dynamo import dynamo_errors, format_ts, get_s, s
+
+
+class RegionFlagStore:
+    """Declare a region failed, restore it, and read which regions are failed."""
+
+    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+        self._client = client
+        self._table = settings.regions_table
+
+    async def declare_failed(self, region: str, *, now: datetime, reason: str) -> None:
+        """Flag ``region`` as failed (idempotent: a second declaration keeps the first time)."""
+        with dynamo_errors("declare_region_failed"):
+            await self._client.update_item(
+                TableName=self._table,
+                Key={"region": s(region)},
+                UpdateExpression="SET failed_at = if_not_exists(failed_at, :now), reason = :r",
+                ExpressionAttributeValues={":now": s(format_ts(now)), ":r": s(reason)},
+            )
+
+    async def restore(self, region: str) -> None:
+        """Clear the flag (failback): ``region`` owns its own jobs again."""
+        with dynamo_errors("restore_region"):
+            await self._client.delete_item(TableName=self._table, Key={"region": s(region)})
+
+    async def failed_regions(self) -> frozenset[str]:
+        """The regions declared failed, as this region's replica knows them (a strongly
+        consistent read of a table of at most a few items)."""
+        found: set[str] = set()
+        paginator = self._client.get_paginator("scan")
+        with dynamo_errors("failed_regions"):
+            async for page in paginator.paginate(TableName=self._table, ConsistentRead=True):
+                for item in page.get("Items", []):
+                    region = get_s(item, "region")
+                    if region is not None and get_s(item, "failed_at") is not None:
+                        found.add(region)
+        return frozenset(found)
