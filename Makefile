@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint lint-python typecheck format pytest pytest-live fuzz bench bench-rush outage loadtest clean
+.PHONY: help venv run demo test lint lint-python typecheck format pytest pytest-live fuzz bench bench-rush bench-schedules outage loadtest clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -58,6 +58,9 @@ bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see d
 RUSH_ARGS ?=
 bench-rush: venv  ## the morning-of-the-1st burst, routing off/on/without large users; see docs/benchmarks.md
 	$(PY) -m bench.rush $(RUSH_ARGS)
+
+bench-schedules: venv  ## 10,000 schedules due one day: starts per half hour of the window (~5 min)
+	$(PY) -m bench.schedules
 
 fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
 	$(VENV)/bin/pytest tests/test_fuzz.py

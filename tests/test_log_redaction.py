@@ -218,6 +218,17 @@ def test_redaction_masks_what_slips_through() -> None:
     assert "PRIVATE KEY" not in masked and "[pem]" in masked
 
 
+def test_pause_links_are_masked_like_download_links() -> None:
+    """A pause link's token (even cut short, so not a whole JWT) never reaches a log line;
+    the route template stays readable."""
+    masked = redact_text(
+        "GET /v1/schedule-pause/eyJhbGciOiJFUzI1 HTTP/1.1 route=/v1/schedule-pause/{token}"
+    )
+    assert "eyJhbGciOiJFUzI1" not in masked
+    assert "/v1/schedule-pause/[redacted]" in masked
+    assert "/v1/schedule-pause/{token}" in masked
+
+
 def test_audit_event_per_export_says_who_when_how_much_and_how() -> None:
     from datetime import UTC, datetime
 

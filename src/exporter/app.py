@@ -16,6 +16,7 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 from marshmallow import ValidationError
 
 from exporter import __version__
+from exporter.api import schedule_links
 from exporter.api.access_log import RedactingAccessLogger
 from exporter.api.guard import auth_middleware
 from exporter.api.hardening import (
@@ -141,7 +142,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def json_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse non-JSON and malformed JSON bodies before schema validation sees them."""
-    if request.method in _BODY_METHODS and request.can_read_body:
+    if (
+        request.method in _BODY_METHODS
+        and request.can_read_body
+        # RFC 8058 one-click: a form POST, read (and ignored) by its handler.
+        and request.match_info.route.name != schedule_links.PAUSE_ROUTE
+    ):
         if request.content_type != "application/json":
             raise UnsupportedMediaType("Send the body as application/json.")
         # Bounded by client_max_size (413 past it) and by the body deadline (408).

@@ -41,10 +41,14 @@ class TokenType(StrEnum):
     # A capability link to one export's file (``issue_download``): its own type *and* its
     # own audience, so it never passes as an access token, nor an access token as one.
     DOWNLOAD = "download"
+    # The one-click link of a scheduled export's email that pauses its schedule
+    # (``issue_schedule_pause``): its own type and audience, like a download link.
+    SCHEDULE_PAUSE = "schedule_pause"
 
 
 # Appended to ``jwt.audience`` for download links: "exporter-api" -> "exporter-api/download".
 DOWNLOAD_AUDIENCE_SUFFIX = "/download"
+SCHEDULE_PAUSE_AUDIENCE_SUFFIX = "/schedule-pause"
 
 
 class Scope(StrEnum):
@@ -78,6 +82,15 @@ class DownloadClaims:
     export_id: str
     token_id: str
     expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePauseClaims:
+    """What a verified pause link names: a schedule of ``subject``."""
+
+    subject: str
+    schedule_id: str
+    token_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +381,60 @@ class TokenService:
             raise TokenExpired("download link expired")
         return DownloadClaims(
             subject=subject, export_id=export_id, token_id=str(payload["jti"]), expires_at=exp
+        )
+
+    @property
+    def schedule_pause_audience(self) -> str:
+        return self._settings.audience + SCHEDULE_PAUSE_AUDIENCE_SUFFIX
+
+    def issue_schedule_pause(
+        self, subject: str, *, schedule_id: str, expires_at: datetime, now: datetime
+    ) -> str:
+        """A token that pauses one schedule of ``subject`` (the one-click link of a scheduled
+        export's email). No scope; refused everywhere but the pause route."""
+        iat = int(now.timestamp())
+        claims: dict[str, Any] = {
+            "iss": self._settings.issuer,
+            "aud": self.schedule_pause_audience,
+            "sub": subject,
+            "iat": iat,
+            "nbf": iat,
+            "exp": int(expires_at.timestamp()),
+            "jti": str(uuid.uuid4()),
+            "token_type": TokenType.SCHEDULE_PAUSE.value,
+            "schedule_id": schedule_id,
+        }
+        return jwt.encode(
+            claims,
+            self._signing_key.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self._signing_key.kid, "typ": "JWT"},
+        )
+
+    def verify_schedule_pause(self, token: str, *, now: datetime) -> SchedulePauseClaims:
+        """Verify a pause link: ``TokenExpired`` for a genuine one whose time is up (checked
+        after signature, audience and type), ``TokenError`` otherwise."""
+        payload = self._decode(
+            token,
+            audience=self.schedule_pause_audience,
+            require=["iss", "aud", "sub", "iat", "exp", "jti", "token_type", "schedule_id"],
+            verify_exp=False,
+        )
+        if payload.get("token_type") != TokenType.SCHEDULE_PAUSE.value:
+            raise TokenError("expected token type 'schedule_pause'")
+        subject, schedule_id, exp = payload["sub"], payload["schedule_id"], payload["exp"]
+        if (
+            not isinstance(subject, str)
+            or not subject
+            or not isinstance(schedule_id, str)
+            or not schedule_id
+            or type(exp) is not int
+        ):
+            raise TokenError("malformed claims")
+        if exp + self._settings.leeway_s <= int(now.timestamp()):
+            raise TokenExpired("pause link expired")
+        return SchedulePauseClaims(
+            subject=subject, schedule_id=schedule_id, token_id=str(payload["jti"])
         )
 
 

@@ -110,6 +110,11 @@ class DynamoSettings(BaseModel):
         """The failed-region flags (store/regions.py); read only when ``region`` is set."""
         return f"{self.table_prefix}regions"
 
+    @property
+    def schedules_table(self) -> str:
+        # The name infra/ gave the table when it anticipated this change.
+        return f"{self.table_prefix}schedules"
+
 
 class S3Settings(BaseModel):
     """Where exports too large to attach are kept (a private bucket, one object per export)."""
@@ -314,6 +319,56 @@ class ApiSettings(BaseModel):
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
 
 
+class ScheduleSettings(BaseModel):
+    """Monthly exports that run by themselves (``exporter.schedules``)."""
+
+    # Schedules of one day do not all start at midnight: each starts at a stable offset (a
+    # hash of its id, like cron's H) inside this window of the user's local day, so the
+    # morning's load is flat. Wall-clock hours in the schedule's own time zone.
+    window_start_hour: int = Field(default=0, ge=0, le=23)
+    window_hours: int = Field(default=6, ge=1, le=24)
+    # Schedules one user may have (409 beyond).
+    max_per_user: int = Field(default=3, ge=1, le=100)
+    # Whether this deployment's workers run the scheduler cron. With two regions, run it in
+    # one: a claim is a conditional write, and those hold within a region only.
+    scheduler_enabled: bool = True
+    # The scheduler (an arq cron, unique across workers) looks for due schedules this often.
+    tick_every_s: int = Field(default=60, ge=1, le=3600)
+    # Due schedules one tick takes on at most (the rest wait for the next tick), and how
+    # many of them it starts at once.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    concurrency: int = Field(default=8, ge=1, le=64)
+    # A claimed run not recorded within this long (its scheduler died) is claimed again;
+    # the retry reuses the same idempotency key, so it never makes a second export.
+    claim_lease_s: int = Field(default=600, ge=30)
+    # The user had an export running (or the quota was used up, or a store was down): try
+    # again this much later, up to retry_attempts tries for the month's run.
+    retry_after_s: int = Field(default=1800, ge=10)
+    retry_attempts: int = Field(default=8, ge=1, le=48)
+    # Runs kept on the schedule (what GET shows).
+    runs_kept: int = Field(default=12, ge=1, le=100)
+    # Lifetime of the one-click pause link in a scheduled export's email.
+    pause_link_ttl_days: int = Field(default=62, ge=1, le=366)
+
+    @model_validator(mode="after")
+    def _window_inside_the_day(self) -> ScheduleSettings:
+        if self.window_start_hour + self.window_hours > 24:
+            raise ValueError("schedules.window_start_hour + window_hours must be at most 24")
+        if self.tick_every_s < 60 and 60 % self.tick_every_s:
+            raise ValueError("schedules.tick_every_s below 60 must divide 60")
+        if self.tick_every_s >= 60 and self.tick_every_s % 60:
+            raise ValueError("schedules.tick_every_s of 60 or more must be whole minutes")
+        return self
+
+    @property
+    def window_start_s(self) -> int:
+        return self.window_start_hour * 3600
+
+    @property
+    def window_s(self) -> int:
+        return self.window_hours * 3600
+
+
 class Settings(BaseSettings):
     """Everything the API, the worker and the CLI need to know."""
 
@@ -343,6 +398,7 @@ class Settings(BaseSettings):
     exports: ExportSettings = ExportSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    schedules: ScheduleSettings = ScheduleSettings()
 
     @field_validator("region", mode="before")
     @classmethod

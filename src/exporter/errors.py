@@ -32,7 +32,9 @@
     │   ├── QuotaExceeded             over the daily quota; carries retry_after_s
     │   ├── IdempotencyKeyReused      a key repeated with another body
     │   ├── CreateContended           racing creates of one user did not settle
-    │   └── NotRetryable              an operator retry of an export that is not failed
+    │   ├── NotRetryable              an operator retry of an export that is not failed
+    │   ├── ScheduleNotFound          no such export schedule (of this caller)
+    │   └── ScheduleLimitReached      the user has as many schedules as allowed
     ├── TokenError                    a JWT failed verification (never says why to the client)
     │   └── TokenExpired              genuine but past its time (a download link: 410)
     └── ExportFailed                  a job cannot finish; ``transient`` says whether to retry
@@ -231,6 +233,18 @@ class CreateContended(ExportRefused):
 
 class NotRetryable(ExportRefused):
     """Only failed exports can be put back on the queue."""
+
+
+class ScheduleNotFound(ExportRefused):
+    """No such export schedule, or not the caller's (the two are never told apart)."""
+
+
+class ScheduleLimitReached(ExportRefused):
+    """The user already has as many export schedules as one may have."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class TokenError(ExporterError):

@@ -270,6 +270,30 @@ def observe_failure_notice(outcome: str) -> None:
     FAILURE_NOTICES.labels(outcome).inc()
 
 
+# --- monthly schedules (exporter.schedules) -------------------------------------------------
+
+SCHEDULE_RUNS = Counter(
+    f"{NAMESPACE}_schedule_runs_total",
+    "Scheduled runs by outcome (created, skipped_active, skipped_quota, failed, stopped).",
+    ["outcome"],
+)
+SCHEDULE_LAG = Histogram(
+    f"{NAMESPACE}_schedule_lag_seconds",
+    "Time between a scheduled run falling due and the scheduler starting it (first try).",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
+)
+
+
+def observe_schedule_run(outcome: str) -> None:
+    """The scheduler ran one due schedule, with this outcome."""
+    SCHEDULE_RUNS.labels(outcome).inc()
+
+
+def observe_schedule_lag(lag_s: float) -> None:
+    """A scheduled run started ``lag_s`` after it fell due."""
+    SCHEDULE_LAG.observe(max(0.0, lag_s))
+
+
 def publish_queue_snapshot(snapshot: QueueSnapshot) -> None:
     QUEUE_JOBS.labels(snapshot.queue).set(snapshot.jobs)
     QUEUE_READY.labels(snapshot.queue).set(snapshot.ready)

@@ -142,6 +142,9 @@ class ExportJob:
     # file. None in a one-region deployment.
     home_region: str | None = None
     file_region: str | None = None
+    # The monthly schedule that made this export (``exporter.schedules``); None when the
+    # user asked for it. The email then says it is the monthly export and how to stop it.
+    schedule_id: str | None = None
 
     @property
     def delivered_at(self) -> datetime | None:
@@ -172,6 +175,7 @@ class ExportJob:
         bom: bool = False,
         estimated_rows: int | None = None,
         large: bool = False,
+        schedule_id: str | None = None,
     ) -> ExportJob:
         return cls(
             job_id=str(uuid.uuid4()),
@@ -181,6 +185,7 @@ class ExportJob:
             bom=bom,
             estimated_rows=estimated_rows,
             large=large,
+            schedule_id=schedule_id,
             created_at=now,
             updated_at=now,
             expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),

@@ -27,6 +27,11 @@ _PATTERNS = (
     # Download links carry their credential in the path: whatever follows the prefix,
     # even a truncated or mangled token (the route template itself stays readable).
     (re.compile(r"(?P<pre>/v1/downloads/)(?!\{token\})[^\s\"'?#/]+"), r"\g<pre>[redacted]"),
+    # So do the one-click pause links of scheduled exports' emails.
+    (
+        re.compile(r"(?P<pre>/v1/schedule-pause/)(?!\{token\})[^\s\"'?#/]+"),
+        r"\g<pre>[redacted]",
+    ),
 )
 
 

@@ -21,6 +21,7 @@ from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore, derive_cursor_key
 from exporter.store.regions import RegionFlagStore
+from exporter.store.schedules import ScheduleStore
 from exporter.store.users import UserStore
 
 
@@ -39,6 +40,7 @@ class Resources:
     files: ExportFiles
     # Signs download links (the worker's emails); the API verifies with its own app[TOKENS].
     tokens: TokenService
+    schedules: ScheduleStore
     # Two regions (regions.py): the failed-region flags, and the other regions' export
     # buckets (s3.region_buckets), each with a client for its own region.
     region_flags: RegionFlagStore | None = None
@@ -128,6 +130,7 @@ async def open_resources(
             if settings.region is None
             else RegionFlagStore(dynamo, settings.dynamo),
             region_files=region_files,
+            schedules=ScheduleStore(dynamo, settings.dynamo),
         )
 
 

@@ -33,6 +33,10 @@ PUBLIC = {
     "open_download",  # the token in the path is the credential (test_download_links.py)
     "home",  # the self-service page and its assets: static, they sign in through the API
     "asset",
+    # The pause link of a scheduled export's email: its token is the credential
+    # (test_schedule_links.py).
+    "confirm_schedule_pause",
+    "pause_schedule_by_link",
 }
 
 
@@ -50,7 +54,7 @@ def protected_routes(app: web.Application) -> list[tuple[str, str]]:
 
 
 def fill(template: str, export_id: str) -> str:
-    return template.replace("{export_id}", export_id)
+    return template.replace("{export_id}", export_id).replace("{schedule_id}", export_id)
 
 
 async def call(client: Client, method: str, path: str, headers: dict[str, str]) -> Any:
@@ -65,9 +69,11 @@ async def test_the_route_table_is_what_this_file_expects(client: Client) -> None
     assert ("GET", "/v1/exports/{export_id}") in routes
     assert ("POST", "/v1/exports") in routes
     assert ("DELETE", "/v1/exports/{export_id}") in routes
-    # Every path parameter is an export id, so the IDOR test below reaches every such route.
+    # Every path parameter is an export id, so the IDOR test below reaches every such route,
+    # or a schedule id (tests/api/test_schedules.py: another user's schedule is a 404).
     for _, path in routes:
-        assert "{" not in path.replace("{export_id}", ""), f"add a case for {path}"
+        rest = path.replace("{export_id}", "").replace("{schedule_id}", "")
+        assert "{" not in rest, f"add a case for {path}"
 
 
 async def test_every_protected_route_wants_a_bearer_token(client: Client) -> None:

@@ -426,7 +426,11 @@ def test_the_large_pool_serves_its_own_queue_and_only_the_default_pool_runs_the_
     assert large["queue_name"] == settings.redis.large_queue
     # One sweep and one expiry per tick: only the default pool schedules them (arq's unique
     # cron ids are global anyway; the large pool's slots may all be streaming for minutes).
-    assert {c.name for c in default["cron_jobs"]} == {"sweep_jobs", "expire_jobs"}
+    assert {c.name for c in default["cron_jobs"]} == {
+        "sweep_jobs",
+        "expire_jobs",
+        "run_export_schedules",
+    }
     assert large["cron_jobs"] == []
     assert large["health_check_key"] == health_check_key(settings, large=True)
     assert large["health_check_key"].startswith(f"{settings.redis.large_queue}:health-check:")

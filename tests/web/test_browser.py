@@ -370,6 +370,9 @@ async def test_the_page_stays_signed_in_by_refreshing(
         await snap(page, artifacts, "page-after-refresh")
 
     lists = [status for path, status in calls if path == "/v1/exports"]
-    assert 401 in lists and lists[-1] == 200
+    # The page's first 401 may come from its other call at sign-in (the monthly exports
+    # list) when the machine is slow: either way it was refreshed and retried.
+    api = [s for p, s in calls if p in ("/v1/exports", "/v1/export-schedules")]
+    assert 401 in api and lists[-1] == 200
     assert sum(1 for c in calls if c == ("/v1/auth/refresh", 200)) >= 2
     assert ("/v1/auth/refresh", 401) not in calls

@@ -18,6 +18,8 @@ from exporter.errors import (
     NotFound,
     QueueUnavailable,
     QuotaExceeded,
+    ScheduleLimitReached,
+    ScheduleNotFound,
     ServiceUnavailable,
     StoreError,
     TooManyRequests,
@@ -77,4 +79,25 @@ def file_store_problems() -> Iterator[None]:
         log.error("export.sign_failed", error=str(exc))
         raise ServiceUnavailable(
             "The file store is unavailable. Please retry.", code="files_unavailable"
+        ) from None
+
+
+def schedule_not_found() -> NotFound:
+    # The same answer for "missing" and "someone else's".
+    return NotFound("No export schedule with this id.", code="schedule_not_found")
+
+
+@contextmanager
+def schedule_problems() -> Iterator[None]:
+    """Translate the schedule use cases' refusals and store errors into ``ApiError``."""
+    try:
+        yield
+    except ScheduleNotFound:
+        raise schedule_not_found() from None
+    except ScheduleLimitReached as exc:
+        raise Conflict(str(exc), code="schedule_limit_reached") from None
+    except StoreError as exc:
+        log.error("schedule.store_failed", error=str(exc))
+        raise ServiceUnavailable(
+            "Export schedules are unavailable. Please retry.", code="store_unavailable"
         ) from None

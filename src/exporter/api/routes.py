@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exporter.api import downloads, exports, health, metrics, pages, tokens
+from exporter.api import (
+    downloads,
+    exports,
+    health,
+    metrics,
+    pages,
+    schedule_links,
+    schedules,
+    tokens,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -34,6 +43,33 @@ def setup_routes(app: web.Application) -> None:
     )
     app.router.add_get(
         "/v1/downloads/{token}", downloads.open_download, name="open_download", allow_head=False
+    )
+    app.router.add_post("/v1/export-schedules", schedules.create_schedule, name="create_schedule")
+    app.router.add_get(
+        "/v1/export-schedules", schedules.list_schedules, name="list_schedules", allow_head=False
+    )
+    app.router.add_get(
+        "/v1/export-schedules/{schedule_id}",
+        schedules.get_schedule,
+        name="get_schedule",
+        allow_head=False,
+    )
+    app.router.add_patch(
+        "/v1/export-schedules/{schedule_id}", schedules.update_schedule, name="update_schedule"
+    )
+    app.router.add_delete(
+        "/v1/export-schedules/{schedule_id}", schedules.delete_schedule, name="delete_schedule"
+    )
+    app.router.add_get(
+        schedule_links.PAUSE_PREFIX + "{token}",
+        schedule_links.confirm_pause,
+        name="confirm_schedule_pause",
+        allow_head=False,
+    )
+    app.router.add_post(
+        schedule_links.PAUSE_PREFIX + "{token}",
+        schedule_links.pause_by_link,
+        name=schedule_links.PAUSE_ROUTE,
     )
     app.router.add_get(pages.HOME_PATH, pages.home, name="home", allow_head=False)
     app.router.add_get(pages.ASSETS_PREFIX + "{name}", pages.asset, name="asset", allow_head=False)

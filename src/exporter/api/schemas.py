@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, validate
 
 from exporter.models import ExportFormat, JobState
+from exporter.schedules.timing import is_time_zone, time_zone_names
 
 
 class JsonBoolean(fields.Boolean):
@@ -260,3 +261,154 @@ class Problem(Schema):
 class HealthResponse(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# --- export schedules -----------------------------------------------------------------------
+
+
+class DayOfMonthField(fields.Field):
+    """1 to 28, or ``"last"``: the days every month has. A precise message for 29 to 31."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own class attribute
+        "invalid": 'Must be a whole number from 1 to 28, or "last".',
+        "missing_days": 'Days 29 to 31 are missing from some months: use "last" for the '
+        "month's last day.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value == "last" and isinstance(value, str):
+            return value
+        if type(value) is not int:  # not a bool, a float or a numeric string
+            raise self.make_error("invalid")
+        if 29 <= value <= 31:
+            raise self.make_error("missing_days")
+        if not 1 <= value <= 28:
+            raise self.make_error("invalid")
+        return value
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
+class TimeZoneField(fields.String):
+    """An IANA time zone name this service knows, e.g. ``Europe/Berlin``."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own class attribute
+        "unknown_zone": "Unknown time zone: use an IANA name such as Europe/Berlin or "
+        "America/New_York.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = str(super()._deserialize(value, attr, data, **kwargs))
+        if not is_time_zone(text):
+            raise self.make_error("unknown_zone")
+        return text
+
+
+_DAY_DOC: dict[str, Any] = {
+    "description": 'The day of the month the export runs: 1 to 28, or "last" (the month\'s '
+    "last day). 29 to 31 are refused: not every month has them.",
+    "oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": 28},
+        {"type": "string", "enum": ["last"]},
+    ],
+    "example": 1,
+}
+_ZONE_DOC: dict[str, Any] = {
+    "description": "IANA time zone the day is counted in; the export starts at a stable "
+    "time in the configured early-morning window of that day (spread, like cron's H).",
+    "example": "Europe/Berlin",
+    # The document names every zone the service knows, so a client (or a fuzzer) can tell
+    # a valid value from the schema alone.
+    "enum": time_zone_names(),
+}
+
+
+class CreateScheduleRequest(StrictSchema):
+    frequency = fields.String(
+        load_default="monthly",
+        validate=validate.OneOf(["monthly"]),
+        metadata={"description": "Only `monthly` for now.", "example": "monthly"},
+    )
+    day_of_month = DayOfMonthField(required=True, metadata=_DAY_DOC)
+    time_zone = TimeZoneField(
+        required=True, validate=validate.Length(min=1, max=64), metadata=_ZONE_DOC
+    )
+    format = fields.String(
+        load_default=ExportFormat.CSV.value,
+        validate=validate.OneOf([f.value for f in ExportFormat]),
+        metadata={"description": "File format of each export.", "example": "csv"},
+    )
+    bom = JsonBoolean(
+        load_default=False,
+        metadata={"description": "Start each CSV with a UTF-8 byte order mark.", "example": False},
+    )
+
+
+class UpdateScheduleRequest(StrictSchema):
+    day_of_month = DayOfMonthField(metadata=_DAY_DOC)
+    time_zone = TimeZoneField(validate=validate.Length(min=1, max=64), metadata=_ZONE_DOC)
+    format = fields.String(validate=validate.OneOf([f.value for f in ExportFormat]))
+    bom = JsonBoolean()
+    paused = JsonBoolean(
+        metadata={
+            "description": "true pauses the schedule; false resumes it from its next day "
+            "(runs missed while paused are not made up)."
+        }
+    )
+
+
+class SchedulePath(StrictSchema):
+    schedule_id = fields.UUID(required=True, metadata={"description": "The schedule's id."})
+
+
+class ScheduleRunResponse(Schema):
+    due_at = fields.DateTime(required=True, metadata={"description": "When the run was due."})
+    ran_at = fields.DateTime(required=True)
+    outcome = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ["created", "skipped_active", "skipped_quota", "failed", "stopped"]
+        ),
+        metadata={
+            "description": "`created` (the export is `export_id`); `skipped_active` (you "
+            "had an export running: `export_id` is that one, and the run is tried again "
+            "later that day); `skipped_quota` and `failed` are tried again too; `stopped`: "
+            "the account is disabled."
+        },
+    )
+    export_id = fields.UUID(allow_none=True)
+
+
+class ScheduleLinks(Schema):
+    self = fields.String(required=True)
+
+
+class ScheduleResponse(Schema):
+    id = fields.UUID(required=True)
+    frequency = fields.String(required=True, metadata={"example": "monthly"})
+    day_of_month = DayOfMonthField(required=True, metadata=_DAY_DOC)
+    time_zone = fields.String(required=True, metadata={"example": "Europe/Berlin"})
+    format = fields.String(required=True)
+    bom = fields.Boolean(required=True)
+    paused = fields.Boolean(required=True)
+    paused_reason = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(["user", "unsubscribed", "operator", "user_inactive"]),
+    )
+    next_run_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "When the next export starts (UTC); null while paused."},
+    )
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+    runs = fields.List(
+        fields.Nested(ScheduleRunResponse),
+        required=True,
+        metadata={"description": "The last runs, oldest first."},
+    )
+    links = fields.Nested(ScheduleLinks, required=True)
+
+
+class ScheduleListResponse(Schema):
+    items = fields.List(fields.Nested(ScheduleResponse), required=True)

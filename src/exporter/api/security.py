@@ -25,7 +25,7 @@ DOCS_CSP = (
 DOCS_ROUTE = "swagger.docs"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
-CORS_METHODS = "GET, POST, DELETE"
+CORS_METHODS = "GET, POST, PATCH, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 CORS_EXPOSE = "Idempotent-Replayed, Location, Retry-After, X-Request-ID"
 CORS_MAX_AGE_S = "600"

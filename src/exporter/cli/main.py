@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ops_parsers(sub)
 
+    from exporter.cli.schedules import add_schedule_parsers  # schedules list|pause|resume
+
+    add_schedule_parsers(sub)
+
     dev = sub.add_parser("dev", help="the local stack").add_subparsers(
         dest="dev_command", required=True
     )

@@ -18,11 +18,13 @@ import time
 import structlog
 
 from exporter.delivery.base import DeliveryGuard, ProducedFile, Receipt
+from exporter.delivery.schedule_notice import schedule_notice
 from exporter.links import issue_link, page_url
 from exporter.mail.messages import (
     DownloadLink,
     ExportAttachment,
     ExportEmail,
+    ScheduleNotice,
     build_export_message,
 )
 from exporter.mail.smtp import base64_wire_size
@@ -57,7 +59,7 @@ class EmailChannel:
         self, produced: ProducedFile, job: ExportJob, user: User, *, guard: DeliveryGuard
     ) -> Receipt | None:
         """Compose, check with the guard, send; the receipt."""
-        message, kind = self._compose(produced, job, user)
+        message, kind = self._compose(produced, job, user, await self._schedule_notice(job))
         # The produced file stays open until the email is sent: an attached file is read
         # from it while it goes out, never held in memory whole.
         if not await guard.may_deliver():
@@ -84,8 +86,14 @@ class EmailChannel:
         observe_email(receipt.accepted_at - mail_started, ok=True)
         return receipt
 
+    async def _schedule_notice(self, job: ExportJob) -> ScheduleNotice | None:
+        """For an export its monthly schedule made: the pause link and the next date."""
+        if job.schedule_id is None:
+            return None
+        return await schedule_notice(self._resources, job.schedule_id, job.user_id)
+
     def _compose(
-        self, produced: ProducedFile, job: ExportJob, user: User
+        self, produced: ProducedFile, job: ExportJob, user: User, schedule: ScheduleNotice | None
     ) -> tuple[ExportEmail, str]:
         """Attach the file when the whole email stays under the limit; otherwise link to it
         (the file is already stored: ``delivery/storage.py``). The message and the kind."""
@@ -98,6 +106,7 @@ class EmailChannel:
             export_id=job.job_id,
             sha256=produced.sha256,
             page_url=page_url(settings.api.public_url),
+            schedule=schedule,
         )
         if encoded_message_size(produced.byte_size) <= settings.exports.attachment_max_bytes:
             attachment = ExportAttachment(

@@ -56,6 +56,9 @@ class ExportRequest:
 
     fmt: ExportFormat = ExportFormat.CSV
     bom: bool = False
+    # Set by the scheduler (exporter.schedules.run): the job records which schedule made it.
+    # Not part of ``options()``: it does not change what the file holds.
+    schedule_id: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The request's meaning as plain data (what an idempotency key's fingerprint hashes)."""
@@ -169,6 +172,7 @@ async def _decide(
         bom=request.bom,
         estimated_rows=estimated_rows,
         large=large,
+        schedule_id=request.schedule_id,
         now=now,
         # The record outlives the file, so a late download gets 410 rather than 404.
         retention_s=(settings.retention_days + settings.record_grace_days) * 86_400,

@@ -31,6 +31,7 @@ from exporter.metrics import observe_export_retry
 from exporter.models import JobState, clean_request_id
 from exporter.queue import RUN_EXPORT, ExportQueue, arq_redis_settings, open_arq_redis
 from exporter.resources import Resources, open_resources
+from exporter.schedules.run import run_due_schedules
 
 log = structlog.stdlib.get_logger("exporter.jobs.worker")
 
@@ -235,6 +236,11 @@ async def sweep_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:
     return (await sweep_jobs(resources_of(ctx))).as_dict()
 
 
+async def run_schedules_task(ctx: dict[str, Any]) -> dict[str, int]:
+    """The monthly schedules' tick: claim and run what is due (``schedules/run.py``)."""
+    return (await run_due_schedules(resources_of(ctx))).as_dict()
+
+
 def sweep_schedule(every_s: int) -> dict[str, Any]:
     """arq cron fields for "every ``every_s`` seconds" (a divisor of 60, or whole minutes)."""
     if every_s < 60:
@@ -308,6 +314,22 @@ def build_worker_settings(
                 run_at_startup=False,
                 timeout=worker.sweep_timeout_s,
                 **sweep_schedule(worker.sweep_every_s),
+            ),
+            *(
+                [
+                    cron(
+                        run_schedules_task,
+                        # arq's unique cron ids (cron:<name>:<ms>) are global: the name is the key.
+                        name="run_export_schedules",
+                        unique=True,
+                        run_at_startup=False,
+                        # A tick must not outlive the next one (claims are safe to overlap anyway).
+                        timeout=max(10, min(settings.schedules.tick_every_s, 300)),
+                        **sweep_schedule(settings.schedules.tick_every_s),
+                    )
+                ]
+                if settings.schedules.scheduler_enabled
+                else []
             ),
         ],
         "queue_name": settings.redis.large_queue if large else settings.redis.queue_name,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import IO
+from zoneinfo import ZoneInfo
 
 from exporter.models import utcnow
 
@@ -59,6 +60,35 @@ class DownloadLink:
     byte_size: int
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleNotice:
+    """The export was made by the user's monthly schedule: the email says so, says when the
+    next one comes (``next_run_at`` in ``time_zone``; None when unknown or paused) and how
+    to stop them (``pause_url``, also sent as RFC 8058 ``List-Unsubscribe`` headers)."""
+
+    pause_url: str
+    time_zone: str
+    next_run_at: datetime | None = None
+
+
+# RFC 2369 / RFC 8058: one-click unsubscribe of recurring mail.
+LIST_UNSUBSCRIBE_HEADER = "List-Unsubscribe"
+LIST_UNSUBSCRIBE_POST_HEADER = "List-Unsubscribe-Post"
+LIST_UNSUBSCRIBE_ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+def _schedule_notes(schedule: ScheduleNotice) -> list[str]:
+    notes = ["This is your monthly export, made by the schedule you set up."]
+    if schedule.next_run_at is not None:
+        local = schedule.next_run_at.astimezone(ZoneInfo(schedule.time_zone))
+        notes.append(
+            f"The next one comes on {local:%A} {local.day} {local:%B %Y}, around {local:%H:%M} "
+            f"({schedule.time_zone})."
+        )
+    notes.append("To stop these monthly exports, pause the schedule with this link:")
+    return notes
+
+
 def download_url(public_url: str, export_id: str) -> str:
     """Where a signed-in user downloads an export's file."""
     return f"{public_url.rstrip('/')}/v1/exports/{export_id}/download"
@@ -97,11 +127,13 @@ def build_export_message(
     recipient_name: str | None = None,
     sha256: str | None = None,
     page_url: str | None = None,
+    schedule: ScheduleNotice | None = None,
 ) -> ExportEmail:
     """The email for a finished export: the file attached, or a link to it (exactly one).
 
     ``sha256`` (the manifest's checksum) is shown with how to check it; ``page_url`` (the
-    self-service page) is where an attached file can be downloaded again.
+    self-service page) is where an attached file can be downloaded again. ``schedule``: the
+    export is the monthly one (subject, next date, pause link and List-Unsubscribe headers).
 
     multipart/alternative (plain text + HTML; every value from a user or a record is
     HTML-escaped), inside multipart/mixed with the file when attached.
@@ -114,6 +146,8 @@ def build_export_message(
     name = _one_line(recipient_name or "", _MAX_NAME)
     file_name = _one_line(file.file_name, 255)
     subject = f"Your memberships export is ready ({rows})"
+    if schedule is not None:
+        subject = f"Your monthly memberships export is ready ({rows})"
 
     message = ExportEmail()
     message["From"] = sender
@@ -123,6 +157,9 @@ def build_export_message(
     message["Message-ID"] = make_msgid(domain="exporter.local")
     message[EXPORT_ID_HEADER] = export_id
     message[KIND_HEADER] = KIND_EXPORT
+    if schedule is not None:
+        message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
+        message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
 
     facts = [
         ("File", file_name),
@@ -134,7 +171,7 @@ def build_export_message(
         facts.append(("Link expires", _utc(link.expires_at)))
     if sha256 is not None:
         facts.append(("SHA-256", sha256))
-    notes = []
+    notes = [] if schedule is None else _schedule_notes(schedule)
     if sha256 is not None:
         notes.append(
             f"To check that the file arrived whole, run: sha256sum {file_name} (on macOS: "
@@ -142,8 +179,11 @@ def build_export_message(
         )
     if link is None and page_url is not None:
         notes.append(f"You can download this file again on {page_url} until it expires.")
-    message.set_content(_text_body(name, facts, link, notes))
-    message.add_alternative(_html_body(subject, name, facts, link, notes), subtype="html")
+    pause_url = None if schedule is None else schedule.pause_url
+    message.set_content(_text_body(name, facts, link, notes, pause_url))
+    message.add_alternative(
+        _html_body(subject, name, facts, link, notes, pause_url), subtype="html"
+    )
     if attachment is not None:
         content = attachment.content
         message.add_attachment(
@@ -196,7 +236,11 @@ _NOT_YOU = (
 
 
 def _text_body(
-    name: str, facts: list[tuple[str, str]], link: DownloadLink | None, notes: list[str]
+    name: str,
+    facts: list[tuple[str, str]],
+    link: DownloadLink | None,
+    notes: list[str],
+    pause_url: str | None = None,
 ) -> str:
     lines = [f"Hello {name}," if name else "Hello,", ""]
     if link is None:
@@ -216,6 +260,8 @@ def _text_body(
     lines += [f"  {label + ':':<{width}} {value}" for label, value in facts]
     for note in notes:
         lines += ["", *textwrap.wrap(note, 78, break_on_hyphens=False)]
+    if pause_url is not None:
+        lines += ["", f"  {pause_url}"]  # on a line of its own: a link is never wrapped
     lines += ["", *textwrap.wrap(_FORMAT_NOTE, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
     return "\n".join(lines) + "\n"
 
@@ -226,6 +272,7 @@ def _html_body(
     facts: list[tuple[str, str]],
     link: DownloadLink | None,
     notes: list[str],
+    pause_url: str | None = None,
 ) -> str:
     e = html.escape
     greeting = f"Hello {e(name)}," if name else "Hello,"
@@ -250,6 +297,11 @@ def _html_body(
         f"<p>{greeting}</p>\n{intro}\n"
         f'<table role="presentation">{rows}</table>\n'
         + "".join(f"<p>{e(note)}</p>\n" for note in notes)
+        + (
+            ""
+            if pause_url is None
+            else f'<p><a href="{e(pause_url)}">Pause my monthly export</a></p>\n'
+        )
         + f"<p>{e(_FORMAT_NOTE)}</p>\n"
         f'<p style="color:#555">{e(_NOT_YOU)}</p>\n'
         "</body></html>\n"

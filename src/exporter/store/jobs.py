@@ -60,6 +60,7 @@ _STR_FIELDS = (
     "worker_id",
     "home_region",
     "file_region",
+    "schedule_id",
 )
 _BOOL_FIELDS = ("bom", "large")
 # What one run leaves on the record; a requeued job starts without it.
@@ -170,6 +171,7 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         notice_next_attempt_at=ts("notice_next_attempt_at"),
         requeued_at=ts("requeued_at"),
         worker_id=get_s(item, "worker_id"),
+        schedule_id=get_s(item, "schedule_id"),
         estimated_rows=get_n(item, "estimated_rows"),
         large=bool(item.get("large", {}).get("BOOL", False)),
         home_region=get_s(item, "home_region"),

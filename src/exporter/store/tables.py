@@ -17,6 +17,10 @@ USER_CREATED_INDEX = "user-created-index"
 ACTIVE_INDEX = "active-created-index"
 ACTIVE_ATTRIBUTE = "active_status"
 TTL_ATTRIBUTE = "expires_at"
+# export-schedules (store/schedules.py): the owner's schedules, and the sparse index of the
+# schedules that are not paused, by when the scheduler next looks at them.
+SCHEDULE_USER_INDEX = "user-created-index"
+SCHEDULE_DUE_INDEX = "due-index"
 
 
 def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
@@ -96,6 +100,38 @@ def table_specs(settings: DynamoSettings) -> list[dict[str, Any]]:
             "TableName": settings.regions_table,
             "KeySchema": [{"AttributeName": "region", "KeyType": "HASH"}],
             "AttributeDefinitions": [{"AttributeName": "region", "AttributeType": "S"}],
+            **on_demand,
+        },
+        {
+            # Monthly export schedules and, per owner, a counter of them (the per-user limit
+            # as a transaction condition); see store/schedules.py.
+            "TableName": settings.schedules_table,
+            "KeySchema": [{"AttributeName": "schedule_id", "KeyType": "HASH"}],
+            "AttributeDefinitions": [
+                {"AttributeName": "schedule_id", "AttributeType": "S"},
+                {"AttributeName": "user_id", "AttributeType": "S"},
+                {"AttributeName": "created_at", "AttributeType": "S"},
+                {"AttributeName": "due_shard", "AttributeType": "S"},
+                {"AttributeName": "wake_at", "AttributeType": "S"},
+            ],
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": SCHEDULE_USER_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "user_id", "KeyType": "HASH"},
+                        {"AttributeName": "created_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+                {
+                    "IndexName": SCHEDULE_DUE_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "due_shard", "KeyType": "HASH"},
+                        {"AttributeName": "wake_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+            ],
             **on_demand,
         },
     ]

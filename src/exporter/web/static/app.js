@@ -21,6 +21,7 @@
       super((problem && problem.detail) || `HTTP ${status}`);
       this.status = status;
       this.code = (problem && problem.code) || "";
+      this.errors = (problem && problem.errors) || [];
       this.retryAfter = retryAfter ? parseInt(retryAfter, 10) : null;
     }
   }
@@ -169,6 +170,7 @@
       announce("You are signed in.");
       $("new-export-button").focus();
       await loadList(true);
+      await loadSchedules();
     } catch (e) {
       if (e.status === 401) out.textContent = "Wrong e-mail or password.";
       else if (e.status === 429) {
@@ -431,7 +433,110 @@
     }
   }
 
+  // --- monthly schedules -----------------------------------------------------------------
+
+  const RUN_WORDS = {
+    created: "export made",
+    skipped_active: "waited for your running export",
+    skipped_quota: "waited for your daily quota",
+    failed: "will try again",
+    stopped: "stopped",
+  };
+
+  function dayText(day) {
+    return day === "last" ? "Last day" : `Day ${day}`;
+  }
+
+  function fillScheduleForm() {
+    const select = $("schedule-day");
+    if (select.options.length) return;
+    for (let d = 1; d <= 28; d += 1) select.add(new Option(String(d), String(d)));
+    select.add(new Option("Last day of the month", "last"));
+    let zone = "UTC";
+    try {
+      zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    } catch (e) {
+      zone = "UTC";
+    }
+    $("schedule-zone").value = zone;
+  }
+
+  async function createSchedule(event) {
+    event.preventDefault();
+    const out = $("new-schedule-error");
+    out.textContent = "";
+    const raw = $("schedule-day").value;
+    const body = {
+      day_of_month: raw === "last" ? "last" : parseInt(raw, 10),
+      time_zone: $("schedule-zone").value.trim(),
+      format: $("schedule-gz").checked ? "csv.gz" : "csv",
+    };
+    const button = $("new-schedule-button");
+    button.disabled = true;
+    try {
+      const { data } = await call("POST", "/v1/export-schedules", { body });
+      announce(`Monthly export set up; the next one is on ${new Date(data.next_run_at).toLocaleString()}.`);
+      await loadSchedules();
+    } catch (e) {
+      if (e.status === 422 && e.errors && e.errors.length) out.textContent = e.errors[0].message;
+      else if (e.status === 409) out.textContent = e.message;
+      else out.textContent = unavailable(e) || `The schedule could not be set up: ${e.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function changeSchedule(id, button, change) {
+    button.disabled = true;
+    try {
+      if (change === "delete") {
+        await call("DELETE", `/v1/export-schedules/${id}`);
+        announce("The monthly export was deleted.");
+      } else {
+        await call("PATCH", `/v1/export-schedules/${id}`, { body: { paused: change === "pause" } });
+        announce(change === "pause" ? "The monthly export is paused." : "The monthly export is on again.");
+      }
+    } catch (e) {
+      announce(unavailable(e) || `The schedule could not be changed: ${e.message}`);
+    } finally {
+      button.disabled = false;
+      await loadSchedules();
+    }
+  }
+
+  async function loadSchedules() {
+    fillScheduleForm();
+    let items;
+    try {
+      const { data } = await call("GET", "/v1/export-schedules");
+      items = data.items;
+    } catch (e) {
+      announce(unavailable(e) || `Your monthly exports could not be listed: ${e.message}`);
+      return;
+    }
+    const body = $("schedule-rows");
+    body.replaceChildren();
+    for (const s of items) {
+      const row = document.createElement("tr");
+      row.dataset.id = s.id;
+      cell(row, "Day", dayText(s.day_of_month));
+      cell(row, "Time zone", s.time_zone);
+      cell(row, "Next export", s.paused ? "Paused" : new Date(s.next_run_at).toLocaleString());
+      const last = s.runs.length ? s.runs[s.runs.length - 1] : null;
+      cell(row, "Last run", last ? `${new Date(last.ran_at).toLocaleDateString()}: ${RUN_WORDS[last.outcome] || last.outcome}` : "None yet");
+      const actions = cell(row, "Actions", "");
+      const what = `the monthly export on ${dayText(s.day_of_month).toLowerCase()}`;
+      if (s.paused) actionButton(actions, "Resume", `Resume ${what}`, (b) => changeSchedule(s.id, b, "resume"));
+      else actionButton(actions, "Pause", `Pause ${what}`, (b) => changeSchedule(s.id, b, "pause"));
+      actionButton(actions, "Delete", `Delete ${what}`, (b) => changeSchedule(s.id, b, "delete"));
+      body.appendChild(row);
+    }
+    $("schedule-list").hidden = items.length === 0;
+    $("schedules-empty").hidden = items.length !== 0;
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    $("new-schedule-form").addEventListener("submit", createSchedule);
     $("sign-in-form").addEventListener("submit", signIn);
     $("new-export-form").addEventListener("submit", createExport);
     $("sign-out").addEventListener("click", signOut);
