@@ -172,7 +172,11 @@ async def test_each_pool_has_its_own_slots_and_only_the_default_pool_runs_crons_
     )
     default_pool, large_pool = build_pool_workers(sized, resources)
     assert (default_pool.max_jobs, large_pool.max_jobs) == (5, 2)
-    assert {c.name for c in default_pool.cron_jobs} == {"sweep_jobs", "expire_jobs"}
+    assert {c.name for c in default_pool.cron_jobs} == {
+        "sweep_jobs",
+        "expire_jobs",
+        "run_export_schedules",
+    }
     assert large_pool.cron_jobs == []
     assert default_pool.ctx["serve_metrics"] and not large_pool.ctx["serve_metrics"]
     assert default_pool.health_check_key == health_check_key(sized)
