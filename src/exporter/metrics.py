@@ -139,6 +139,19 @@ def dynamodb_calls() -> dict[str, int]:
     }
 
 
+SMTP_CONNECTIONS = Counter(
+    "smtp_connections_opened",
+    "SMTP connections opened (and logged in) by a worker's kept connection: one, plus one "
+    "per reconnect after the relay closed it or a send failed.",
+    namespace=NAMESPACE,
+)
+
+
+def observe_smtp_connection() -> None:
+    """The mailer opened a new SMTP connection."""
+    SMTP_CONNECTIONS.inc()
+
+
 # Series that exist from the start, so rates and ratios do not begin as "no data".
 EXPORTS_FINISHED.labels("succeeded", "")
 for _status in ("succeeded", "failed"):

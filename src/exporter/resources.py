@@ -77,6 +77,9 @@ async def open_resources(
         stack.push_async_callback(redis.aclose)
         dynamo = await stack.enter_async_context(open_dynamo(settings.dynamo))
         s3 = await stack.enter_async_context(open_s3(settings.s3))
+        # One SMTP connection per process, opened at the first email and reused.
+        mailer = Mailer(settings.smtp, keep_connection=True)
+        stack.push_async_callback(mailer.close)
         yield Resources(
             settings=settings,
             pg=pg,
@@ -89,7 +92,7 @@ async def open_resources(
             dynamo=dynamo,
             jobs=JobStore(dynamo, settings.dynamo, cursor_key=_cursor_key(settings)),
             users=UserStore(dynamo, settings.dynamo),
-            mailer=Mailer(settings.smtp),
+            mailer=mailer,
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
             tokens=build_token_service(settings.jwt, allow_ephemeral=not settings.is_deployed),
