@@ -93,4 +93,4 @@ async def test_an_idle_worker_starts_a_new_export_at_once_and_keeps_one_smtp_con
     # Three emails, one connection: the worker's mailer kept it open between exports.
     assert sample_value("exporter_smtp_connections_opened_total") - connections_before == 1
     # Each wake-up was taken: none is left for a worker that is not there.
-    assert await resources.queue.redis.llen(wake_key(settings.redis.queue_name)) == 0
+    assert not await resources.queue.redis.exists(wake_key(settings.redis.queue_name))
