@@ -54,23 +54,26 @@ from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 from exporter.auth import DEFAULT_SCOPES, SigningKey, TokenService
-from exporter.aws import open_dynamo
+from exporter.aws import open_dynamo, open_s3
 from exporter.config import (
     ApiSettings,
     DynamoSettings,
     JwtSettings,
     PostgresSettings,
     RedisSettings,
+    S3Settings,
     Settings,
     SmtpSettings,
 )
 from exporter.dev.dynamodb import start_dynamodb
 from exporter.dev.ports import free_port
+from exporter.dev.s3 import start_s3
 from exporter.dev.stack import ensure_database
 from exporter.mail.messages import EXPORT_ID_HEADER, KIND_EXPORT, KIND_FAILURE_NOTICE, KIND_HEADER
 from exporter.models import User, utcnow
 from exporter.passwords import Passwords
 from exporter.queue import open_arq_redis
+from exporter.store.files import ExportFiles
 from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 from exporter.store.tables import create_tables
@@ -262,6 +265,9 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
     with contextlib.ExitStack() as cleanup:
         dynamo = start_dynamodb(log_path=OUT / "dynamodb.log")
         cleanup.callback(dynamo.stop)
+        # Every export's file is kept in S3 before it is mailed: moto's server stands in.
+        s3 = start_s3(log_path=OUT / "s3.log")
+        cleanup.callback(s3.stop)
         sink = Sink()
         controller = Controller(sink, hostname=HOST, port=free_port())
         controller.start()
@@ -279,6 +285,7 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             redis=RedisSettings(queue_name=f"exporter-bench:{run}"),
             dynamo=DynamoSettings(endpoint_url=dynamo.endpoint_url, table_prefix=f"bench{run}-"),
             smtp=SmtpSettings(host=HOST, port=controller.port),
+            s3=S3Settings(endpoint_url=s3.endpoint_url, bucket=f"exporter-bench-{run}"),
             jwt=JwtSettings(
                 private_key=SecretStr(key.private_pem()), access_ttl_s=900
             ),  # the cap; the run is ~6 min
@@ -293,6 +300,8 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             "EXPORTER_REDIS__QUEUE_NAME": settings.redis.queue_name,
             "EXPORTER_DYNAMO__ENDPOINT_URL": dynamo.endpoint_url,
             "EXPORTER_DYNAMO__TABLE_PREFIX": settings.dynamo.table_prefix,
+            "EXPORTER_S3__ENDPOINT_URL": s3.endpoint_url,
+            "EXPORTER_S3__BUCKET": f"exporter-bench-{run}",
             "EXPORTER_SMTP__HOST": HOST,
             "EXPORTER_SMTP__PORT": str(controller.port),
             "EXPORTER_JWT__PRIVATE_KEY": key.private_pem(),
@@ -310,6 +319,7 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
         # Registered first: a run that fails half-way through preparing drops it too.
         cleanup.callback(lambda: asyncio.run(drop_database(settings)))
         users = asyncio.run(prepare(settings, args.users, args.rows))
+        asyncio.run(ensure_bucket(settings))
         stack = Stack(
             settings=settings,
             env=env,
@@ -325,6 +335,11 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
         cleanup.callback(stop_all, stack.workers)
         asyncio.run(wait_ready(stack.api_url))
         yield stack
+
+
+async def ensure_bucket(settings: Settings) -> None:
+    async with open_s3(settings.s3) as client:
+        await ExportFiles(client, settings.s3).ensure_bucket()
 
 
 async def prepare(settings: Settings, users: int, rows: int) -> list[str]:
