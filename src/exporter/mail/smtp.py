@@ -27,6 +27,8 @@ from exporter.metrics import observe_smtp_connection
 # A kept connection idle this long is checked (NOOP) before its next message: relays close
 # idle connections (SES after some seconds), and a NOOP is cheaper than a failed MAIL.
 IDLE_CHECK_S = 5.0
+# The goodbye at shutdown is a courtesy: never wait long for it.
+QUIT_TIMEOUT_S = 1.0
 
 
 class Mailer:
@@ -84,8 +86,11 @@ class Mailer:
             client, self._client = self._client, None
             if client is not None and client.is_connected:
                 try:
-                    await client.quit()
+                    # Briefly: a relay that stopped answering must not hold a shutdown.
+                    await client.quit(timeout=QUIT_TIMEOUT_S)
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    pass
+                finally:
                     client.close()
 
     async def _send_kept(self, message: EmailMessage) -> None:
