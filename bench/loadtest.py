@@ -319,6 +319,7 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
         # Registered first: a run that fails half-way through preparing drops it too.
         cleanup.callback(lambda: asyncio.run(drop_database(settings)))
         users = asyncio.run(prepare(settings, args.users, args.rows))
+        asyncio.run(ensure_bucket(settings))
         stack = Stack(
             settings=settings,
             env=env,
@@ -334,6 +335,11 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
         cleanup.callback(stop_all, stack.workers)
         asyncio.run(wait_ready(stack.api_url))
         yield stack
+
+
+async def ensure_bucket(settings: Settings) -> None:
+    async with open_s3(settings.s3) as client:
+        await ExportFiles(client, settings.s3).ensure_bucket()
 
 
 async def prepare(settings: Settings, users: int, rows: int) -> list[str]:

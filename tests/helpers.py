@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -18,6 +19,7 @@ from exporter.csvstream import neutralise_formula
 from exporter.dev.ports import free_port
 from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
+from exporter.metrics import DYNAMODB_WRITE_OPERATIONS, dynamodb_calls
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
 from exporter.resources import Resources
 
@@ -160,3 +162,38 @@ def attachment_rows(message: EmailMessage) -> list[list[str]]:
 async def expected_rows(pg: asyncpg.Connection[Any], user_id: str) -> list[list[str]]:
     """The user's memberships straight from PostgreSQL, rendered the way the CSV promises."""
     return [reference_row(r) for r in await pg.fetch(RAW_EXPORT_QUERY, user_id)]
+
+
+class DynamoCalls:
+    """The DynamoDB calls this process made inside a ``with`` block, by operation, read from
+    the real counter (``exporter_dynamodb_calls_total``) that the client's hook keeps."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._before: dict[str, int] = {}
+
+    def __enter__(self) -> DynamoCalls:
+        self._before = dynamodb_calls()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        after = dynamodb_calls()
+        self.calls = collections.Counter(
+            {
+                op: n - self._before.get(op, 0)
+                for op, n in after.items()
+                if n > self._before.get(op, 0)
+            }
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def writes(self) -> int:
+        return sum(n for op, n in self.calls.items() if op in DYNAMODB_WRITE_OPERATIONS)
+
+    @property
+    def reads(self) -> int:
+        return self.total - self.writes

@@ -108,6 +108,50 @@ EMAIL_SEND_FAILURES = Counter(
     namespace=NAMESPACE,
 )
 
+# --- DynamoDB (counted by a before-call hook on the client: ``aws.py``) -----------------------
+
+DYNAMODB_CALLS = Counter(
+    "dynamodb_calls",
+    "DynamoDB API calls made by this process, by operation (GetItem, TransactWriteItems, ...); "
+    "one per call, however many HTTP attempts botocore's retries needed.",
+    ["operation"],
+    namespace=NAMESPACE,
+)
+# The operations that write: what "writes per run" counts.
+DYNAMODB_WRITE_OPERATIONS = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+)
+
+
+def observe_dynamodb_call(operation: str) -> None:
+    """One DynamoDB API call is about to be made."""
+    DYNAMODB_CALLS.labels(operation).inc()
+
+
+def dynamodb_calls() -> dict[str, int]:
+    """This process's DynamoDB calls so far, by operation (for tests and benchmarks, which
+    compare two readings)."""
+    return {
+        sample.labels["operation"]: int(sample.value)
+        for metric in DYNAMODB_CALLS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+SMTP_CONNECTIONS = Counter(
+    "smtp_connections_opened",
+    "SMTP connections opened (and logged in) by a worker's kept connection: one, plus one "
+    "per reconnect after the relay closed it or a send failed.",
+    namespace=NAMESPACE,
+)
+
+
+def observe_smtp_connection() -> None:
+    """The mailer opened a new SMTP connection."""
+    SMTP_CONNECTIONS.inc()
+
+
 # Series that exist from the start, so rates and ratios do not begin as "no data".
 EXPORTS_FINISHED.labels("succeeded", "")
 for _status in ("succeeded", "failed"):

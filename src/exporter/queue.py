@@ -9,6 +9,7 @@ task functions).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.utils import timestamp_ms
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,6 +43,51 @@ def operator_cancellations_key(queue_name: str) -> str:
     because the command's own process exits long before anything could scrape it. The API
     and workers read it back with the queue gauges (``metrics.queue_snapshot``)."""
     return f"{queue_name}:operator-cancellations"
+
+
+def wake_key(queue_name: str) -> str:
+    """The list an enqueue pushes a token on and an idle worker of that queue blocks on
+    between polls (``WakeSignal``), so it starts the job at once instead of at its next
+    poll."""
+    return f"{queue_name}:wake"
+
+
+# Tokens nobody took (every worker busy, or none running) are kept at most this many, for
+# at most this long: each wakes one wait, and a poll finds the jobs anyway.
+WAKE_BACKLOG = 64
+WAKE_TTL_S = 60
+
+
+class WakeSignal:
+    """An idle worker's wait between polls: BLPOP on its queue's wake-up list, on a
+    connection of its own (a blocking command holds it), returning at the first enqueue or
+    after ``timeout_s``. Redis trouble turns it back into a plain sleep: the poll goes on."""
+
+    def __init__(self, config: RedisConfig, queue_name: str, *, max_wait_s: float) -> None:
+        self._key = wake_key(queue_name)
+        self._redis: Redis = Redis.from_url(
+            config.url.get_secret_value(),
+            socket_connect_timeout=config.connect_timeout_s,
+            # Longer than any wait: a BLPOP is not a hung command until its timeout passed.
+            socket_timeout=max_wait_s + config.command_timeout_s,
+        )
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True when an enqueue woke it, False after ``timeout_s`` (or a Redis error)."""
+        if timeout_s <= 0:
+            return False
+        try:
+            # A fractional timeout (Redis >= 6): redis-py's blpop() types it as whole
+            # seconds, and execute_command is untyped.
+            command = self._redis.execute_command
+            got = await command("BLPOP", self._key, f"{timeout_s:.3f}")  # type: ignore[no-untyped-call]
+            return got is not None
+        except (RedisError, OSError):
+            await asyncio.sleep(timeout_s)
+            return False
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
 
 
 # The one maxmemory-policy under which Redis refuses writes instead of dropping keys.
@@ -298,7 +345,22 @@ class ExportQueue:
             )
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"enqueue failed: {type(exc).__name__}") from exc
+        if job is not None and not defer_s:
+            await self._wake(self.queue_for(large=large))
         return job is not None
+
+    async def _wake(self, queue_name: str) -> None:
+        """Wake one idle worker of ``queue_name`` (``WakeSignal``); best effort: without it
+        the job starts at the next poll."""
+        key = wake_key(queue_name)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, b"1")
+                pipe.ltrim(key, -WAKE_BACKLOG, -1)
+                pipe.expire(key, WAKE_TTL_S)
+                await pipe.execute()
+        except (RedisError, OSError):
+            pass
 
     async def probe(self, export_id: str, *, marker_ttl_s: float | None = None) -> QueueEntry:
         """What arq holds for this export right now, on either queue.

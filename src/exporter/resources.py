@@ -105,6 +105,9 @@ async def open_resources(
             other = settings.s3.model_copy(update={"region": region, "bucket": bucket})
             client = await stack.enter_async_context(open_s3(other))
             region_files[region] = ExportFiles(client, other)
+        # One SMTP connection per process, opened at the first email and reused.
+        mailer = Mailer(settings.smtp, keep_connection=True)
+        stack.push_async_callback(mailer.close)
         yield Resources(
             settings=settings,
             pg=pg,
@@ -122,7 +125,7 @@ async def open_resources(
                 home_region=settings.region,
             ),
             users=UserStore(dynamo, settings.dynamo),
-            mailer=Mailer(settings.smtp),
+            mailer=mailer,
             idempotency=IdempotencyStore(dynamo, settings.dynamo),
             files=ExportFiles(s3, settings.s3),
             tokens=build_token_service(settings.jwt, allow_ephemeral=not settings.is_deployed),

@@ -265,7 +265,12 @@ async def test_over_the_daily_quota_is_429_with_retry_after(
         # Two finished today, the oldest 20 hours ago; one 25 hours ago no longer counts.
         await _job(resources, user.user_id, JobState.SUCCEEDED, age=timedelta(hours=25))
         await _job(resources, user.user_id, JobState.SUCCEEDED, age=timedelta(hours=20))
-        await _job(resources, user.user_id, JobState.FAILED, age=timedelta(hours=1))
+        latest = await _job(resources, user.user_id, JobState.FAILED, age=timedelta(hours=1))
+        # A slot as written before slots kept the user's recent creates: counted from the jobs.
+        await resources.dynamo.put_item(
+            TableName=settings.dynamo.export_slots_table,
+            Item={"user_id": {"S": user.user_id}, "job_id": {"S": latest.job_id}},
+        )
         third = await client.post("/v1/exports", headers=headers)
         assert third.status == 202
         third_id = (await third.json())["id"]

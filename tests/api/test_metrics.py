@@ -78,3 +78,25 @@ async def test_created_exports_and_the_queue_show_in_metrics(
     assert _sample(text, "exporter_queue_ready_jobs", queue=queue) == 2
     assert _sample(text, "exporter_queue_in_progress_jobs", queue=queue) == 0
     assert _sample(text, "exporter_queue_oldest_ready_age_seconds", queue=queue) >= 0
+
+
+async def test_the_api_counts_its_dynamodb_calls_two_per_create(
+    client: TestClient[Any, Any], make_user: MakeUser
+) -> None:
+    headers = await login(client, await make_user())
+    before = {
+        op: sample_value("exporter_dynamodb_calls_total", {"operation": op})
+        for op in ("GetItem", "TransactWriteItems")
+    }
+
+    assert (await client.post("/v1/exports", json={}, headers=headers)).status == 202
+
+    text = await (await client.get("/metrics")).text()
+    # What the rush benchmark reads from /metrics: per create, one slot read, one transaction.
+    assert (
+        _sample(text, "exporter_dynamodb_calls_total", operation="GetItem") == before["GetItem"] + 1
+    )
+    assert (
+        _sample(text, "exporter_dynamodb_calls_total", operation="TransactWriteItems")
+        == before["TransactWriteItems"] + 1
+    )

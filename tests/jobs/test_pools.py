@@ -17,7 +17,12 @@ from pydantic import SecretStr
 from exporter.config import Settings
 from exporter.errors import RedisNotDurable
 from exporter.jobs.pools import build_pool_workers, serve_pools
-from exporter.jobs.worker import build_worker_settings, health_check_key, worker_is_healthy
+from exporter.jobs.worker import (
+    ExportWorker,
+    build_worker_settings,
+    health_check_key,
+    worker_is_healthy,
+)
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.queue import pool_key
 from exporter.resources import Resources, open_resources
@@ -171,6 +176,8 @@ async def test_each_pool_has_its_own_slots_and_only_the_default_pool_runs_crons_
         }
     )
     default_pool, large_pool = build_pool_workers(sized, resources)
+    # Both pools are woken by their queue's enqueue signal (test_worker_wake.py), not polled.
+    assert isinstance(default_pool, ExportWorker) and isinstance(large_pool, ExportWorker)
     assert (default_pool.max_jobs, large_pool.max_jobs) == (5, 2)
     assert {c.name for c in default_pool.cron_jobs} == {
         "sweep_jobs",

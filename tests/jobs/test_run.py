@@ -28,6 +28,7 @@ from exporter.resources import Resources
 from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser, RunWorker, SeededJob, SeedRows
 from tests.helpers import (
+    DynamoCalls,
     attachment_rows,
     deliver,
     login,
@@ -508,3 +509,22 @@ async def test_an_operator_retry_gets_a_fresh_retry_budget(
     waiting = await resources.jobs.get(job.job_id)
     assert waiting is not None and waiting.status is JobState.IN_PROGRESS
     assert waiting.next_attempt_at is not None and waiting.error_code is None
+
+
+async def test_a_small_successful_run_makes_three_writes_and_three_reads(
+    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
+) -> None:
+    user, job = await seeded_job(1_000)
+
+    with DynamoCalls() as run:
+        outcome = await deliver(resources, job.job_id, user.user_id)
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    # Start (with the heartbeat and where the file goes), the delivery's guard (with what
+    # the stored file holds), the finish; no progress write for a run this short. Reads:
+    # the job, its owner, and the last look before the email goes.
+    assert run.calls == {"UpdateItem": 3, "GetItem": 3}, run.calls
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
+    assert done.file_key is not None and done.file_expires_at is not None
+    assert len(smtp_sink.for_export(job.job_id)) == 1

@@ -10,7 +10,7 @@ canceller can find. An upload that lands after a cancel deleted the object is re
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -25,21 +25,25 @@ log = structlog.stdlib.get_logger("exporter.delivery.storage")
 async def store_file(
     resources: Resources, job: ExportJob, produced: ProducedFile, *, guard: DeliveryGuard
 ) -> ExportJob:
-    """Upload ``produced`` under the export's key and record it; the job as recorded (with
-    ``file_key``, ``file_expires_at`` and ``file_stored_at``). The file is read from the
-    start and left at the start."""
+    """Upload ``produced`` under the export's key; the job as it will be recorded (with
+    ``file_key``, ``file_expires_at`` and ``file_stored_at``). The key is recorded before
+    the upload (by ``start_run``, or here when the run did not); what the file holds is not
+    written here: the run records it with the delivery's guard, or with
+    ``lifecycle.record_file_stored`` when the delivery must be retried. The file is read
+    from the start and left at the start."""
     key = resources.files.key_for(job.job_id, produced.name)
     now = utcnow()
-    expires_at = now + timedelta(days=resources.settings.exports.retention_days)
-    await lifecycle.record_file_location(
-        resources.jobs,
-        job.job_id,
-        key=key,
-        expires_at=expires_at,
-        now=now,
-        # Two regions: the file stays in this region's bucket; the job says which.
-        region=resources.settings.region,
-    )
+    if job.file_key != key or job.file_expires_at is None:
+        expires_at = now + timedelta(days=resources.settings.exports.retention_days)
+        job = await lifecycle.record_file_location(
+            resources.jobs,
+            job.job_id,
+            key=key,
+            expires_at=expires_at,
+            now=now,
+            # Two regions: the file stays in this region's bucket; the job says which.
+            region=resources.settings.region,
+        )
     try:
         # The heartbeat goes on during a long upload, as during the stream.
         await guard.keep_alive(
@@ -50,16 +54,6 @@ async def store_file(
                 content_type="/".join(produced.content_type),
             )
         )
-        # What the stored file holds: a re-run after a failed delivery sends this file
-        # instead of producing it again.
-        stored = await lifecycle.record_file_stored(
-            resources.jobs,
-            job.job_id,
-            row_count=produced.rows,
-            byte_size=produced.byte_size,
-            file_name=produced.name,
-            sha256=produced.sha256,
-        )
     except BaseException:
         # The arq abort (CancelledError) or a refused write (ConditionFailed) of a cancelled
         # export: an upload that landed after the canceller deleted the object is ours to
@@ -69,7 +63,19 @@ async def store_file(
         raise
     produced.content.seek(0)
     log.info("export.uploaded", key=key, bytes=produced.byte_size)
-    return stored
+    return job.replace(
+        file_stored_at=utcnow(),
+        row_count=produced.rows,
+        byte_size=produced.byte_size,
+        file_name=produced.name,
+        sha256=produced.sha256,
+    )
+
+
+def file_location(resources: Resources, job: ExportJob, file_name: str) -> tuple[str, datetime]:
+    """Where a run of ``job`` stores its file, and until when it is kept."""
+    expires_at = utcnow() + timedelta(days=resources.settings.exports.retention_days)
+    return resources.files.key_for(job.job_id, file_name), expires_at
 
 
 async def drop_file_if_cancelled(resources: Resources, job_id: str, key: str) -> None:

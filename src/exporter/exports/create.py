@@ -16,6 +16,7 @@ half-done). The API, the operator CLI and a scheduler all call ``create_export``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from exporter.metrics import observe_export_created, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
 from exporter.resources import Resources
 from exporter.store.idempotency import KeyRecord, request_fingerprint
-from exporter.store.jobs import CurrentExport
+from exporter.store.jobs import SlotTaken, UserSlot
 from exporter.store.memberships import estimate_rows
 
 log = structlog.stdlib.get_logger("exporter.exports.create")
@@ -140,26 +141,20 @@ async def _decide(
         record = await resources.idempotency.get(user_id, key, now=now)
         if record is not None:
             return await _replay(resources, user_id, key, record, fingerprint)
-    current = await resources.jobs.current_for_user(user_id)
-    active = current.active
-    if active is not None:
-        if key is not None:
-            try:
-                await resources.idempotency.put(
-                    user_id, key, job_id=active.job_id, status=200, fingerprint=fingerprint, now=now
-                )
-            except ConditionFailed:
-                return None  # the same key, in a request running beside this one
-        log.info("export.already_active", export_id=active.job_id)
-        return Active(active)
-    # Creates of one user are serialised by the slot (create_exclusive is conditional on
-    # the slot still naming what current_for_user read), so counting first and creating
-    # after cannot let two racing requests both squeeze under the quota.
-    check_quota(
-        await counted_exports(resources, user_id, current, now=now),
-        max_per_day=settings.max_per_day,
-        now=now,
-    )
+    # One read (the slot: the job it names, and the user's recent creates) and one
+    # transaction (the job, the slot, and a check that the slot's job is finished, which
+    # hands back that job when it is not) make a create: the quota is counted from the slot
+    # and the one-active-export rule is checked inside the write.
+    slot = await resources.jobs.read_slot(user_id)
+    recent = await _recent_creates(resources, user_id, slot, now=now)
+    try:
+        check_quota(recent, max_per_day=settings.max_per_day, now=now)
+    except QuotaExceeded:
+        # While an export is active a create answers with it, quota or not.
+        current = None if slot.job_id is None else await resources.jobs.get(slot.job_id)
+        if current is not None and current.status.is_active:
+            return await _active(resources, user_id, current, key, fingerprint, now=now)
+        raise
     estimated_rows = await _estimate_rows(resources, user_id)
     large = (
         settings.routes_by_size
@@ -185,10 +180,47 @@ async def _decide(
             )
         )
     try:
-        await resources.jobs.create_exclusive(job, previous=current.slot_job_id, also=also)
+        await resources.jobs.create_exclusive(
+            job, previous=slot.job_id, recent={**recent, job.job_id: now}, also=also
+        )
+    except SlotTaken as taken:
+        return await _active(resources, user_id, taken.active, key, fingerprint, now=now)
     except (ConditionFailed, WriteConflict):
         return None
     return job
+
+
+async def _active(
+    resources: Resources,
+    user_id: str,
+    active: ExportJob,
+    key: str | None,
+    fingerprint: str,
+    *,
+    now: datetime,
+) -> Active | None:
+    """The user's active export is the answer (200); a key remembers that answer."""
+    if key is not None:
+        try:
+            await resources.idempotency.put(
+                user_id, key, job_id=active.job_id, status=200, fingerprint=fingerprint, now=now
+            )
+        except ConditionFailed:
+            return None  # the same key, in a request running beside this one
+    log.info("export.already_active", export_id=active.job_id)
+    return Active(active)
+
+
+async def _recent_creates(
+    resources: Resources, user_id: str, slot: UserSlot, *, now: datetime
+) -> dict[str, datetime]:
+    """The user's exports that count against the quota now (job id -> created at): from the
+    slot, or, for a slot written before it kept them, from the jobs (an index query)."""
+    since = now - timedelta(seconds=QUOTA_WINDOW_S)
+    if slot.recent is not None:
+        return {job_id: at for job_id, at in slot.recent.items() if at >= since}
+    counted = await counted_exports(resources, user_id, slot.job_id, now=now)
+    return {j.job_id: j.created_at for j in counted}
 
 
 async def _estimate_rows(resources: Resources, user_id: str) -> int | None:
@@ -222,16 +254,17 @@ async def _replay(
 
 
 async def counted_exports(
-    resources: Resources, user_id: str, current: CurrentExport, *, now: datetime
+    resources: Resources, user_id: str, slot_job_id: str | None, *, now: datetime
 ) -> list[ExportJob]:
-    """The user's exports that count against the quota now, oldest first."""
+    """The user's exports that count against the quota now, oldest first, from the jobs
+    themselves (for a slot that does not keep them yet)."""
     limit = resources.settings.exports.max_per_day
     since = now - timedelta(seconds=QUOTA_WINDOW_S)
     counted = await resources.jobs.created_since(
         user_id, since, limit=limit, excluding_error=ENQUEUE_FAILED
     )
     # The index lags the table by a moment; the slot's job (the latest) is read consistently.
-    last = current.job
+    last = None if slot_job_id is None else await resources.jobs.get(slot_job_id)
     if (
         last is not None
         and last.created_at >= since
@@ -242,11 +275,12 @@ async def counted_exports(
     return counted
 
 
-def check_quota(counted: list[ExportJob], *, max_per_day: int, now: datetime) -> None:
-    """Raise ``QuotaExceeded`` when ``counted`` fills the rolling 24-hour window."""
-    if len(counted) < max_per_day:
+def check_quota(recent: Mapping[str, datetime], *, max_per_day: int, now: datetime) -> None:
+    """Raise ``QuotaExceeded`` when ``recent`` (the creates counted now) fills the rolling
+    24-hour window."""
+    if len(recent) < max_per_day:
         return
-    oldest = min(j.created_at for j in counted)
+    oldest = min(recent.values())
     frees_at = oldest + timedelta(seconds=QUOTA_WINDOW_S)
     retry_after = max(1, math.ceil((frees_at - now).total_seconds()))
     raise QuotaExceeded(
@@ -279,3 +313,8 @@ async def _abandon(
     else:
         log.error("export.enqueue_failed", reason=reason)
         observe_export_finished("failed", ENQUEUE_FAILED)
+        try:
+            await resources.jobs.forget_created(job.user_id, job.job_id)
+        except StoreError as exc:
+            # It goes on counting against the quota until it leaves the window.
+            log.warning("export.quota_release_failed", error=str(exc))

@@ -34,12 +34,28 @@ CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 _MAX_ERROR_MESSAGE = 500
 
 
-async def start_run(jobs: JobStore, job_id: str, *, worker_id: str | None = None) -> ExportJob:
+async def start_run(
+    jobs: JobStore,
+    job_id: str,
+    *,
+    worker_id: str | None = None,
+    file_key: str | None = None,
+    file_expires_at: datetime | None = None,
+    file_region: str | None = None,
+) -> ExportJob:
     """A run takes the job (queued, or in_progress left by a dead worker): one more attempt,
     the heartbeat starts now, and the previous run's error and progress are cleared.
-    ``worker_id`` names the worker process running it (the sweeper checks that it lives)."""
+    ``worker_id`` names the worker process running it (the sweeper checks that it lives).
+    ``file_key`` / ``file_expires_at``: where the file this run produces will be stored,
+    recorded with the start (one write, not a second one before the upload) so that whatever
+    interrupts the upload, cleanup can find what arrived; ``file_region`` (two regions)
+    names the region whose bucket will hold it."""
     now = utcnow()
     fields: dict[str, object] = {"started_at": now, "heartbeat_at": now}
+    if file_key is not None and file_expires_at is not None:
+        fields |= {"file_key": file_key, "file_expires_at": file_expires_at}
+        if file_region is not None:
+            fields["file_region"] = file_region
     # ``last_error`` says why a job is *waiting*; a run that starts is no longer waiting
     # (the page would go on showing "Delayed: ..." while it runs and delivers).
     cleared = [
@@ -100,21 +116,35 @@ async def record_file_stored(
     sha256: str,
 ) -> ExportJob:
     """The whole file is stored: what it holds is on the record, so a re-run after a failed
-    delivery delivers this file instead of producing it again."""
-    now = utcnow()
+    delivery delivers this file instead of producing it again. A run writes this only when
+    its delivery must be retried; a delivered file's facts ride on the guard's write."""
     return await jobs.transition(
         job_id,
         to=JobState.IN_PROGRESS,
         expected=(JobState.IN_PROGRESS,),
-        now=now,
-        fields={
-            "file_stored_at": now,
-            "row_count": row_count,
-            "byte_size": byte_size,
-            "file_name": file_name,
-            "sha256": sha256,
-        },
+        now=utcnow(),
+        fields=stored_file_fields(
+            row_count=row_count, byte_size=byte_size, file_name=file_name, sha256=sha256
+        ),
     )
+
+
+def stored_file_fields(
+    *,
+    row_count: int,
+    byte_size: int,
+    file_name: str,
+    sha256: str,
+    stored_at: datetime | None = None,
+) -> dict[str, object]:
+    """What ``record_file_stored`` writes, for a move that carries it instead."""
+    return {
+        "file_stored_at": stored_at or utcnow(),
+        "row_count": row_count,
+        "byte_size": byte_size,
+        "file_name": file_name,
+        "sha256": sha256,
+    }
 
 
 async def record_retry(
@@ -170,10 +200,12 @@ async def record_delivered(
     file_name: str,
     delivery: str,
     sha256: str | None = None,
+    file_stored_at: datetime | None = None,
 ) -> ExportJob:
     """The guard: the file reached the user (``delivered_at``), written once, the moment
     the channel's receiver accepted it. It carries what ``finish_already_sent`` needs to
-    finish the record without producing or delivering anything again."""
+    finish the record without producing or delivering anything again, and, when this run
+    stored the file (``file_stored_at``), what ``record_file_stored`` would have written."""
     return await jobs.mark_email_sent(
         job_id,
         status=JobState.IN_PROGRESS,
@@ -185,6 +217,7 @@ async def record_delivered(
                 "file_name": file_name,
                 "delivery": delivery,
                 "sha256": sha256,
+                "file_stored_at": file_stored_at,
             }
         ),
     )
@@ -228,12 +261,18 @@ async def mark_succeeded(
 
 
 async def mark_delivery_failed(
-    jobs: JobStore, job_id: str, *, row_count: int, code: str, message: str
+    jobs: JobStore,
+    job_id: str,
+    *,
+    row_count: int,
+    code: str,
+    message: str,
+    stored: dict[str, object] | None = None,
 ) -> ExportJob:
-    """The file is stored (``record_file_stored`` wrote what it holds) but its channel
-    refused it for good: ``succeeded`` (the owner downloads it from the page or the API)
-    with why it was not delivered. Not once a delivery was recorded (that one was
-    delivered)."""
+    """The file is stored but its channel refused it for good: ``succeeded`` (the owner
+    downloads it from the page or the API) with why it was not delivered. Not once a
+    delivery was recorded (that one was delivered). ``stored``: what the file holds, when
+    this run stored it (``stored_file_fields``) and it is not on the record yet."""
     now = utcnow()
     return await jobs.transition(
         job_id,
@@ -241,6 +280,7 @@ async def mark_delivery_failed(
         expected=(JobState.IN_PROGRESS,),
         now=now,
         fields={
+            **(stored or {}),
             "finished_at": now,
             "rows_exported": row_count,
             "delivery": UNDELIVERED,

@@ -22,7 +22,7 @@ import signal
 from arq.worker import Worker
 
 from exporter.config import Settings
-from exporter.jobs.worker import build_worker_settings
+from exporter.jobs.worker import ExportWorker, build_worker_settings
 from exporter.logs import configure_logging
 from exporter.resources import Resources, open_resources
 
@@ -33,9 +33,11 @@ def build_pool_workers(settings: Settings, shared: Resources) -> list[Worker]:
     """The default pool's worker (crons, metrics) and the large pool's, on one set of clients.
 
     Call from inside the running loop (arq's ``Worker`` binds to the current one)."""
+    # ExportWorker: each pool is woken by its own queue's enqueue signal, as a single-pool
+    # worker process is.
     return [
-        Worker(**build_worker_settings(settings, shared=shared, handle_signals=False)),
-        Worker(
+        ExportWorker(**build_worker_settings(settings, shared=shared, handle_signals=False)),
+        ExportWorker(
             **build_worker_settings(
                 settings,
                 large=True,

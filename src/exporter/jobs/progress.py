@@ -38,12 +38,16 @@ class ExportProgress:
         *,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        beat_from: float | None = None,
     ) -> None:
+        """``beat_from``: the ``clock`` reading when a heartbeat was last written elsewhere
+        (the run's start): the first write is then due an interval after it, instead of
+        when streaming starts, so an export shorter than the interval writes nothing."""
         self._write = write
         self._interval_s = interval_s
         self._clock = clock
         self._lines = 0
-        self._last_write: float | None = None
+        self._last_write: float | None = beat_from
         self._started = asyncio.Event()
         self.total: int | None = None
 
@@ -62,9 +66,11 @@ class ExportProgress:
         return rows if self.total is None else min(rows, self.total)
 
     async def start(self, total: int) -> None:
-        """Streaming begins: note the total and write at once, so the heartbeat exists."""
+        """Streaming begins: note the total and write at once, so the heartbeat exists
+        (unless one was written less than an interval ago: ``beat_from``)."""
         self.total = total
-        await self._flush()
+        if self.due_in() == 0:
+            await self._flush()
         self._started.set()
 
     async def start_produced(self, total: int) -> None:

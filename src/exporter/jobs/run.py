@@ -39,7 +39,7 @@ from exporter import audit
 from exporter.delivery.base import ProducedFile, Receipt
 from exporter.delivery.channels import channel_for
 from exporter.delivery.notice import send_failure_notice
-from exporter.delivery.storage import drop_file_if_cancelled, store_file
+from exporter.delivery.storage import drop_file_if_cancelled, file_location, store_file
 from exporter.errors import (
     ConditionFailed,
     DeliveryFailed,
@@ -212,7 +212,21 @@ def waiting_message(exc: Exception, deadline: datetime) -> str:
 async def _export(
     resources: Resources, job: ExportJob, *, started: float, worker_id: str | None
 ) -> ExportOutcome:
-    job = await lifecycle.start_run(resources.jobs, job.job_id, worker_id=worker_id)
+    # Where this run will store its file goes on the record with the start (one write);
+    # a run that will deliver a file stored earlier keeps that one's.
+    key, expires_at = (
+        file_location(resources, job, export_file_name(job))
+        if job.file_stored_at is None
+        else (None, None)
+    )
+    job = await lifecycle.start_run(
+        resources.jobs,
+        job.job_id,
+        worker_id=worker_id,
+        file_key=key,
+        file_expires_at=expires_at,
+        file_region=resources.settings.region,
+    )
     if job.delivered_at is not None:
         return await finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)
@@ -229,8 +243,12 @@ async def _produce_and_deliver(
         max_size=settings.spool_max_bytes,
         dir=str(settings.temp_dir) if settings.temp_dir else None,
     ) as spool:
+        # ``start_run`` wrote the heartbeat: the first progress write is due an interval
+        # later, so an export that takes less than that writes none.
         progress = ExportProgress(
-            _progress_writer(resources, job), interval_s=settings.progress_interval_s
+            _progress_writer(resources, job),
+            interval_s=settings.progress_interval_s,
+            beat_from=time.monotonic(),
         )
         # ConditionFailed from a progress write (the job moved on) leaves this block, so
         # the spooled file is discarded with it.
@@ -263,16 +281,21 @@ async def _produce_and_deliver(
             # from the page, the API and the email's link, whatever happens to the email;
             # and a delivery that must be retried sends this file, not a new COPY.
             job = await store_file(resources, job, produced, guard=guard)
+            guard.file_stored_at = job.file_stored_at
         stored = time.monotonic()
         assert job.file_key is not None
         try:
             receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
         except DeliveryFailed as exc:
             if exc.transient:
+                if not reused:
+                    await _record_stored(resources, job, produced)
                 raise
             # Refused for good (the mail server rejected the address): the file is stored,
             # so the export succeeded; the owner sees on the page why no email came.
-            return await _undelivered(resources, job, produced, exc, started=started)
+            return await _undelivered(
+                resources, job, produced, exc, started=started, stored_now=not reused
+            )
         except BaseException:
             # Cancelled while delivering (the abort, or the guard's refused write): an
             # upload that landed after the canceller deleted the object is ours to remove.
@@ -293,6 +316,23 @@ async def _produce_and_deliver(
         stored=stored,
         reused=reused,
     )
+
+
+async def _record_stored(resources: Resources, job: ExportJob, produced: ProducedFile) -> None:
+    """The delivery will be retried: put what the stored file holds on the record, so the
+    next try sends it instead of producing it again (best effort: without it, the next try
+    produces the file again, under the same key)."""
+    try:
+        await lifecycle.record_file_stored(
+            resources.jobs,
+            job.job_id,
+            row_count=produced.rows,
+            byte_size=produced.byte_size,
+            file_name=produced.name,
+            sha256=produced.sha256,
+        )
+    except StoreError as exc:
+        log.info("export.file_stored_unrecorded", error=str(exc))
 
 
 async def _stored_file(
@@ -414,6 +454,8 @@ class _RunGuard:
         self._produced = produced
         self._progress = progress
         self.delivered_by_another: ExportJob | None = None
+        # When this run stored the file: recorded with the delivery (one write, not two).
+        self.file_stored_at: datetime | None = None
 
     async def keep_alive(self, work: Coroutine[Any, Any, T]) -> T:
         return await self._progress.run(work)
@@ -442,6 +484,7 @@ class _RunGuard:
             file_name=receipt.file_name,
             delivery=receipt.kind,
             sha256=self._produced.sha256,
+            file_stored_at=self.file_stored_at,
         )
 
 
@@ -452,12 +495,29 @@ async def _undelivered(
     exc: DeliveryFailed,
     *,
     started: float,
+    stored_now: bool,
 ) -> ExportOutcome:
     """The channel refused the file for good, after it was stored: the export succeeded
     (its file is downloadable until it expires) with the reason it was not delivered."""
-    # What the file holds is on the record already (``file_stored_at``).
+    # What the file holds goes on the record with it, unless an earlier run put it there.
+    stored = (
+        lifecycle.stored_file_fields(
+            row_count=produced.rows,
+            byte_size=produced.byte_size,
+            file_name=produced.name,
+            sha256=produced.sha256,
+            stored_at=job.file_stored_at,
+        )
+        if stored_now
+        else None
+    )
     job = await lifecycle.mark_delivery_failed(
-        resources.jobs, job.job_id, row_count=produced.rows, code=exc.code, message=exc.message
+        resources.jobs,
+        job.job_id,
+        row_count=produced.rows,
+        code=exc.code,
+        message=exc.message,
+        stored=stored,
     )
     observe_export_finished(
         "succeeded",

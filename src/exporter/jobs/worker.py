@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 from arq import Retry, cron
-from arq.worker import Function, func
+from arq.worker import Function, Worker, func
 
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
 from exporter.errors import QueueUnavailable, RetryLater
@@ -29,7 +29,13 @@ from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
 from exporter.metrics import observe_export_retry
 from exporter.models import JobState, clean_request_id
-from exporter.queue import RUN_EXPORT, ExportQueue, arq_redis_settings, open_arq_redis
+from exporter.queue import (
+    RUN_EXPORT,
+    ExportQueue,
+    WakeSignal,
+    arq_redis_settings,
+    open_arq_redis,
+)
 from exporter.resources import Resources, open_resources
 from exporter.schedules.run import run_due_schedules
 
@@ -355,11 +361,45 @@ def build_worker_settings(
     }
 
 
-def run_worker_forever(settings: Settings, *, large: bool = False) -> None:
-    from arq.worker import run_worker
+class ExportWorker(Worker):
+    """arq's ``Worker``, woken by an enqueue instead of sleeping out its poll delay: between
+    polls a worker with a free slot blocks on its queue's wake-up signal
+    (``queue.WakeSignal``) for at most ``poll_delay``, so an idle worker starts a new export
+    within milliseconds. Every other poll (deferred jobs, aborts, a missed signal) still
+    happens at least every ``poll_delay``. Burst workers poll as arq does."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wait_s = self.poll_delay_s
+        self._wake: WakeSignal | None = None
+        if not self.burst and self._wait_s > 0:
+            # arq's loop sleeps out what is left of poll_delay after each poll; the wait
+            # below paces it instead.
+            self.poll_delay_s = 0
+
+    async def _poll_iteration(self) -> None:
+        await super()._poll_iteration()
+        if self.burst or self._wait_s <= 0:
+            return
+        if self.job_counter >= self.max_jobs:
+            # No free slot: a wake-up is for a worker that can take the job.
+            await asyncio.sleep(self._wait_s)
+            return
+        if self._wake is None:
+            settings: Settings = self.ctx[_SETTINGS]
+            self._wake = WakeSignal(settings.redis, self.queue_name, max_wait_s=self._wait_s)
+        await self._wake.wait(self._wait_s)
+
+    async def close(self) -> None:
+        if self._wake is not None:
+            await self._wake.aclose()
+            self._wake = None
+        await super().close()
+
+
+def run_worker_forever(settings: Settings, *, large: bool = False) -> None:
     configure_logging(settings)
-    run_worker(build_worker_settings(settings, large=large))
+    ExportWorker(**build_worker_settings(settings, large=large)).run()
 
 
 async def worker_is_healthy(settings: Settings, *, large: bool = False) -> bool:

@@ -1,4 +1,5 @@
-"""How the emails are sent: SMTP (a local sink, or Amazon SES in AWS), one connection per message.
+"""How the emails are sent: SMTP (a local sink, or Amazon SES in AWS); a worker keeps one
+connection and reuses it for every message.
 
 A message whose attachment is read from a file (``mail/messages.py``: ``ExportEmail``) goes
 out in chunks, the file base64-encoded as it is written, so memory does not grow with it.
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import IO
 
@@ -19,13 +22,34 @@ from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 
 from exporter.config import SmtpSettings
 from exporter.errors import MailError
+from exporter.metrics import observe_smtp_connection
+
+# A kept connection idle this long is checked (NOOP) before its next message: relays close
+# idle connections (SES after some seconds), and a NOOP is cheaper than a failed MAIL.
+IDLE_CHECK_S = 5.0
+# The goodbye at shutdown is a courtesy: never wait long for it.
+QUIT_TIMEOUT_S = 1.0
 
 
 class Mailer:
-    """Sends messages with one SMTP connection per message (SES closes idle ones anyway)."""
+    """Sends messages over SMTP. With ``keep_connection`` (a worker's ``Resources``) one
+    connection is opened, logged in once and reused for every message, one at a time,
+    checked with NOOP when it was idle and opened again when it fails; ``close()`` says
+    goodbye. Without it (tools, tests), one connection per message."""
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        keep_connection: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
+        self._keep = keep_connection
+        self._clock = clock
+        self._client: aiosmtplib.SMTP | None = None
+        self._last_used = 0.0
+        self._lock = asyncio.Lock()
 
     @property
     def sender(self) -> str:
@@ -35,14 +59,92 @@ class Mailer:
         self, message: EmailMessage, *, on_accepted: Callable[[], Awaitable[None]] | None = None
     ) -> None:
         """Send one message. ``on_accepted`` runs as soon as the server accepted it, before
-        the goodbye (QUIT): recording the send there keeps the window in which a crash
-        causes a second email as short as one write (docs/reliability.md).
+        anything else (a goodbye, the next message): recording the send there keeps the
+        window in which a crash causes a second email as short as one write
+        (docs/reliability.md).
 
         The message goes out in chunks (``wire_chunks``): an attachment read from a file is
         base64-encoded as it is sent, so memory does not grow with the attachment.
         """
+        with _mail_errors():
+            if self._keep:
+                async with self._lock:
+                    await self._send_kept(message)
+            else:
+                async with self._new_client() as client:
+                    await self._login(client)
+                    await _send_in_chunks(client, message, timeout_s=self._settings.timeout_s)
+                    if on_accepted is not None:
+                        await on_accepted()
+                return
+        if on_accepted is not None:
+            await on_accepted()
+
+    async def close(self) -> None:
+        """Say goodbye on the kept connection, if there is one (best effort)."""
+        async with self._lock:
+            client, self._client = self._client, None
+            if client is not None and client.is_connected:
+                try:
+                    # Briefly: a relay that stopped answering must not hold a shutdown.
+                    await client.quit(timeout=QUIT_TIMEOUT_S)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    pass
+                finally:
+                    client.close()
+
+    async def _send_kept(self, message: EmailMessage) -> None:
+        reused = self._client is not None
+        client = await self._connection()
+        try:
+            await _send_in_chunks(client, message, timeout_s=self._settings.timeout_s)
+        except _DeadBeforeSending:
+            self._drop()
+            if not reused:
+                raise
+            # The relay closed the kept connection since its last use: nothing of this
+            # message was sent, so a new connection sends it.
+            await _send_in_chunks(
+                await self._connection(), message, timeout_s=self._settings.timeout_s
+            )
+        except BaseException:
+            # A refusal mid-transaction, a timeout, a half-sent message: start clean.
+            self._drop()
+            raise
+        self._last_used = self._clock()
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        """The kept connection, checked when it was idle; a new one when it is missing or
+        fails its check."""
+        client = self._client
+        if client is not None and client.is_connected:
+            if self._clock() - self._last_used < IDLE_CHECK_S:
+                return client
+            try:
+                await client.noop(timeout=self._settings.timeout_s)
+                return client
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                pass
+        self._drop()
+        client = self._new_client()
+        await client.connect()
+        observe_smtp_connection()
+        try:
+            await self._login(client)
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+        return client
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _new_client(self) -> aiosmtplib.SMTP:
         cfg = self._settings
-        client = aiosmtplib.SMTP(
+        return aiosmtplib.SMTP(
             hostname=cfg.host,
             port=cfg.port,
             start_tls=cfg.start_tls,
@@ -50,33 +152,41 @@ class Mailer:
             cert_bundle=str(cfg.ca_file) if cfg.ca_file else None,
             timeout=cfg.timeout_s,
         )
-        try:
-            async with client:
-                if cfg.username and cfg.password:
-                    await client.login(
-                        cfg.username.get_secret_value(), cfg.password.get_secret_value()
-                    )
-                await _send_in_chunks(client, message, timeout_s=cfg.timeout_s)
-                if on_accepted is not None:
-                    await on_accepted()
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            raise MailError(
-                "recipient_refused",
-                f"SMTP refused recipient ({exc.code})",
-                transient=400 <= exc.code < 500,
-            ) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            # 4xx (e.g. SES "454 Throttling failure") is worth retrying; 5xx is final.
-            raise MailError(
-                "smtp_rejected",
-                f"SMTP {exc.code}: {exc.message[:200]}",
-                transient=400 <= exc.code < 500,
-            ) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # Connection refused, timeouts, TLS failures: the server may be back later.
-            raise MailError(
-                "smtp_unavailable", f"SMTP unavailable: {type(exc).__name__}", transient=True
-            ) from exc
+
+    async def _login(self, client: aiosmtplib.SMTP) -> None:
+        cfg = self._settings
+        if cfg.username and cfg.password:
+            await client.login(cfg.username.get_secret_value(), cfg.password.get_secret_value())
+
+
+class _DeadBeforeSending(aiosmtplib.SMTPServerDisconnected):
+    """The connection was found closed at the envelope's first command (MAIL): nothing of
+    the message reached the server."""
+
+
+@contextmanager
+def _mail_errors() -> Iterator[None]:
+    """SMTP errors as ``MailError``: transient for 4xx and connection trouble."""
+    try:
+        yield
+    except aiosmtplib.SMTPRecipientRefused as exc:
+        raise MailError(
+            "recipient_refused",
+            f"SMTP refused recipient ({exc.code})",
+            transient=400 <= exc.code < 500,
+        ) from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        # 4xx (e.g. SES "454 Throttling failure") is worth retrying; 5xx is final.
+        raise MailError(
+            "smtp_rejected",
+            f"SMTP {exc.code}: {exc.message[:200]}",
+            transient=400 <= exc.code < 500,
+        ) from exc
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        # Connection refused, timeouts, TLS failures: the server may be back later.
+        raise MailError(
+            "smtp_unavailable", f"SMTP unavailable: {type(exc).__name__}", transient=True
+        ) from exc
 
 
 # Bytes of the file base64-encoded per chunk on the wire: a multiple of 57, so every chunk
@@ -171,7 +281,10 @@ async def _send_in_chunks(
     if client.supports_extension("size"):
         options.insert(0, f"SIZE={size}")
     encoding = "utf-8" if utf8 else "ascii"
-    await client.mail(sender, options=options, encoding=encoding)
+    try:
+        await client.mail(sender, options=options, encoding=encoding)
+    except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+        raise _DeadBeforeSending(str(exc)) from exc
     for recipient in recipients:
         await client.rcpt(recipient, encoding=encoding)
     protocol = client.protocol

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from exporter.aws import error_code
 from exporter.config import DynamoSettings
-from exporter.errors import InvalidCursor, StoreError
+from exporter.errors import ConditionFailed, InvalidCursor, StoreError
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
 from exporter.store.dynamo import Item, dynamo_errors, format_ts, get_n, get_s, n, parse_ts, s
 from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, USER_CREATED_INDEX
@@ -194,6 +197,24 @@ class CurrentExport:
 
 
 @dataclass(frozen=True, slots=True)
+class UserSlot:
+    """A user's export slot as read, without the job it names: the job id (None: never
+    claimed, or expired) and when the user's recent exports were created (job id -> time;
+    None for a slot written before the slot kept them: count from the jobs instead)."""
+
+    job_id: str | None
+    recent: dict[str, datetime] | None
+
+
+class SlotTaken(ConditionFailed):
+    """``create_exclusive`` found the job the slot names still queued or running."""
+
+    def __init__(self, active: ExportJob) -> None:
+        super().__init__("the user has an active export")
+        self.active = active
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[ExportJob]
     next_cursor: str | None
@@ -243,30 +264,47 @@ class JobStore:
         job = None if slot_job_id is None else await self.get(slot_job_id)
         return CurrentExport(slot_job_id=slot_job_id, job=job)
 
+    async def read_slot(self, user_id: str) -> UserSlot:
+        """The user's slot alone (one consistent read): what ``create_exclusive`` needs."""
+        with dynamo_errors("get_slot"):
+            response = await self._client.get_item(
+                TableName=self._slots, Key={"user_id": s(user_id)}, ConsistentRead=True
+            )
+        item = response.get("Item") or {}
+        recent: dict[str, datetime] | None = None
+        if "recent" in item:
+            recent = {k: parse_ts(v["S"]) for k, v in item["recent"]["M"].items()}
+        elif not item:
+            recent = {}  # a free slot: no export of the user's counts any more
+        return UserSlot(job_id=get_s(item, "job_id"), recent=recent)
+
     async def create_exclusive(
         self,
         job: ExportJob,
         *,
         previous: str | None,
+        recent: Mapping[str, datetime] | None = None,
         also: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Create ``job`` and make it the user's current export, in one transaction.
 
-        ``previous`` is the slot's job id as read by ``current_for_user`` (None: no slot),
-        and the caller saw that job finished or gone. The slot's condition is that it still
-        says so; if another create got in first, the whole transaction (``also`` items
-        included) is refused with ``ConditionFailed``, or ``WriteConflict`` when the two
-        collided in flight. Either way the caller reads again.
+        ``previous`` is the slot's job id as read (None: no slot). The slot's condition is
+        that it still says so, and the transaction checks that the job it names is finished
+        or gone: if that job is still active the transaction is refused with ``SlotTaken``
+        (carrying that job, so the caller needs no read); if another create got in first,
+        with ``ConditionFailed``, or ``WriteConflict`` when the two collided in flight (the
+        caller reads again). ``recent`` (job id -> created at, this job included) is kept on
+        the slot: the daily quota counts from it.
         """
-        slot: dict[str, Any] = {
-            "TableName": self._slots,
-            "Item": {
-                "user_id": s(job.user_id),
-                "job_id": s(job.job_id),
-                # The slot goes (TTL) with the job it names; a missing slot is a free one.
-                "expires_at": n(int(job.expires_at.timestamp())),
-            },
+        slot_item: Item = {
+            "user_id": s(job.user_id),
+            "job_id": s(job.job_id),
+            # The slot goes (TTL) with the job it names; a missing slot is a free one.
+            "expires_at": n(int(job.expires_at.timestamp())),
         }
+        if recent is not None:
+            slot_item["recent"] = {"M": {k: s(format_ts(v)) for k, v in recent.items()}}
+        slot: dict[str, Any] = {"TableName": self._slots, "Item": slot_item}
         if previous is None:
             slot["ConditionExpression"] = "attribute_not_exists(user_id)"
         else:
@@ -283,8 +321,46 @@ class JobStore:
             {"Put": slot},
             *(dict(item) for item in also),
         ]
+        if previous is not None:
+            items.append(
+                {
+                    "ConditionCheck": {
+                        "TableName": self._table,
+                        "Key": {"job_id": s(previous)},
+                        "ConditionExpression": (
+                            "attribute_not_exists(job_id) OR NOT #status IN (:queued, :running)"
+                        ),
+                        "ExpressionAttributeNames": {"#status": "status"},
+                        "ExpressionAttributeValues": {
+                            ":queued": s(JobState.QUEUED.value),
+                            ":running": s(JobState.IN_PROGRESS.value),
+                        },
+                        # A refusal returns the active job: the answer, without a read.
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                }
+            )
         with dynamo_errors("create_job"):
-            await self._client.transact_write_items(TransactItems=items)
+            try:
+                await self._client.transact_write_items(TransactItems=items)
+            except ClientError as exc:
+                active = _active_from(exc, check_index=len(items) - 1)
+                if previous is not None and active is not None:
+                    raise SlotTaken(active) from exc
+                raise
+
+    async def forget_created(self, user_id: str, job_id: str) -> None:
+        """Take ``job_id`` out of the slot's recent exports (it could not be queued, so it
+        does not count against the quota), if the slot still names it."""
+        with dynamo_errors("forget_created"):
+            await self._client.update_item(
+                TableName=self._slots,
+                Key={"user_id": s(user_id)},
+                UpdateExpression="REMOVE recent.#job",
+                ConditionExpression="job_id = :job AND attribute_exists(recent)",
+                ExpressionAttributeNames={"#job": job_id},
+                ExpressionAttributeValues={":job": s(job_id)},
+            )
 
     async def created_since(
         self, user_id: str, since: datetime, *, limit: int, excluding_error: str | None = None
@@ -729,6 +805,22 @@ class JobStore:
                 ReturnValues="ALL_NEW",
             )
         return item_to_job(response["Attributes"])
+
+
+def _active_from(exc: ClientError, *, check_index: int) -> ExportJob | None:
+    """The active job a cancelled create transaction's ConditionCheck returned, if that
+    check is what refused it."""
+    code, _ = error_code(exc)
+    if code != "TransactionCanceledException":
+        return None
+    reasons = exc.response.get("CancellationReasons") or []
+    if len(reasons) <= check_index:
+        return None
+    reason = reasons[check_index]
+    item = reason.get("Item")
+    if reason.get("Code") != "ConditionalCheckFailed" or not item:
+        return None
+    return item_to_job(item)
 
 
 # Page cursors are the DynamoDB key of the last item, signed (HMAC-SHA256, bound to the user
