@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from exporter.errors import ExportFailed
+from exporter.selection import ALL, ExportSelection
 
 
 class JobState(StrEnum):
@@ -61,11 +62,28 @@ def sources_of(target: JobState) -> frozenset[JobState]:
 class ExportFormat(StrEnum):
     CSV = "csv"
     CSV_GZ = "csv.gz"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    XLSX = "xlsx"
 
     @property
     def content_type(self) -> tuple[str, str]:
         """(maintype, subtype) of the file."""
-        return ("application", "gzip") if self is ExportFormat.CSV_GZ else ("text", "csv")
+        return _CONTENT_TYPES[self]
+
+    @property
+    def is_csv(self) -> bool:
+        """CSV text (plain or gzipped): the formats a byte order mark applies to."""
+        return self in (ExportFormat.CSV, ExportFormat.CSV_GZ)
+
+
+_CONTENT_TYPES: Mapping[ExportFormat, tuple[str, str]] = {
+    ExportFormat.CSV: ("text", "csv"),
+    ExportFormat.CSV_GZ: ("application", "gzip"),
+    ExportFormat.JSONL: ("application", "jsonl"),
+    ExportFormat.PARQUET: ("application", "vnd.apache.parquet"),
+    ExportFormat.XLSX: ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+}
 
 
 def utcnow() -> datetime:
@@ -137,6 +155,9 @@ class ExportJob:
     # operator's retry put it back on the queue it was routed to.
     estimated_rows: int | None = None
     large: bool = False
+    # Request options (issue 17): which columns, which rows, which time zone. A record
+    # from before them has none: every column, every row, UTC.
+    selection: ExportSelection = ALL
 
     @property
     def delivered_at(self) -> datetime | None:
@@ -167,6 +188,7 @@ class ExportJob:
         bom: bool = False,
         estimated_rows: int | None = None,
         large: bool = False,
+        selection: ExportSelection = ALL,
     ) -> ExportJob:
         return cls(
             job_id=str(uuid.uuid4()),
@@ -176,6 +198,7 @@ class ExportJob:
             bom=bom,
             estimated_rows=estimated_rows,
             large=large,
+            selection=selection,
             created_at=now,
             updated_at=now,
             expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),
