@@ -19,6 +19,7 @@ import structlog
 
 from exporter.delivery.base import DeliveryGuard, ProducedFile, Receipt
 from exporter.links import issue_link, page_url
+from exporter.mail.contents import describe
 from exporter.mail.messages import (
     DownloadLink,
     ExportAttachment,
@@ -98,6 +99,7 @@ class EmailChannel:
             export_id=job.job_id,
             sha256=produced.sha256,
             page_url=page_url(settings.api.public_url),
+            contents=describe(job.format, job.selection),
         )
         if encoded_message_size(produced.byte_size) <= settings.exports.attachment_max_bytes:
             attachment = ExportAttachment(

@@ -17,7 +17,9 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import IO
 
-from exporter.models import utcnow
+from exporter.mail.contents import FileContents, describe
+from exporter.models import ExportFormat, utcnow
+from exporter.selection import ALL
 
 # Lets the recipient's mail rules, support and our tests tie a message to its export.
 EXPORT_ID_HEADER = "X-Exporter-Export-Id"
@@ -97,11 +99,13 @@ def build_export_message(
     recipient_name: str | None = None,
     sha256: str | None = None,
     page_url: str | None = None,
+    contents: FileContents | None = None,
 ) -> ExportEmail:
     """The email for a finished export: the file attached, or a link to it (exactly one).
 
     ``sha256`` (the manifest's checksum) is shown with how to check it; ``page_url`` (the
-    self-service page) is where an attached file can be downloaded again.
+    self-service page) is where an attached file can be downloaded again; ``contents``
+    says the file's format, columns, filters and time zone (default: a full CSV in UTC).
 
     multipart/alternative (plain text + HTML; every value from a user or a record is
     HTML-escaped), inside multipart/mixed with the file when attached.
@@ -124,9 +128,12 @@ def build_export_message(
     message[EXPORT_ID_HEADER] = export_id
     message[KIND_HEADER] = KIND_EXPORT
 
+    contents = contents or _FULL_CSV
+    header = " (plus one header row)" if contents.header_row else ""
     facts = [
         ("File", file_name),
-        ("Rows", f"{file.row_count:,} (plus one header row)"),
+        *contents.facts,
+        ("Rows", f"{file.row_count:,}{header}"),
         ("Size", human_size(file.byte_size)),
         ("Export id", export_id),
     ]
@@ -142,8 +149,10 @@ def build_export_message(
         )
     if link is None and page_url is not None:
         notes.append(f"You can download this file again on {page_url} until it expires.")
-    message.set_content(_text_body(name, facts, link, notes))
-    message.add_alternative(_html_body(subject, name, facts, link, notes), subtype="html")
+    message.set_content(_text_body(name, facts, link, notes, contents.note))
+    message.add_alternative(
+        _html_body(subject, name, facts, link, notes, contents.note), subtype="html"
+    )
     if attachment is not None:
         content = attachment.content
         message.add_attachment(
@@ -185,10 +194,7 @@ _LINK_NOTE = (
     "so keep this email to yourself. You can also download the file from the exports page "
     "while you are signed in."
 )
-_FORMAT_NOTE = (
-    "The file is CSV (comma separated, UTF-8, RFC 4180). Times are UTC (ISO 8601); "
-    "prices are decimal numbers with their currency in the next column."
-)
+_FULL_CSV = describe(ExportFormat.CSV, ALL)
 _NOT_YOU = (
     "If you did not ask for this export, you can ignore this message; nobody else "
     "received it. Consider changing your password if it happens again."
@@ -196,7 +202,11 @@ _NOT_YOU = (
 
 
 def _text_body(
-    name: str, facts: list[tuple[str, str]], link: DownloadLink | None, notes: list[str]
+    name: str,
+    facts: list[tuple[str, str]],
+    link: DownloadLink | None,
+    notes: list[str],
+    format_note: str,
 ) -> str:
     lines = [f"Hello {name}," if name else "Hello,", ""]
     if link is None:
@@ -216,7 +226,7 @@ def _text_body(
     lines += [f"  {label + ':':<{width}} {value}" for label, value in facts]
     for note in notes:
         lines += ["", *textwrap.wrap(note, 78, break_on_hyphens=False)]
-    lines += ["", *textwrap.wrap(_FORMAT_NOTE, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
+    lines += ["", *textwrap.wrap(format_note, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +236,7 @@ def _html_body(
     facts: list[tuple[str, str]],
     link: DownloadLink | None,
     notes: list[str],
+    format_note: str,
 ) -> str:
     e = html.escape
     greeting = f"Hello {e(name)}," if name else "Hello,"
@@ -250,7 +261,7 @@ def _html_body(
         f"<p>{greeting}</p>\n{intro}\n"
         f'<table role="presentation">{rows}</table>\n'
         + "".join(f"<p>{e(note)}</p>\n" for note in notes)
-        + f"<p>{e(_FORMAT_NOTE)}</p>\n"
+        + f"<p>{e(format_note)}</p>\n"
         f'<p style="color:#555">{e(_NOT_YOU)}</p>\n'
         "</body></html>\n"
     )
