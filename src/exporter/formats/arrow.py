@@ -17,8 +17,9 @@ import pyarrow.csv as pacsv
 
 from exporter.selection import ExportSelection
 
-# One block of CSV per batch: ~20,000 rows of the full export, a few MB of Arrow memory.
-BLOCK_BYTES = 4 << 20
+# One block of CSV per batch (and per Parquet row group): ~10,000 rows of the full export,
+# a few MB of Arrow memory; 4 MB blocks measured a higher peak RSS for no gain in speed.
+BLOCK_BYTES = 2 << 20
 # price is numeric(12, 2) (migration 0001).
 PRICE_TYPE = pa.decimal128(12, 2)
 
