@@ -127,10 +127,12 @@ async def _copy(
     timeout_s: float | None,
     selection: ExportSelection,
     then: Callable[[], Awaitable[None]] | None = None,
+    count_chunks: bool = True,
 ) -> int:
     """COPY the rows into ``write`` (with the heartbeat beside it when there is
-    ``progress``), then await ``then`` under the same heartbeat; returns the rows."""
-    if progress is None:
+    ``progress``, counting rows from the chunks if ``count_chunks``), then await ``then``
+    under the same heartbeat; returns the rows."""
+    if progress is None or not count_chunks:
 
         async def sink(chunk: bytes) -> None:
             write(chunk)
@@ -182,6 +184,8 @@ async def _write_typed(
     the connection no longer than CSV does), then the format's writer in a thread."""
     assert spec.open_writer is not None
     open_writer = spec.open_writer
+    if progress is not None:
+        progress.count(b"\n")  # no header line to skip: rows are counted as written
     sink = HashingSink(out)
     stop = threading.Event()
     raw_bytes = 0
@@ -197,6 +201,8 @@ async def _write_typed(
                 if stop.is_set():
                     return  # the run was cancelled: the file is dropped anyway
                 writer.write(batch)
+                if progress is not None:
+                    progress.advance(batch.num_rows)
             writer.close()
 
         async def then() -> None:
@@ -217,6 +223,9 @@ async def _write_typed(
             timeout_s=timeout_s,
             selection=selection,
             then=then,
+            # Progress counts rows as the writer writes them: for xlsx that is most of the
+            # time, while the COPY into the scratch file is over in seconds.
+            count_chunks=False,
         )
     out.flush()
     return ExportFile(rows=rows, csv_bytes=raw_bytes, file_bytes=sink.bytes, sha256=sink.sha256())
