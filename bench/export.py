@@ -1,7 +1,8 @@
 """Export engine benchmark: the project's export path against psql's own \\copy, same run.
 
     python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--no-progress]
-                           [--no-delivery] [--no-formats] [--keep-db] [--json]
+                           [--no-delivery] [--no-formats] [--xlsx-up-to ROWS]
+                           [--keep-db] [--json]
 
 Creates its own database (dropped at the end unless ``--keep-db``), seeds one user per size
 with N memberships scattered among other users' rows (two others after each of theirs),
@@ -290,9 +291,17 @@ async def bench_size(
     *,
     progress: bool = False,
     formats: bool = True,
+    xlsx_up_to: int | None = None,
 ) -> dict[str, Any]:
     floor, ours, gz_floor, gz_ours = Series(), Series(), Series(), Series()
-    typed, warm_up, typed_steps = bench_formats.steps(pool, user, workdir, progress=progress)
+    chosen = tuple(
+        f
+        for f in bench_formats.FORMATS
+        if f is not ExportFormat.XLSX or xlsx_up_to is None or n <= xlsx_up_to
+    )
+    typed, warm_up, typed_steps = bench_formats.steps(
+        pool, user, workdir, progress=progress, formats=chosen
+    )
     if formats:
         await warm_up()
     else:
@@ -374,6 +383,13 @@ async def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the jsonl, parquet and xlsx runs",
     )
+    parser.add_argument(
+        "--xlsx-up-to",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="run xlsx only at sizes up to ROWS (at 1,000,000 rows each run takes minutes)",
+    )
     parser.add_argument("--keep-db", action="store_true", help=f"keep database {DB_NAME}")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
@@ -398,6 +414,7 @@ async def main(argv: list[str] | None = None) -> int:
                             Path(tmp),
                             progress=args.progress,
                             formats=args.formats,
+                            xlsx_up_to=args.xlsx_up_to,
                         )
                     )
             if args.delivery:

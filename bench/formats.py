@@ -106,11 +106,16 @@ class FormatSeries:
 
 
 def steps(
-    pool: asyncpg.Pool[Any], user: str, workdir: Path, *, progress: bool
+    pool: asyncpg.Pool[Any],
+    user: str,
+    workdir: Path,
+    *,
+    progress: bool,
+    formats: tuple[ExportFormat, ...] = FORMATS,
 ) -> tuple[list[FormatSeries], Callable[[], Awaitable[None]], list[Callable[[], Awaitable[None]]]]:
     """The series, a warm-up (one untimed run of each), and one timed step per format to
     alternate with the floor."""
-    series = [FormatSeries(fmt) for fmt in FORMATS]
+    series = [FormatSeries(fmt) for fmt in formats]
 
     def step(s: FormatSeries, *, timed: bool) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
