@@ -1,7 +1,8 @@
 """Export engine benchmark: the project's export path against psql's own \\copy, same run.
 
     python -m bench.export [--rows 1000000 100000 10000] [--runs 5] [--no-progress]
-                           [--no-delivery] [--keep-db] [--json]
+                           [--no-delivery] [--no-formats] [--xlsx-up-to ROWS]
+                           [--keep-db] [--json]
 
 Creates its own database (dropped at the end unless ``--keep-db``), seeds one user per size
 with N memberships scattered among other users' rows (two others after each of theirs),
@@ -10,7 +11,9 @@ SELECT) to file``), the project's export (``write_export_file``, the function th
 calls, with the worker's progress tracking, through to the finished file), the gzip floor
 (``\\copy … to program 'gzip -6 > file'``) and the project's ``csv.gz`` export. Reports
 medians (COPY on 2 cores is bimodal run to run), the peak RSS growth of this process while
-exporting (VmHWM after resetting it, minus VmRSS before), and client CPU.
+exporting (VmHWM after resetting it, minus VmRSS before), and client CPU. Then jsonl,
+parquet and xlsx (``bench/formats.py``) alternate with the same floor: ratios, file size
+against the csv.gz, peak RSS growth and client CPU per million rows.
 
 Delivery (unless ``--no-delivery``): three more runs per size measure peak RSS from the
 start of the export to the end of its delivery, as the worker delivers: into a spooled temp
@@ -44,6 +47,7 @@ from typing import Any
 
 import asyncpg
 
+from bench import formats as bench_formats
 from exporter.aws import open_s3
 from exporter.config import ExportSettings, S3Settings, SmtpSettings
 from exporter.delivery.email import encoded_message_size
@@ -286,8 +290,22 @@ async def bench_size(
     workdir: Path,
     *,
     progress: bool = False,
+    formats: bool = True,
+    xlsx_up_to: int | None = None,
 ) -> dict[str, Any]:
     floor, ours, gz_floor, gz_ours = Series(), Series(), Series(), Series()
+    chosen = tuple(
+        f
+        for f in bench_formats.FORMATS
+        if f is not ExportFormat.XLSX or xlsx_up_to is None or n <= xlsx_up_to
+    )
+    typed, warm_up, typed_steps = bench_formats.steps(
+        pool, user, workdir, progress=progress, formats=chosen
+    )
+    if formats:
+        await warm_up()
+    else:
+        typed, typed_steps = [], []
     plain = PLAIN_QUERY.format(user=user)
     floor_file, ours_file = workdir / "floor.csv", workdir / "ours.csv"
 
@@ -314,9 +332,9 @@ async def bench_size(
         # Alternate the order so neither side always runs on a warmer cache.
         pair = [run_floor, run_ours] if i % 2 == 0 else [run_ours, run_floor]
         gz_pair = [run_gz_floor, run_gz_ours] if i % 2 == 0 else [run_gz_ours, run_gz_floor]
-        for step in pair + gz_pair:
+        for step in pair + gz_pair + (typed_steps if i % 2 == 0 else typed_steps[::-1]):
             await step()
-    return {
+    result = {
         "rows": n,
         "median_s": round(ours.median, 3),
         "floor_median_s": round(floor.median, 3),
@@ -331,6 +349,9 @@ async def bench_size(
         "client_cpu_s_per_million_rows": round(statistics.median(ours.cpu_s) * 1e6 / n, 2),
         "gz_client_cpu_s": round(statistics.median(gz_ours.cpu_s), 3),
     }
+    for s in typed:
+        result |= s.result(n, floor.median, gz_ours.size)
+    return result
 
 
 def _at_least_five(text: str) -> int:
@@ -356,9 +377,23 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-delivery", dest="delivery", action="store_false", help="skip the delivery runs"
     )
+    parser.add_argument(
+        "--no-formats",
+        dest="formats",
+        action="store_false",
+        help="skip the jsonl, parquet and xlsx runs",
+    )
+    parser.add_argument(
+        "--xlsx-up-to",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="run xlsx only at sizes up to ROWS (at 1,000,000 rows each run takes minutes)",
+    )
     parser.add_argument("--keep-db", action="store_true", help=f"keep database {DB_NAME}")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
+    import_mb = bench_formats.import_rss_mb() if args.formats else None
     dsn = await _recreate_db()
     results = []
     try:
@@ -371,7 +406,15 @@ async def main(argv: list[str] | None = None) -> int:
                     _note(f"benchmarking {n:,} rows")
                     results.append(
                         await bench_size(
-                            dsn, pool, users[n], n, args.runs, Path(tmp), progress=args.progress
+                            dsn,
+                            pool,
+                            users[n],
+                            n,
+                            args.runs,
+                            Path(tmp),
+                            progress=args.progress,
+                            formats=args.formats,
+                            xlsx_up_to=args.xlsx_up_to,
                         )
                     )
             if args.delivery:
@@ -411,8 +454,32 @@ async def main(argv: list[str] | None = None) -> int:
                     else ""
                 )
             )
+        if args.formats:
+            _print_formats(results, import_mb)
     print(json.dumps(results))
     return 0
+
+
+def _print_formats(results: list[dict[str, Any]], import_mb: float | None) -> None:
+    print(
+        "\nformats (ratio to the same run's floor; RSS growth after a warm-up run; "
+        f"importing pyarrow + XlsxWriter once adds {import_mb} MB)"
+    )
+    print(
+        f"{'rows':>9} {'format':>8} {'s':>8} {'ratio':>6} {'target':>6} {'MB':>7} "
+        f"{'vs gz':>6} {'RSS +MB':>8} {'CPU s/M':>8}"
+    )
+    for r in results:
+        for fmt in bench_formats.FORMATS:
+            k = fmt.value
+            if f"{k}_ratio" not in r:
+                continue
+            print(
+                f"{r['rows']:>9,} {k:>8} {r[f'{k}_median_s']:>8.3f} {r[f'{k}_ratio']:>6.2f} "
+                f"{bench_formats.TARGET_RATIO[fmt]:>6.1f} {r[f'{k}_mb']:>7.1f} "
+                f"{r[f'{k}_size_vs_csv_gz']:>6.2f} {r[f'{k}_peak_rss_delta_mb']:>8.1f} "
+                f"{r[f'{k}_client_cpu_s_per_million_rows']:>8.2f}"
+            )
 
 
 def _cpu_model() -> str:

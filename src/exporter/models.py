@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from exporter.errors import ExportFailed
+from exporter.selection import ALL, ExportSelection
 
 
 class JobState(StrEnum):
@@ -61,11 +62,28 @@ def sources_of(target: JobState) -> frozenset[JobState]:
 class ExportFormat(StrEnum):
     CSV = "csv"
     CSV_GZ = "csv.gz"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    XLSX = "xlsx"
 
     @property
     def content_type(self) -> tuple[str, str]:
         """(maintype, subtype) of the file."""
-        return ("application", "gzip") if self is ExportFormat.CSV_GZ else ("text", "csv")
+        return _CONTENT_TYPES[self]
+
+    @property
+    def is_csv(self) -> bool:
+        """CSV text (plain or gzipped): the formats a byte order mark applies to."""
+        return self in (ExportFormat.CSV, ExportFormat.CSV_GZ)
+
+
+_CONTENT_TYPES: Mapping[ExportFormat, tuple[str, str]] = {
+    ExportFormat.CSV: ("text", "csv"),
+    ExportFormat.CSV_GZ: ("application", "gzip"),
+    ExportFormat.JSONL: ("application", "jsonl"),
+    ExportFormat.PARQUET: ("application", "vnd.apache.parquet"),
+    ExportFormat.XLSX: ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+}
 
 
 def utcnow() -> datetime:
@@ -145,6 +163,9 @@ class ExportJob:
     # The monthly schedule that made this export (``exporter.schedules``); None when the
     # user asked for it. The email then says it is the monthly export and how to stop it.
     schedule_id: str | None = None
+    # Request options (issue 17): which columns, which rows, which time zone. A record
+    # from before them has none: every column, every row, UTC.
+    selection: ExportSelection = ALL
 
     @property
     def delivered_at(self) -> datetime | None:
@@ -176,6 +197,7 @@ class ExportJob:
         estimated_rows: int | None = None,
         large: bool = False,
         schedule_id: str | None = None,
+        selection: ExportSelection = ALL,
     ) -> ExportJob:
         return cls(
             job_id=str(uuid.uuid4()),
@@ -186,6 +208,7 @@ class ExportJob:
             estimated_rows=estimated_rows,
             large=large,
             schedule_id=schedule_id,
+            selection=selection,
             created_at=now,
             updated_at=now,
             expires_at=datetime.fromtimestamp(int(now.timestamp()) + retention_s, UTC),

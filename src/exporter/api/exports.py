@@ -97,8 +97,14 @@ IDEMPOTENCY_PARAMETER = {
 async def create_export(request: web.Request) -> web.Response:
     claims = authenticate(request, Scope.EXPORTS_WRITE)
     key = _idempotency_key(request)
-    options = schemas.CreateExportRequest().load(request["data"] or {})
-    wanted = ExportRequest(fmt=ExportFormat(options["format"]), bom=bool(options["bom"]))
+    # The validation middleware has loaded the body (defaults filled in); without a body,
+    # the defaults. Not loaded twice: a second load would re-parse its dates.
+    options = request["data"] or schemas.CreateExportRequest().load({})
+    wanted = ExportRequest(
+        fmt=ExportFormat(options["format"]),
+        bom=bool(options["bom"]),
+        selection=schemas.CreateExportRequest.selection(options),
+    )
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     with export_problems():
         result = await create.create_export(

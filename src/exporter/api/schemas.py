@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from exporter.models import ExportFormat, JobState
-from exporter.schedules.timing import is_time_zone, time_zone_names
+from exporter.selection import (
+    COLUMNS,
+    DEFAULT_TIME_ZONE,
+    PLANS,
+    STATUSES,
+    ExportSelection,
+)
+from exporter.timezones import is_time_zone, time_zone_names
 
 
 class JsonBoolean(fields.Boolean):
@@ -37,21 +44,121 @@ class RefreshRequest(StrictSchema):
     refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=4096))
 
 
+class DateRange(StrictSchema):
+    from_ = fields.Date(
+        required=True,
+        data_key="from",
+        metadata={"description": "First day (inclusive), YYYY-MM-DD.", "example": "2025-01-01"},
+    )
+    to = fields.Date(
+        required=True,
+        metadata={"description": "Last day (inclusive), YYYY-MM-DD.", "example": "2025-12-31"},
+    )
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["from_"] > data["to"]:
+            raise ValidationError("from must not be after to.", field_name="from")
+
+
+def _time_zone(value: str) -> None:
+    if not is_time_zone(value):
+        raise ValidationError("Unknown time zone; use an IANA name such as Europe/Paris.")
+
+
 class CreateExportRequest(StrictSchema):
     format = fields.String(
         load_default=ExportFormat.CSV.value,
         validate=validate.OneOf([f.value for f in ExportFormat]),
-        metadata={"description": "File format of the export.", "example": "csv"},
+        metadata={
+            "description": "File format: `csv`, `csv.gz`, `jsonl` (one JSON object per "
+            "line), `parquet` (typed, zstd) or `xlsx` (an Excel workbook; past 1,048,576 "
+            "rows the rows continue on a second sheet).",
+            "example": "csv",
+        },
     )
     bom = JsonBoolean(
         load_default=False,
         # JSON true/false only: "yes" or 1 is a mistake worth a 422, not a guess.
         metadata={
             "description": "Start the CSV with a UTF-8 byte order mark, so Excel on Windows "
-            "reads accents and non-Latin names correctly.",
+            "reads accents and non-Latin names correctly (`csv` and `csv.gz` only).",
             "example": False,
         },
     )
+    columns = fields.List(
+        fields.String(validate=validate.OneOf(COLUMNS)),
+        load_default=None,
+        validate=validate.Length(min=1, max=len(COLUMNS)),
+        metadata={
+            "description": "Which columns, in this order (default: all of them, in the "
+            "documented order). Each at most once.",
+            "example": ["organization_name", "plan", "status", "started_on"],
+        },
+    )
+    status = fields.List(
+        fields.String(validate=validate.OneOf(STATUSES)),
+        load_default=None,
+        validate=validate.Length(min=1, max=len(STATUSES)),
+        metadata={
+            "description": "Only memberships in one of these statuses.",
+            "example": ["active", "trialing"],
+        },
+    )
+    plan = fields.String(
+        load_default=None,
+        validate=validate.OneOf(PLANS),
+        metadata={"description": "Only memberships on this plan.", "example": "pro"},
+    )
+    started_between = fields.Nested(
+        DateRange,
+        load_default=None,
+        metadata={"description": "Only memberships whose `started_on` is in this range."},
+    )
+    updated_since = fields.Date(
+        load_default=None,
+        metadata={
+            "description": "Only memberships updated on or after this day (from 00:00 in "
+            "`time_zone`).",
+            "example": "2026-01-01",
+        },
+    )
+    time_zone = fields.String(
+        load_default=DEFAULT_TIME_ZONE,
+        validate=[validate.Length(min=1, max=64), _time_zone],
+        metadata={
+            "description": "IANA time zone of the timestamps (default `UTC`): CSV and JSON "
+            "lines write ISO 8601 with its offset, xlsx its wall-clock time, parquet "
+            "timestamps carry it.",
+            "example": "Europe/Paris",
+        },
+    )
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        for name in ("columns", "status"):
+            values = data.get(name)
+            if values is not None and len(set(values)) != len(values):
+                errors[name] = ["Name each value at most once."]
+        if data.get("bom") and not ExportFormat(data["format"]).is_csv:
+            errors["bom"] = ["A byte order mark applies only to csv and csv.gz."]
+        if errors:
+            raise ValidationError(errors)
+
+    @staticmethod
+    def selection(data: dict[str, Any]) -> ExportSelection:
+        """The validated options as the export's selection."""
+        between = data.get("started_between")
+        return ExportSelection(
+            columns=tuple(data["columns"]) if data.get("columns") else COLUMNS,
+            statuses=tuple(data["status"]) if data.get("status") else (),
+            plan=data.get("plan"),
+            started_from=between["from_"] if between else None,
+            started_to=between["to"] if between else None,
+            updated_since=data.get("updated_since"),
+            time_zone=data.get("time_zone") or DEFAULT_TIME_ZONE,
+        )
 
 
 class ExportPath(StrictSchema):
@@ -119,6 +226,13 @@ class ExportManifest(Schema):
     columns = fields.List(fields.String(), required=True)
     time_zone = fields.String(
         required=True, metadata={"description": "Time zone of every timestamp in the file."}
+    )
+    filters = fields.Dict(
+        keys=fields.String(),
+        metadata={
+            "description": "The row filters the export applied (`status`, `plan`, "
+            "`started_between`, `updated_since`); empty: every row."
+        },
     )
     sha256 = fields.String(
         required=True,

@@ -20,6 +20,7 @@ import structlog
 from exporter.delivery.base import DeliveryGuard, ProducedFile, Receipt
 from exporter.delivery.schedule_notice import schedule_notice
 from exporter.links import issue_link, page_url
+from exporter.mail.contents import describe
 from exporter.mail.messages import (
     DownloadLink,
     ExportAttachment,
@@ -107,6 +108,7 @@ class EmailChannel:
             sha256=produced.sha256,
             page_url=page_url(settings.api.public_url),
             schedule=schedule,
+            contents=describe(job.format, job.selection),
         )
         if encoded_message_size(produced.byte_size) <= settings.exports.attachment_max_bytes:
             attachment = ExportAttachment(

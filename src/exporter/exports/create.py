@@ -37,6 +37,7 @@ from exporter.exports.lifecycle import ENQUEUE_FAILED, mark_enqueue_failed
 from exporter.metrics import observe_export_created, observe_export_finished
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
 from exporter.resources import Resources
+from exporter.selection import ALL, ExportSelection
 from exporter.store.idempotency import KeyRecord, request_fingerprint
 from exporter.store.jobs import SlotTaken, UserSlot
 from exporter.store.memberships import estimate_rows
@@ -60,10 +61,16 @@ class ExportRequest:
     # Set by the scheduler (exporter.schedules.run): the job records which schedule made it.
     # Not part of ``options()``: it does not change what the file holds.
     schedule_id: str | None = None
+    # Columns, row filters and time zone (issue 17); the default is the whole export.
+    selection: ExportSelection = ALL
 
     def options(self) -> dict[str, Any]:
         """The request's meaning as plain data (what an idempotency key's fingerprint hashes)."""
-        return {"format": self.fmt.value, "bom": self.bom}
+        options: dict[str, Any] = {"format": self.fmt.value, "bom": self.bom}
+        if not self.selection.is_all:
+            # Only when chosen, so a plain request keeps the fingerprint it always had.
+            options["selection"] = self.selection.to_dict()
+        return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +172,7 @@ async def _decide(
         user_id=user_id,
         fmt=request.fmt,
         bom=request.bom,
+        selection=request.selection,
         estimated_rows=estimated_rows,
         large=large,
         schedule_id=request.schedule_id,

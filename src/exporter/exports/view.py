@@ -11,7 +11,6 @@ from exporter.errors import QueueUnavailable
 from exporter.models import ExportJob, JobState
 from exporter.queue import QueuePlace
 from exporter.resources import Resources
-from exporter.store.memberships import EXPORT_HEADER
 
 log = structlog.stdlib.get_logger("exporter.exports.view")
 
@@ -106,14 +105,10 @@ def failure_notice(job: ExportJob) -> str | None:
     return "pending" if job.notice_next_attempt_at is not None else "not_sent"
 
 
-# Timestamps in every file are UTC (ISO 8601 with ``Z``).
-FILE_TIME_ZONE = "UTC"
-
-
 def manifest(job: ExportJob) -> dict[str, Any] | None:
     """What the file holds, so its owner can trust what arrived: rows, bytes, columns, the
-    time zone of its timestamps and the SHA-256 computed while it was written. None until
-    the file exists."""
+    time zone of its timestamps, the row filters and the SHA-256 computed while it was
+    written. None until the file exists."""
     if job.sha256 is None or job.row_count is None:
         return None
     return {
@@ -121,7 +116,8 @@ def manifest(job: ExportJob) -> dict[str, Any] | None:
         "format": job.format.value,
         "row_count": job.row_count,
         "byte_size": job.byte_size,
-        "columns": list(EXPORT_HEADER),
-        "time_zone": FILE_TIME_ZONE,
+        "columns": list(job.selection.columns),
+        "time_zone": job.selection.time_zone,
+        "filters": job.selection.filters(),
         "sha256": job.sha256,
     }

@@ -55,6 +55,11 @@ class ExportProgress:
         """Called once per COPY chunk; cheap enough to leave the stream at full speed."""
         self._lines += chunk.count(b"\n")
 
+    def advance(self, rows: int) -> None:
+        """Rows written by a typed format's writer (parquet, xlsx), counted per block rather
+        than from COPY's chunks; may be called from the writer's thread (one integer add)."""
+        self._lines += rows
+
     @property
     def rows(self) -> int:
         """Data rows streamed so far (an estimate): lines minus the header, at most the total.

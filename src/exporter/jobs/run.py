@@ -264,6 +264,8 @@ async def _produce_and_deliver(
                 bom=job.bom,
                 progress=progress,
                 timeout_s=settings.copy_timeout_s,
+                selection=job.selection,
+                temp_dir=settings.temp_dir,
             )
             spool.seek(0)
             produced = ProducedFile(

@@ -18,7 +18,9 @@ from email.utils import format_datetime, make_msgid
 from typing import IO
 from zoneinfo import ZoneInfo
 
-from exporter.models import utcnow
+from exporter.mail.contents import FileContents, describe
+from exporter.models import ExportFormat, utcnow
+from exporter.selection import ALL
 
 # Lets the recipient's mail rules, support and our tests tie a message to its export.
 EXPORT_ID_HEADER = "X-Exporter-Export-Id"
@@ -128,12 +130,15 @@ def build_export_message(
     sha256: str | None = None,
     page_url: str | None = None,
     schedule: ScheduleNotice | None = None,
+    contents: FileContents | None = None,
 ) -> ExportEmail:
     """The email for a finished export: the file attached, or a link to it (exactly one).
 
     ``sha256`` (the manifest's checksum) is shown with how to check it; ``page_url`` (the
     self-service page) is where an attached file can be downloaded again. ``schedule``: the
     export is the monthly one (subject, next date, pause link and List-Unsubscribe headers).
+    ``contents`` says the file's format, columns, filters and time zone (default: a full CSV
+    in UTC).
 
     multipart/alternative (plain text + HTML; every value from a user or a record is
     HTML-escaped), inside multipart/mixed with the file when attached.
@@ -161,9 +166,12 @@ def build_export_message(
         message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
         message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
 
+    contents = contents or _FULL_CSV
+    header = " (plus one header row)" if contents.header_row else ""
     facts = [
         ("File", file_name),
-        ("Rows", f"{file.row_count:,} (plus one header row)"),
+        *contents.facts,
+        ("Rows", f"{file.row_count:,}{header}"),
         ("Size", human_size(file.byte_size)),
         ("Export id", export_id),
     ]
@@ -180,9 +188,9 @@ def build_export_message(
     if link is None and page_url is not None:
         notes.append(f"You can download this file again on {page_url} until it expires.")
     pause_url = None if schedule is None else schedule.pause_url
-    message.set_content(_text_body(name, facts, link, notes, pause_url))
+    message.set_content(_text_body(name, facts, link, notes, contents.note, pause_url))
     message.add_alternative(
-        _html_body(subject, name, facts, link, notes, pause_url), subtype="html"
+        _html_body(subject, name, facts, link, notes, contents.note, pause_url), subtype="html"
     )
     if attachment is not None:
         content = attachment.content
@@ -225,10 +233,7 @@ _LINK_NOTE = (
     "so keep this email to yourself. You can also download the file from the exports page "
     "while you are signed in."
 )
-_FORMAT_NOTE = (
-    "The file is CSV (comma separated, UTF-8, RFC 4180). Times are UTC (ISO 8601); "
-    "prices are decimal numbers with their currency in the next column."
-)
+_FULL_CSV = describe(ExportFormat.CSV, ALL)
 _NOT_YOU = (
     "If you did not ask for this export, you can ignore this message; nobody else "
     "received it. Consider changing your password if it happens again."
@@ -240,6 +245,7 @@ def _text_body(
     facts: list[tuple[str, str]],
     link: DownloadLink | None,
     notes: list[str],
+    format_note: str,
     pause_url: str | None = None,
 ) -> str:
     lines = [f"Hello {name}," if name else "Hello,", ""]
@@ -262,7 +268,7 @@ def _text_body(
         lines += ["", *textwrap.wrap(note, 78, break_on_hyphens=False)]
     if pause_url is not None:
         lines += ["", f"  {pause_url}"]  # on a line of its own: a link is never wrapped
-    lines += ["", *textwrap.wrap(_FORMAT_NOTE, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
+    lines += ["", *textwrap.wrap(format_note, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
     return "\n".join(lines) + "\n"
 
 
@@ -272,6 +278,7 @@ def _html_body(
     facts: list[tuple[str, str]],
     link: DownloadLink | None,
     notes: list[str],
+    format_note: str,
     pause_url: str | None = None,
 ) -> str:
     e = html.escape
@@ -302,7 +309,7 @@ def _html_body(
             if pause_url is None
             else f'<p><a href="{e(pause_url)}">Pause my monthly export</a></p>\n'
         )
-        + f"<p>{e(_FORMAT_NOTE)}</p>\n"
+        + f"<p>{e(format_note)}</p>\n"
         f'<p style="color:#555">{e(_NOT_YOU)}</p>\n'
         "</body></html>\n"
     )

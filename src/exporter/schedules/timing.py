@@ -15,30 +15,15 @@ the run stays on the chosen day.
 from __future__ import annotations
 
 import calendar
-import functools
 import hashlib
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from exporter.schedules.model import LAST_DAY, DayOfMonth
+from exporter.timezones import is_time_zone
 
 # Days 29..31 are missing from some months: "last" is the way to ask for the month's end.
 MAX_FIXED_DAY = 28
-
-
-@functools.cache
-def _known_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
-def time_zone_names() -> list[str]:
-    """Every IANA time zone this process knows, sorted."""
-    return sorted(_known_zones())
-
-
-def is_time_zone(name: str) -> bool:
-    """Whether ``name`` is an IANA time zone this process knows (``Europe/Berlin``)."""
-    return name in _known_zones()
 
 
 def zone(name: str) -> ZoneInfo:

@@ -23,6 +23,7 @@ from exporter.aws import error_code
 from exporter.config import DynamoSettings
 from exporter.errors import ConditionFailed, InvalidCursor, StoreError
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
+from exporter.selection import ALL, ExportSelection
 from exporter.store.dynamo import Item, dynamo_errors, format_ts, get_n, get_s, n, parse_ts, s
 from exporter.store.tables import ACTIVE_ATTRIBUTE, ACTIVE_INDEX, USER_CREATED_INDEX
 
@@ -106,6 +107,9 @@ def job_to_item(job: ExportJob) -> Item:
         "expires_at": n(int(job.expires_at.timestamp())),
     }
     item.update(_encode_fields(job_fields(job)))
+    if not job.selection.is_all:
+        # One JSON string (columns, filters, time zone), parsed and re-checked on read.
+        item["selection"] = s(job.selection.to_json())
     if job.status.is_active:
         item[ACTIVE_ATTRIBUTE] = s(job.status.value)
     return item
@@ -179,7 +183,13 @@ def item_to_job(item: Mapping[str, Mapping[str, Any]]) -> ExportJob:
         large=bool(item.get("large", {}).get("BOOL", False)),
         home_region=get_s(item, "home_region"),
         file_region=get_s(item, "file_region"),
+        selection=_selection(get_s(item, "selection")),
     )
+
+
+def _selection(raw: str | None) -> ExportSelection:
+    """A record from before issue 17 has none: every column, every row, UTC."""
+    return ALL if raw is None else ExportSelection.from_json(raw)
 
 
 @dataclass(frozen=True, slots=True)
