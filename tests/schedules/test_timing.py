@@ -12,11 +12,11 @@ import pytest
 from exporter.schedules.timing import (
     due_in_month,
     is_day_of_month,
-    is_time_zone,
     next_due_after,
     run_date,
     window_offset_s,
 )
+from exporter.timezones import is_time_zone
 
 HOUR = 3600
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
