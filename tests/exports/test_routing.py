@@ -111,6 +111,29 @@ async def test_a_count_that_fails_routes_to_the_default_queue_and_the_create_suc
     assert took < 5
 
 
+async def test_a_count_that_fails_routes_by_the_size_of_the_users_last_export(
+    resources: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    user = await make_user()
+    await seed_rows(user.user_id, THRESHOLD * 2)
+    routed = with_exports(resources, large_threshold_rows=THRESHOLD)
+    last = await _create(routed, user.user_id)
+    assert (last.large, last.estimated_rows) == (True, THRESHOLD * 2)
+    await cancel_export(routed, last)  # the slot is free again, its size kept
+    # The morning of the 1st: PostgreSQL cannot answer the API's count in time.
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/exporter"
+    pool = await asyncpg.create_pool(dead, min_size=0, max_size=1)
+    try:
+        job = await _create(dataclasses.replace(routed, pg=pool), user.user_id)
+    finally:
+        await pool.close()
+    # Routed as large by last time's size, not sent to the small exports' queue blind.
+    assert (job.large, job.estimated_rows) == (True, THRESHOLD * 2)
+    assert await _on(resources, resources.settings.redis.large_queue, job.job_id)
+    assert not await _on(resources, resources.settings.redis.queue_name, job.job_id)
+    await resources.queue.redis.zrem(resources.settings.redis.large_queue, job.job_id)
+
+
 async def test_cancel_and_the_sweeper_find_a_job_on_the_large_queue(
     resources: Resources, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:

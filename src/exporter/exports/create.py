@@ -163,6 +163,12 @@ async def _decide(
             return await _active(resources, user_id, current, key, fingerprint, now=now)
         raise
     estimated_rows = await _estimate_rows(resources, user_id)
+    if estimated_rows is None and settings.routes_by_size and slot.estimated_rows is not None:
+        # The count could not answer in time (the morning of the 1st: hundreds of creates
+        # at once): route by the size counted for the user's last export, kept on the
+        # slot, rather than send a possibly huge export to the small exports' queue.
+        estimated_rows = slot.estimated_rows
+        log.info("export.size_from_last_export", estimated_rows=estimated_rows)
     large = (
         settings.routes_by_size
         and estimated_rows is not None

@@ -214,6 +214,9 @@ class UserSlot:
 
     job_id: str | None
     recent: dict[str, datetime] | None
+    # The size counted for the user's last export (routing): the size to route by when a
+    # count cannot answer in time (a user's memberships change little month to month).
+    estimated_rows: int | None = None
 
 
 class SlotTaken(ConditionFailed):
@@ -286,7 +289,11 @@ class JobStore:
             recent = {k: parse_ts(v["S"]) for k, v in item["recent"]["M"].items()}
         elif not item:
             recent = {}  # a free slot: no export of the user's counts any more
-        return UserSlot(job_id=get_s(item, "job_id"), recent=recent)
+        return UserSlot(
+            job_id=get_s(item, "job_id"),
+            recent=recent,
+            estimated_rows=get_n(item, "estimated_rows"),
+        )
 
     async def create_exclusive(
         self,
@@ -314,6 +321,8 @@ class JobStore:
         }
         if recent is not None:
             slot_item["recent"] = {"M": {k: s(format_ts(v)) for k, v in recent.items()}}
+        if job.estimated_rows is not None:
+            slot_item["estimated_rows"] = n(job.estimated_rows)
         slot: dict[str, Any] = {"TableName": self._slots, "Item": slot_item}
         if previous is None:
             slot["ConditionExpression"] = "attribute_not_exists(user_id)"
