@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.regions import file_region, may_run, may_sweep, may_take_over
+from exporter.regions import file_region, may_run, may_schedule, may_sweep, may_take_over
 
 A, B = "eu-west-1", "eu-central-1"
 NONE: frozenset[str] = frozenset()
@@ -54,3 +54,9 @@ def test_a_workers_rule_never_runs_a_job_it_did_not_take_over() -> None:
 )
 def test_file_region(recorded: str | None, here: str | None, expected: str | None) -> None:
     assert file_region(recorded, here=here) == expected
+
+
+def test_a_scheduler_claims_nothing_while_its_region_is_declared_failed() -> None:
+    assert may_schedule(here=None, failed={"eu-west-1"})  # one region: nothing to honour
+    assert may_schedule(here="eu-central-1", failed={"eu-west-1"})
+    assert not may_schedule(here="eu-west-1", failed={"eu-west-1"})

@@ -54,6 +54,14 @@ def may_sweep(home: str | None, *, here: str | None, failed: Collection[str]) ->
     return may_run(home, here=here, failed=failed) or may_take_over(home, here=here, failed=failed)
 
 
+def may_schedule(*, here: str | None, failed: Collection[str]) -> bool:
+    """Whether region ``here``'s scheduler may claim due monthly schedules: not while it is
+    declared failed (fenced, like its workers). Which region runs the scheduler at all is
+    ``schedules.scheduler_enabled``, on in one region at a time (docs/operations.md): a claim
+    is a conditional write, exclusive within one region only."""
+    return here is None or here not in failed
+
+
 def file_region(recorded: str | None, *, here: str | None) -> str | None:
     """The region whose bucket holds a job's file, as a key into the other regions' buckets:
     None means this region's own bucket (also every file of a one-region deployment)."""

@@ -30,8 +30,9 @@ from exporter.config import Settings
 from exporter.dev.smtp import SmtpSink
 from exporter.errors import StoreError
 from exporter.exports import lifecycle
+from exporter.jobs.ownership import may_schedule_here
 from exporter.jobs.sweep import sweep_jobs
-from exporter.jobs.worker import build_worker_settings
+from exporter.jobs.worker import build_worker_settings, run_schedules_task
 from exporter.links import issue_link
 from exporter.models import ExportJob, JobState, utcnow
 from exporter.resources import Resources, open_resources
@@ -356,3 +357,17 @@ async def test_a_mailed_export_taken_over_is_finished_not_mailed_again(
     assert done.status is JobState.SUCCEEDED
     assert done.row_count == 2
     assert smtp_sink.for_export(job.job_id) == [], "region a's email was the one"
+
+
+async def test_a_region_declared_failed_claims_no_schedules(regions: TwoRegions) -> None:
+    # Region a comes back after a failover: it sees itself declared failed and its scheduler
+    # keeps its hands off until failback, so region b's scheduler is the only one claiming.
+    a = regions.a
+    ctx: dict[str, Any] = {"resources": a.resources}  # what on_startup puts in arq's ctx
+    assert await may_schedule_here(a.resources)
+    assert a.resources.region_flags is not None
+    await a.resources.region_flags.declare_failed(A, now=utcnow(), reason="test")
+    assert not await may_schedule_here(a.resources)
+    assert await run_schedules_task(ctx) == {"fenced": 1}
+    await a.resources.region_flags.restore(A)
+    assert await may_schedule_here(a.resources)

@@ -7,7 +7,7 @@ In a one-region deployment (``Settings.region`` unset) nothing is read and every
 from __future__ import annotations
 
 from exporter.models import ExportJob
-from exporter.regions import may_run, may_sweep, may_take_over
+from exporter.regions import may_run, may_schedule, may_sweep, may_take_over
 from exporter.resources import Resources
 
 
@@ -38,3 +38,12 @@ def new_home(resources: Resources, job: ExportJob, failed: frozenset[str]) -> st
     then re-homes it); None when the job is already ours."""
     here = resources.settings.region
     return here if may_take_over(job.home_region, here=here, failed=failed) else None
+
+
+async def may_schedule_here(resources: Resources) -> bool:
+    """Whether this region's scheduler may claim due schedules now: never while this region
+    is declared failed (a region that comes back keeps its hands off until failback)."""
+    here = resources.settings.region
+    if here is None:
+        return True
+    return may_schedule(here=here, failed=await failed_regions(resources))

@@ -24,6 +24,7 @@ from exporter.config import EXPIRE_TIMEOUT_S, Settings
 from exporter.errors import QueueUnavailable, RetryLater
 from exporter.jobs.expire import expire_jobs
 from exporter.jobs.metrics_server import serve_worker_metrics
+from exporter.jobs.ownership import may_schedule_here
 from exporter.jobs.run import run_export
 from exporter.jobs.sweep import sweep_jobs
 from exporter.logs import configure_logging
@@ -243,8 +244,13 @@ async def sweep_jobs_task(ctx: dict[str, Any]) -> dict[str, int]:
 
 
 async def run_schedules_task(ctx: dict[str, Any]) -> dict[str, int]:
-    """The monthly schedules' tick: claim and run what is due (``schedules/run.py``)."""
-    return (await run_due_schedules(resources_of(ctx))).as_dict()
+    """The monthly schedules' tick: claim and run what is due (``schedules/run.py``); no
+    claims while this region is declared failed (``jobs/ownership.py``)."""
+    resources = resources_of(ctx)
+    if not await may_schedule_here(resources):
+        log.info("schedules.fenced", region=resources.settings.region)
+        return {"fenced": 1}
+    return (await run_due_schedules(resources)).as_dict()
 
 
 def sweep_schedule(every_s: int) -> dict[str, Any]:
