@@ -52,8 +52,11 @@ async def test_a_run_taken_over_after_storing_its_file_does_not_deliver(
 
     async def store_then_taken_over(*args: Any, **kwargs: Any) -> Any:
         stored = await real_store_file(*args, **kwargs)
+        if newer:
+            return stored  # the newer attempt's own upload (same key): it goes on to send
         # The old run stalls here (its worker looked dead); the sweeper requeues the export
-        # and a newer attempt starts, reuses the stored file and begins its send.
+        # and a newer attempt starts (producing the file again: a delivered file's note is
+        # written with the delivery's guard) and begins its send.
         newer.append(
             asyncio.create_task(deliver(newer_resources, job.job_id, user.user_id, attempt=2))
         )
