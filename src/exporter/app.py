@@ -244,9 +244,13 @@ def _setup_openapi(app: web.Application) -> None:
         error_callback=_validation_error,
         info={
             "description": (
-                "Ask for a CSV export of all your memberships; it is produced in the "
-                "background and emailed to you. Sign in at `POST /v1/auth/token`, then "
-                "use **Authorize** with the access token."
+                "Ask for an export of your memberships as CSV (`csv`, `csv.gz`), JSON "
+                "Lines (`jsonl`), Parquet (`parquet`) or an Excel workbook (`xlsx`): all "
+                "columns or the ones you name, every row or filtered by status, plan and "
+                "dates, with timestamps in your time zone. It is produced in the background "
+                "and emailed to you, and kept for download. Sign in at `POST /v1/auth/token`, "
+                "then use **Authorize** with the access token. The same options are on the "
+                "self-service page at `/`."
             )
         },
         components={

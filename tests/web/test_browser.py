@@ -340,10 +340,14 @@ async def test_the_self_service_page_end_to_end(
 async def test_the_page_stays_signed_in_by_refreshing(
     settings: Settings, signing_key: SigningKey, make_user: MakeUser, artifacts: Path
 ) -> None:
-    """Access tokens of one second and no leeway: the next call gets a 401, the page
-    refreshes once and retries; its timer refreshes again before the next expiry."""
+    """Access tokens of two seconds and no leeway: the next call gets a 401, the page
+    refreshes once and retries; its timer refreshes again before the next expiry.
+
+    Two, not one: ``iat`` is whole seconds, so a one-second token issued at x.9 s is dead at
+    x+1, and on a busy machine the retry after the refresh got its own 401 and signed the
+    page out. Two seconds leave the retry at least one."""
     short = settings.model_copy(
-        update={"jwt": settings.jwt.model_copy(update={"access_ttl_s": 1, "leeway_s": 0})}
+        update={"jwt": settings.jwt.model_copy(update={"access_ttl_s": 2, "leeway_s": 0})}
     )
     user = await make_user()
     async with serve(short, TokenService(short.jwt, signing_key)) as live, chromium() as browser:

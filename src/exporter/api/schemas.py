@@ -131,6 +131,9 @@ class CreateExportRequest(StrictSchema):
             "lines write ISO 8601 with its offset, xlsx its wall-clock time, parquet "
             "timestamps carry it.",
             "example": "Europe/Paris",
+            # Every zone the service knows, as for schedules: the self-service page offers
+            # exactly these, read from this document.
+            "enum": time_zone_names(),
         },
     )
 
@@ -304,6 +307,22 @@ class ExportResponse(Schema):
         metadata={"example": "email_attachment"},
     )
     bom = fields.Boolean(required=True)
+    columns = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The file's columns, in order (as asked for)."},
+    )
+    filters = fields.Dict(
+        keys=fields.String(),
+        required=True,
+        metadata={
+            "description": "The row filters asked for (`status`, `plan`, `started_between`, "
+            "`updated_since`); empty: every row."
+        },
+    )
+    time_zone = fields.String(
+        required=True, metadata={"description": "Time zone of the file's timestamps."}
+    )
     download_expires_at = fields.DateTime(
         allow_none=True, metadata={"description": "When the downloadable file is deleted."}
     )

@@ -81,6 +81,11 @@ def job_body(job: ExportJob, place: QueuePlace | None = None) -> dict[str, Any]:
         "file_name": job.file_name,
         "delivery": job.delivery,
         "bom": job.bom,
+        # What was asked for, known from the start (the manifest repeats it once the file
+        # exists), so a waiting or cancelled export still says what it would have held.
+        "columns": list(job.selection.columns),
+        "filters": job.selection.filters(),
+        "time_zone": job.selection.time_zone,
         "download_expires_at": iso(job.file_expires_at),
         "download_count": job.download_count,
         "last_downloaded_at": iso(job.last_downloaded_at),

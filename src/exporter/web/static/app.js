@@ -168,6 +168,8 @@
       $("who").hidden = false;
       $("sign-out").hidden = false;
       announce("You are signed in.");
+      await loadChoices();
+      fillExportForm();
       $("new-export-button").focus();
       await loadList(true);
       await loadSchedules();
@@ -196,17 +198,255 @@
 
   // --- exports ---------------------------------------------------------------------------
 
+  // --- export options: read from the API's own OpenAPI document, so the page offers exactly
+  // the formats, columns, statuses, plans and time zones the server accepts today.
+
+  const SPEC_PATH = "/api/docs/openapi.json";
+  const DEFAULT_ZONE = "UTC";
+  // What a person reads beside each format: [label, one-line hint, short name for the list].
+  // A format the server adds later is still offered, under its own name.
+  const FORMAT_WORDS = {
+    csv: ["CSV (.csv)", "Opens in any spreadsheet or text editor", "CSV"],
+    "csv.gz": ["Compressed CSV (.csv.gz)", "Smaller to download; unzip it before opening", "CSV, compressed"],
+    jsonl: ["JSON Lines (.jsonl)", "One JSON object per line, for scripts and jq", "JSON Lines"],
+    parquet: ["Parquet (.parquet)", "Typed columns for pandas, polars or DuckDB", "Parquet"],
+    xlsx: ["Excel workbook (.xlsx)", "Dates and numbers stay dates and numbers in Excel", "Excel"],
+  };
+  // Where each request field's 422 message goes, and what the field is called on the page.
+  const FIELDS = {
+    format: { error: "format-error", label: "Format", controls: [] },
+    bom: { error: "bom-error", label: "Byte order mark", controls: ["bom"] },
+    columns: { error: "columns-error", label: "Columns", controls: [] },
+    status: { error: "status-error", label: "Status", controls: [] },
+    plan: { error: "plan-error", label: "Plan", controls: ["plan"] },
+    started_between: { error: "started-error", label: "Started between", controls: ["started-from", "started-to"] },
+    updated_since: { error: "updated-error", label: "Updated since", controls: ["updated-since"] },
+    time_zone: { error: "time-zone-error", label: "Time zone", controls: ["time-zone"] },
+  };
+  const PART_WORDS = { from: "from", to: "to" };
+
+  const choices = {
+    loaded: false,
+    filled: false,
+    formats: ["csv", "csv.gz"], // until the document says otherwise
+    columns: [],
+    statuses: [],
+    plans: [],
+    zones: [DEFAULT_ZONE],
+    scheduleFormats: ["csv", "csv.gz"],
+  };
+
+  function enumOf(property) {
+    if (!property) return [];
+    const values = property.enum || (property.items && property.items.enum) || [];
+    return values.filter((v) => typeof v === "string");
+  }
+
+  async function loadChoices() {
+    if (choices.loaded) return;
+    try {
+      const { data } = await call("GET", SPEC_PATH, { auth: false });
+      const schemas = data.components.schemas;
+      const props = schemas.CreateExportRequest.properties;
+      choices.formats = enumOf(props.format);
+      choices.columns = enumOf(props.columns);
+      choices.statuses = enumOf(props.status);
+      choices.plans = enumOf(props.plan);
+      const zones = enumOf(props.time_zone);
+      choices.zones = zones.length ? zones : [DEFAULT_ZONE];
+      const schedule = schemas.CreateScheduleRequest;
+      if (schedule) choices.scheduleFormats = enumOf(schedule.properties.format);
+      choices.loaded = choices.formats.length > 0;
+    } catch (e) {
+      // The page still asks for a plain export; only the choices beyond it are missing.
+      choices.loaded = false;
+    }
+    if (!choices.loaded) choices.formats = ["csv", "csv.gz"];
+  }
+
+  function isCsv(format) {
+    return format === "csv" || format.startsWith("csv.");
+  }
+
+  function words(text) {
+    return text.replace(/_/g, " ");
+  }
+
+  function formatWords(format) {
+    return FORMAT_WORDS[format] || [format, "", format];
+  }
+
+  function browserZone() {
+    try {
+      return Intl.DateTimeFormat().resolvedOptions().timeZone || DEFAULT_ZONE;
+    } catch (e) {
+      return DEFAULT_ZONE;
+    }
+  }
+
+  function checkbox(container, name, value, text, checked) {
+    const p = document.createElement("p");
+    p.className = "choice";
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.name = name;
+    input.value = value;
+    input.id = `${name}-${container.children.length}`;
+    input.checked = checked;
+    const label = document.createElement("label");
+    label.htmlFor = input.id;
+    label.textContent = text;
+    p.append(input, " ", label);
+    container.appendChild(p);
+  }
+
+  function fillExportForm() {
+    if (choices.filled) return;
+    choices.filled = true;
+    const formats = $("format-choices");
+    formats.replaceChildren();
+    choices.formats.forEach((format, i) => {
+      const [label, hint] = formatWords(format);
+      const p = document.createElement("p");
+      p.className = "choice";
+      const input = document.createElement("input");
+      input.type = "radio";
+      input.name = "format";
+      input.value = format;
+      input.id = `format-${i}`;
+      input.checked = i === 0;
+      input.addEventListener("change", showBom);
+      const text = document.createElement("label");
+      text.htmlFor = input.id;
+      text.textContent = label;
+      p.append(input, " ", text);
+      if (hint) {
+        const span = document.createElement("span");
+        span.id = `format-${i}-hint`;
+        span.className = "hint";
+        span.textContent = hint;
+        input.setAttribute("aria-describedby", span.id);
+        p.append(" ", span);
+      }
+      formats.appendChild(p);
+    });
+    const columns = $("column-choices");
+    for (const name of choices.columns) checkbox(columns, "column", name, name, true);
+    const statuses = $("status-choices");
+    for (const status of choices.statuses) checkbox(statuses, "status", status, words(status), false);
+    const plan = $("plan");
+    for (const name of choices.plans) plan.add(new Option(words(name), name));
+    const zone = $("time-zone");
+    zone.replaceChildren();
+    for (const name of choices.zones) zone.add(new Option(name, name));
+    const mine = browserZone();
+    zone.value = choices.zones.includes(mine) ? mine : DEFAULT_ZONE;
+    // Without the document there is nothing to choose from: the export is of everything.
+    $("options").hidden = !choices.loaded;
+    const scheduleFormat = $("schedule-format");
+    scheduleFormat.replaceChildren();
+    for (const format of choices.scheduleFormats) {
+      scheduleFormat.add(new Option(formatWords(format)[0], format));
+    }
+    showBom();
+  }
+
+  function chosenFormat() {
+    const checked = document.querySelector('input[name="format"]:checked');
+    return checked ? checked.value : "csv";
+  }
+
+  // The byte order mark is a CSV matter: the box is offered for CSV formats only.
+  function showBom() {
+    $("bom-field").hidden = !isCsv(chosenFormat());
+  }
+
+  function ticked(name) {
+    return Array.from(document.querySelectorAll(`input[name="${name}"]:checked`), (i) => i.value);
+  }
+
+  function clearFieldErrors() {
+    $("new-export-error").textContent = "";
+    for (const field of Object.values(FIELDS)) {
+      $(field.error).textContent = "";
+      for (const id of field.controls) $(id).removeAttribute("aria-invalid");
+    }
+  }
+
+  // Put each message next to the field it names; true if every one found its field.
+  function showFieldErrors(errors) {
+    let first = null;
+    let placed = true;
+    for (const error of errors) {
+      const [name, part] = String(error.field || "").split(".");
+      const field = FIELDS[name];
+      if (!field) {
+        placed = false;
+        continue;
+      }
+      // "Started between (to): Missing data…", but not "(from): from must not be after to."
+      const named = part && PART_WORDS[part] && !error.message.startsWith(`${PART_WORDS[part]} `);
+      const label = named ? `${field.label} (${PART_WORDS[part]})` : field.label;
+      const out = $(field.error);
+      const text = `${label}: ${error.message}`;
+      out.textContent = out.textContent ? `${out.textContent} ${text}` : text;
+      for (const id of field.controls) $(id).setAttribute("aria-invalid", "true");
+      if (!first) first = field;
+    }
+    if (first) {
+      const error = $(first.error);
+      if ($("options").contains(error)) $("options").open = true;
+      const control = first.controls.length ? $(first.controls[0]) : null;
+      if (control) control.focus();
+    }
+    return placed;
+  }
+
+  // The request body: only what differs from the API's defaults, so a plain export stays
+  // `{}`. Returns null (with a message by the field) when the form cannot be sent as it is.
+  function exportRequest() {
+    const body = {};
+    const format = chosenFormat();
+    if (format !== "csv") body.format = format;
+    if (isCsv(format) && $("bom").checked) body.bom = true;
+    if (!choices.loaded) return body;
+    const columns = ticked("column");
+    if (columns.length === 0) {
+      showFieldErrors([{ field: "columns", message: "Tick at least one column." }]);
+      return null;
+    }
+    if (columns.length !== choices.columns.length) body.columns = columns;
+    const statuses = ticked("status");
+    if (statuses.length) body.status = statuses;
+    if ($("plan").value) body.plan = $("plan").value;
+    const from = $("started-from").value;
+    const to = $("started-to").value;
+    if (from || to) {
+      if (!(from && to)) {
+        showFieldErrors([{ field: "started_between", message: "Give both days, or neither." }]);
+        return null;
+      }
+      body.started_between = { from, to };
+    }
+    if ($("updated-since").value) body.updated_since = $("updated-since").value;
+    if ($("time-zone").value !== DEFAULT_ZONE) body.time_zone = $("time-zone").value;
+    return body;
+  }
+
   async function createExport(event) {
     event.preventDefault();
+    clearFieldErrors();
     const out = $("new-export-error");
-    out.textContent = "";
-    const format = document.querySelector('input[name="format"]:checked').value;
-    const bom = $("bom").checked;
+    const body = exportRequest();
+    if (body === null) {
+      out.textContent = "Some choices need a change: see the message next to them.";
+      return;
+    }
     const button = $("new-export-button");
     button.disabled = true;
     try {
       const { status, data } = await call("POST", "/v1/exports", {
-        body: { format, bom },
+        body,
         headers: { "Idempotency-Key": newKey() },
       });
       announce(
@@ -221,12 +461,41 @@
         out.textContent =
           "You have reached the daily limit of exports. " +
           `You can ask for the next one in ${wait(e.retryAfter)}.`;
+      } else if (e.status === 422 && e.errors.length) {
+        const placed = showFieldErrors(e.errors);
+        out.textContent = placed
+          ? "Some choices need a change: see the messages next to them."
+          : `The export could not be started: ${e.errors.map((x) => x.message).join(" ")}`;
       } else {
         out.textContent = unavailable(e) || `The export could not be started: ${e.message}`;
       }
     } finally {
       button.disabled = false;
     }
+  }
+
+  // What an export holds beyond "everything", in words: "2 columns (…); status active; …".
+  function contents(job) {
+    const source = job.manifest || job;
+    const parts = [];
+    const columns = Array.isArray(source.columns) ? source.columns : null;
+    // Unknown without the document: then the columns go unmentioned.
+    const all =
+      !columns ||
+      !choices.columns.length ||
+      (columns.length === choices.columns.length && columns.every((c, i) => c === choices.columns[i]));
+    if (!all) {
+      parts.push(`${columns.length} column${columns.length === 1 ? "" : "s"} (${columns.join(", ")})`);
+    }
+    const filters = source.filters || {};
+    if (Array.isArray(filters.status)) parts.push(`status ${filters.status.map(words).join(" or ")}`);
+    if (filters.plan) parts.push(`plan ${words(filters.plan)}`);
+    if (filters.started_between) {
+      parts.push(`started ${filters.started_between.from} to ${filters.started_between.to}`);
+    }
+    if (filters.updated_since) parts.push(`updated since ${filters.updated_since}`);
+    if (source.time_zone && source.time_zone !== DEFAULT_ZONE) parts.push(`times in ${source.time_zone}`);
+    return parts.length ? parts.join("; ") : "All columns, every row";
   }
 
   function number(n) {
@@ -332,6 +601,7 @@
       bar.value = 0;
       text.textContent = "";
     }
+    $("current-selection").textContent = `${formatWords(job.format)[2]}: ${contents(job)}`;
     const manifest = $("current-manifest");
     manifest.hidden = !job.manifest;
     manifest.textContent = job.manifest
@@ -411,7 +681,8 @@
       row.dataset.id = job.id;
       const asked = new Date(job.created_at).toLocaleString();
       cell(row, "Asked at", asked);
-      cell(row, "Format", job.format + (job.bom ? " (Excel)" : ""));
+      cell(row, "Format", formatWords(job.format)[2] + (job.bom ? " with BOM" : ""));
+      cell(row, "Contents", contents(job));
       const status = cell(row, "Status", describe(job));
       status.className = `badge ${job.status}`;
       cell(row, "Rows", number(job.row_count ?? job.rows_exported));
@@ -469,7 +740,7 @@
     const body = {
       day_of_month: raw === "last" ? "last" : parseInt(raw, 10),
       time_zone: $("schedule-zone").value.trim(),
-      format: $("schedule-gz").checked ? "csv.gz" : "csv",
+      format: $("schedule-format").value || "csv",
     };
     const button = $("new-schedule-button");
     button.disabled = true;
