@@ -339,48 +339,28 @@ class TokenService:
         (the file's expiry). It carries no scope and is refused everywhere but the download
         route; it is never stored, so the only copies are in the email and the caller's hands.
         """
-        iat = int(now.timestamp())
-        claims: dict[str, Any] = {
-            "iss": self._settings.issuer,
-            "aud": self.download_audience,
-            "sub": subject,
-            "iat": iat,
-            "nbf": iat,
-            "exp": int(expires_at.timestamp()),
-            "jti": str(uuid.uuid4()),
-            "token_type": TokenType.DOWNLOAD.value,
-            "export_id": export_id,
-        }
-        return jwt.encode(
-            claims,
-            self._signing_key.private_key,
-            algorithm=ALGORITHM,
-            headers={"kid": self._signing_key.kid, "typ": "JWT"},
+        return self._issue_capability(
+            subject,
+            audience=self.download_audience,
+            token_type=TokenType.DOWNLOAD,
+            names=("export_id", export_id),
+            expires_at=expires_at,
+            now=now,
         )
 
     def verify_download(self, token: str, *, now: datetime) -> DownloadClaims:
         """Verify a download link. ``TokenExpired`` only for a genuine link of ours whose time
         is up (checked last, after signature, audience and type); ``TokenError`` otherwise."""
-        payload = self._decode(
+        subject, export_id, token_id, exp = self._verify_capability(
             token,
             audience=self.download_audience,
-            require=["iss", "aud", "sub", "iat", "exp", "jti", "token_type", "export_id"],
-            verify_exp=False,
+            token_type=TokenType.DOWNLOAD,
+            names="export_id",
+            now=now,
+            expired="download link expired",
         )
-        if payload.get("token_type") != TokenType.DOWNLOAD.value:
-            raise TokenError("expected token type 'download'")
-        subject, export_id, exp = payload["sub"], payload["export_id"], payload["exp"]
-        if (
-            not isinstance(subject, str)
-            or not subject
-            or not isinstance(export_id, str)
-            or type(exp) is not int
-        ):
-            raise TokenError("malformed claims")
-        if exp + self._settings.leeway_s <= int(now.timestamp()):
-            raise TokenExpired("download link expired")
         return DownloadClaims(
-            subject=subject, export_id=export_id, token_id=str(payload["jti"]), expires_at=exp
+            subject=subject, export_id=export_id, token_id=token_id, expires_at=exp
         )
 
     @property
@@ -392,17 +372,52 @@ class TokenService:
     ) -> str:
         """A token that pauses one schedule of ``subject`` (the one-click link of a scheduled
         export's email). No scope; refused everywhere but the pause route."""
+        return self._issue_capability(
+            subject,
+            audience=self.schedule_pause_audience,
+            token_type=TokenType.SCHEDULE_PAUSE,
+            names=("schedule_id", schedule_id),
+            expires_at=expires_at,
+            now=now,
+        )
+
+    def verify_schedule_pause(self, token: str, *, now: datetime) -> SchedulePauseClaims:
+        """Verify a pause link: ``TokenExpired`` for a genuine one whose time is up (checked
+        after signature, audience and type), ``TokenError`` otherwise."""
+        subject, schedule_id, token_id, _ = self._verify_capability(
+            token,
+            audience=self.schedule_pause_audience,
+            token_type=TokenType.SCHEDULE_PAUSE,
+            names="schedule_id",
+            now=now,
+            expired="pause link expired",
+        )
+        return SchedulePauseClaims(subject=subject, schedule_id=schedule_id, token_id=token_id)
+
+    def _issue_capability(
+        self,
+        subject: str,
+        *,
+        audience: str,
+        token_type: TokenType,
+        names: tuple[str, str],
+        expires_at: datetime,
+        now: datetime,
+    ) -> str:
+        """A capability token (a download or pause link): its own audience and type, the one
+        thing it names (``names``: claim, value), no scope, never stored."""
         iat = int(now.timestamp())
+        claim, value = names
         claims: dict[str, Any] = {
             "iss": self._settings.issuer,
-            "aud": self.schedule_pause_audience,
+            "aud": audience,
             "sub": subject,
             "iat": iat,
             "nbf": iat,
             "exp": int(expires_at.timestamp()),
             "jti": str(uuid.uuid4()),
-            "token_type": TokenType.SCHEDULE_PAUSE.value,
-            "schedule_id": schedule_id,
+            "token_type": token_type.value,
+            claim: value,
         }
         return jwt.encode(
             claims,
@@ -411,31 +426,39 @@ class TokenService:
             headers={"kid": self._signing_key.kid, "typ": "JWT"},
         )
 
-    def verify_schedule_pause(self, token: str, *, now: datetime) -> SchedulePauseClaims:
-        """Verify a pause link: ``TokenExpired`` for a genuine one whose time is up (checked
-        after signature, audience and type), ``TokenError`` otherwise."""
+    def _verify_capability(
+        self,
+        token: str,
+        *,
+        audience: str,
+        token_type: TokenType,
+        names: str,
+        now: datetime,
+        expired: str,
+    ) -> tuple[str, str, str, int]:
+        """(subject, the named value, token id, exp) of a capability token of ours.
+        ``TokenExpired`` (message ``expired``) only for a genuine one whose time is up,
+        checked last; ``TokenError`` for anything else."""
         payload = self._decode(
             token,
-            audience=self.schedule_pause_audience,
-            require=["iss", "aud", "sub", "iat", "exp", "jti", "token_type", "schedule_id"],
+            audience=audience,
+            require=["iss", "aud", "sub", "iat", "exp", "jti", "token_type", names],
             verify_exp=False,
         )
-        if payload.get("token_type") != TokenType.SCHEDULE_PAUSE.value:
-            raise TokenError("expected token type 'schedule_pause'")
-        subject, schedule_id, exp = payload["sub"], payload["schedule_id"], payload["exp"]
+        if payload.get("token_type") != token_type.value:
+            raise TokenError(f"expected token type {token_type.value!r}")
+        subject, value, exp = payload["sub"], payload[names], payload["exp"]
         if (
             not isinstance(subject, str)
             or not subject
-            or not isinstance(schedule_id, str)
-            or not schedule_id
+            or not isinstance(value, str)
+            or not value
             or type(exp) is not int
         ):
             raise TokenError("malformed claims")
         if exp + self._settings.leeway_s <= int(now.timestamp()):
-            raise TokenExpired("pause link expired")
-        return SchedulePauseClaims(
-            subject=subject, schedule_id=schedule_id, token_id=str(payload["jti"])
-        )
+            raise TokenExpired(expired)
+        return subject, value, str(payload["jti"]), exp
 
 
 def build_token_service(settings: JwtSettings, *, allow_ephemeral: bool) -> TokenService:
