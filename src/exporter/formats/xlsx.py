@@ -26,12 +26,11 @@ to back (data descriptors after each entry), so it streams to a non-seekable sin
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Mapping
-from typing import IO
 from xml.sax.saxutils import escape, quoteattr
 
 from exporter.formats.base import HashingSink
+from exporter.formats.ziparchive import ZipArchive
 from exporter.selection import ExportSelection
 from exporter.store.memberships import XLSX_STYLE_DATE, XLSX_STYLE_DATETIME, XLSX_STYLE_PRICE
 
@@ -41,8 +40,6 @@ SHEET_NAME = "memberships"
 # Column widths in characters: fixed-width types by their text, text by content (capped).
 _WIDTHS = {"date": 11, "datetime": 20, "price": 12, "bool": 11, "uuid": 37}
 _TEXT_WIDTH_MAX = 60
-# Deflate level: 1 compresses this repetitive XML ~8x at several times level 6's speed.
-COMPRESS_LEVEL = 1
 
 _MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 _REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
@@ -124,9 +121,7 @@ class XlsxStream:
     ) -> None:
         if max_rows < 2:
             raise ValueError("a sheet needs room for the header and one row")
-        self._zip = zipfile.ZipFile(
-            out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL
-        )
+        self._zip = ZipArchive(out)
         self._columns = selection.columns
         self._last_col = column_letter(len(selection.columns) - 1)
         self._max_rows = max_rows
@@ -144,17 +139,17 @@ class XlsxStream:
             f"<sheetData><row>{header}</row>\n"
         )
         self._sheet_rows: list[int] = []  # rows of each sheet, the header included
-        self._entry: IO[bytes] | None = None  # the open sheet's zip entry
+        self._open = False  # a sheet's entry is open in the archive
         self._rows = 0  # rows on the open sheet, the header included
 
     def _open_sheet(self) -> None:
         n = len(self._sheet_rows) + 1
         # Without Zip64 (which some readers refuse): a sheet's XML must stay under 4 GiB,
-        # ~4 KB per row at a full sheet, where a typical row is ~0.6 KB; past it zipfile
-        # raises and the export fails rather than write a broken file.
-        entry = self._zip.open(f"xl/worksheets/sheet{n}.xml", "w")
+        # ~4 KB per row at a full sheet, where a typical row is ~0.6 KB; past it the
+        # archive raises and the export fails rather than write a broken file.
+        self._zip.open(f"xl/worksheets/sheet{n}.xml")
         selected = ' tabSelected="1"' if n == 1 else ""
-        entry.write(
+        self._zip.write(
             (
                 _XML_HEAD + f'<worksheet xmlns="{_MAIN}" xmlns:r="{_REL}">'
                 f'<sheetViews><sheetView{selected} workbookViewId="0">'
@@ -163,42 +158,40 @@ class XlsxStream:
                 f"</sheetView></sheetViews>{self._sheet_head}"
             ).encode()
         )
-        self._entry = entry
+        self._open = True
         self._sheet_rows.append(1)
         self._rows = 1
 
     def _close_sheet(self) -> None:
-        assert self._entry is not None
         self._sheet_rows[-1] = self._rows
-        self._entry.write(
+        self._zip.write(
             f'</sheetData><autoFilter ref="A1:{self._last_col}{self._rows}"/></worksheet>'.encode()
         )
-        self._entry.close()
-        self._entry = None
+        self._zip.close_entry()
+        self._open = False
 
     def write(self, chunk: bytes) -> None:
         """Append COPY's bytes: rows end with a line feed, and no row holds one."""
         while chunk:
-            if self._entry is None:
+            if not self._open:
                 self._open_sheet()
-            assert self._entry is not None
             room = self._max_rows - self._rows
             ends = chunk.count(b"\n")
             if ends < room:
-                self._entry.write(chunk)
+                self._zip.write(chunk)
                 self._rows += ends
                 return
             cut = -1
             for _ in range(room):
                 cut = chunk.index(b"\n", cut + 1)
-            self._entry.write(chunk[: cut + 1])
+            self._zip.write(chunk[: cut + 1])
             self._rows += room
             self._close_sheet()
             chunk = chunk[cut + 1 :]
 
     def close(self) -> None:
         """Finish the last sheet (or the only one, empty but for its header) and the package."""
-        if self._entry is not None:
+        if self._open:
             self._close_sheet()
         elif not self._sheet_rows:
             self._open_sheet()
@@ -260,7 +253,7 @@ class XlsxStream:
             ("_rels/.rels", root_rels),
             ("[Content_Types].xml", content_types),
         ):
-            self._zip.writestr(name, text.encode())
+            self._zip.add(name, text.encode())
         self._zip.close()
 
 
