@@ -70,7 +70,7 @@ class FileFormat:
 class HashingSink:
     """A write-only binary file over ``out`` that counts and hashes what passes through.
 
-    It has no ``seek``: zipfile (xlsx) then writes a streamable archive, and
+    It has no ``seek``: xlsx's archive is written front to back anyway, and
     pyarrow writes Parquet front to back, so every byte is hashed exactly once.
     """
 
