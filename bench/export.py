@@ -389,7 +389,7 @@ async def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="ROWS",
-        help="run xlsx only at sizes up to ROWS (at 1,000,000 rows each run takes minutes)",
+        help="run xlsx only at sizes up to ROWS (to shorten a run)",
     )
     parser.add_argument("--keep-db", action="store_true", help=f"keep database {DB_NAME}")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
