@@ -141,8 +141,8 @@ def xlsx_text_sql(expr: str) -> str:
       raw CR as LF; and each row stays on one line of the COPY).
 
     Most values need none of it: one regular-expression match (and the length in bytes)
-    lets them through as they are, and only the rest take the slow path (measured: the
-    slow path on every value made the export's SQL ~3x slower).
+    lets them through as they are, and only the rest take the slow path (measured at 100k
+    rows on a busy machine: the slow path ~4.4 us per value, the match ~0.4 us).
     """
     text = f"left({expr}, {XLSX_CELL_MAX_CHARS})"
     text = (
