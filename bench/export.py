@@ -63,7 +63,8 @@ from exporter.store.migrations import migrate
 from exporter.store.seed import seed_memberships
 
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB_NAME = "exporter_bench"
+# BENCH_DB: another name, so two benchmarks on one server never drop each other's database.
+DB_NAME = os.environ.get("BENCH_DB", "exporter_bench")
 # The floor: the same rows and columns, no formatting or escaping, straight to a file.
 PLAIN_QUERY = (
     "SELECT m.guid, o.guid, o.name, m.plan, m.status, m.role, m.started_on, m.ends_on,"
@@ -388,7 +389,7 @@ async def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="ROWS",
-        help="run xlsx only at sizes up to ROWS (at 1,000,000 rows each run takes minutes)",
+        help="run xlsx only at sizes up to ROWS (to shorten a run)",
     )
     parser.add_argument("--keep-db", action="store_true", help=f"keep database {DB_NAME}")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -463,7 +464,7 @@ async def main(argv: list[str] | None = None) -> int:
 def _print_formats(results: list[dict[str, Any]], import_mb: float | None) -> None:
     print(
         "\nformats (ratio to the same run's floor; RSS growth after a warm-up run; "
-        f"importing pyarrow + XlsxWriter once adds {import_mb} MB)"
+        f"importing pyarrow once adds {import_mb} MB)"
     )
     print(
         f"{'rows':>9} {'format':>8} {'s':>8} {'ratio':>6} {'target':>6} {'MB':>7} "

@@ -3,9 +3,9 @@ run's ``psql \\copy`` CSV floor (``bench/export.py`` alternates them with it).
 
 Each format's series: wall time of ``write_export_file`` (with the worker's progress
 tracking) into a file, peak RSS growth of this process while it runs (VmHWM after a reset,
-minus VmRSS before), client CPU (this process, all threads: pyarrow's reader and XlsxWriter
-run in a worker thread), and the file's size. One untimed run per format comes first, so
-the one-off cost of importing pyarrow and XlsxWriter (measured apart: ``import_rss_mb``)
+minus VmRSS before), client CPU (this process, all threads: pyarrow's reader runs in a
+worker thread; xlsx zips in the event loop), and the file's size. One untimed run per format
+comes first, so the one-off cost of importing pyarrow (measured apart: ``import_rss_mb``)
 is not counted as the export's growth.
 """
 
@@ -50,7 +50,6 @@ def import_rss_mb() -> float:
     before = _status_kb("VmRSS")
     import pyarrow.csv
     import pyarrow.parquet  # noqa: F401
-    import xlsxwriter  # type: ignore[import-untyped]  # noqa: F401
 
     import exporter.formats.arrow
     import exporter.formats.parquet

@@ -9,12 +9,12 @@ jsonl      PostgreSQL renders one JSON object per  values exact: JSON is data fo
            row (``store/memberships.py``)          no spreadsheet evaluates it
 parquet    COPY's typed rendering, read by pyarrow values exact and typed
            in blocks, one row group per block
-xlsx       the same typed blocks, written by       every text is a string cell, never a
-           XlsxWriter in constant-memory mode      formula (``write_string``)
+xlsx       PostgreSQL renders one SpreadsheetML   every text is an inline string cell
+           row per line, zipped as it streams     (``t="inlineStr"``), never a formula
 =========  =====================================  ==========================================
 
-``spec_for(fmt)`` is all ``jobs/produce.py`` needs. pyarrow and XlsxWriter are imported only
-when a parquet or xlsx export runs, so neither the API nor a CSV export pays for them.
+``spec_for(fmt)`` is all ``jobs/produce.py`` needs. pyarrow is imported only when a parquet
+export runs, so neither the API nor another export pays for it.
 """
 
 from __future__ import annotations

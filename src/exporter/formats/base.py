@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
@@ -29,18 +29,34 @@ class TableWriter(Protocol):
 OpenWriter = Callable[["HashingSink", ExportSelection, Path | None], TableWriter]
 
 
+class RowStream(Protocol):
+    """Wraps rows PostgreSQL rendered (COPY's bytes, one row per line) into a file."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def close(self) -> None:
+        """Finish the file. Called once, after the last chunk."""
+
+
+# (where the bytes go, what the export holds, the longest text of each free-text column in
+# the first rows: ``store/memberships.text_lengths``) -> a stream
+OpenStream = Callable[["HashingSink", ExportSelection, Mapping[str, int]], RowStream]
+
+
 @dataclass(frozen=True, slots=True)
 class FileFormat:
     """What ``jobs/produce.py`` needs to know about a format.
 
     ``render`` is how PostgreSQL sends the rows (``store/memberships.Rendering``): ``csv``
-    and ``json`` are the file's bytes already (streamed straight to the file); ``typed``
-    rows are read back in blocks and written by ``open_writer``'s ``TableWriter``.
+    and ``json`` are the file's bytes already (streamed straight to the file); ``xlsx``
+    rows are streamed into ``open_stream``'s ``RowStream`` (the workbook around them);
+    ``typed`` rows are read back in blocks and written by ``open_writer``'s ``TableWriter``.
     """
 
     fmt: ExportFormat
     render: Rendering
     open_writer: OpenWriter | None = None
+    open_stream: OpenStream | None = None
 
     @property
     def extension(self) -> str:
@@ -54,7 +70,7 @@ class FileFormat:
 class HashingSink:
     """A write-only binary file over ``out`` that counts and hashes what passes through.
 
-    It has no ``seek``: zipfile (XlsxWriter) then writes a streamable archive, and
+    It has no ``seek``: xlsx's archive is written front to back anyway, and
     pyarrow writes Parquet front to back, so every byte is hashed exactly once.
     """
 

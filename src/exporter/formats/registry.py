@@ -1,11 +1,12 @@
-"""Which ``FileFormat`` each ``ExportFormat`` is. Writers with heavy libraries are imported
-only when an export of theirs runs (pyarrow alone is tens of MB; see docs/benchmarks.md)."""
+"""Which ``FileFormat`` each ``ExportFormat`` is. Writers are imported only when an export of
+theirs runs (pyarrow alone is tens of MB; see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from exporter.formats.base import FileFormat, HashingSink, TableWriter
+from exporter.formats.base import FileFormat, HashingSink, RowStream, TableWriter
 from exporter.models import ExportFormat
 from exporter.selection import ExportSelection
 
@@ -16,10 +17,12 @@ def _parquet(out: HashingSink, selection: ExportSelection, temp_dir: Path | None
     return ParquetWriter(out, selection)
 
 
-def _xlsx(out: HashingSink, selection: ExportSelection, temp_dir: Path | None) -> TableWriter:
-    from exporter.formats.xlsx import XlsxWriter
+def _xlsx(
+    out: HashingSink, selection: ExportSelection, text_lengths: Mapping[str, int]
+) -> RowStream:
+    from exporter.formats.xlsx import XlsxStream
 
-    return XlsxWriter(out, selection, temp_dir=temp_dir)
+    return XlsxStream(out, selection, text_lengths)
 
 
 _FORMATS: dict[ExportFormat, FileFormat] = {
@@ -27,7 +30,7 @@ _FORMATS: dict[ExportFormat, FileFormat] = {
     ExportFormat.CSV_GZ: FileFormat(ExportFormat.CSV_GZ, "csv"),
     ExportFormat.JSONL: FileFormat(ExportFormat.JSONL, "json"),
     ExportFormat.PARQUET: FileFormat(ExportFormat.PARQUET, "typed", _parquet),
-    ExportFormat.XLSX: FileFormat(ExportFormat.XLSX, "typed", _xlsx),
+    ExportFormat.XLSX: FileFormat(ExportFormat.XLSX, "xlsx", open_stream=_xlsx),
 }
 
 

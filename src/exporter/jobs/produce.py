@@ -1,6 +1,7 @@
 """Rows -> file: the user's memberships, rendered by PostgreSQL's COPY, into an open file.
 
-CSV, csv.gz and JSON lines are the COPY's bytes (``formats/``); parquet and xlsx are
+CSV, csv.gz and JSON lines are the COPY's bytes (``formats/``); xlsx is COPY's bytes too
+(one SpreadsheetML row per line), wrapped into the workbook's zip as they stream; parquet is
 written from COPY's typed rendering, spooled to a scratch file at the COPY's speed and then
 read back in blocks by pyarrow in a thread (so the event loop, and the heartbeat, keep
 running) into the format's writer.
@@ -26,11 +27,11 @@ import asyncpg
 from exporter.csvstream import ExportEncoder
 from exporter.errors import ExportFailed
 from exporter.formats import FileFormat, spec_for
-from exporter.formats.base import HashingSink
+from exporter.formats.base import HashingSink, RowStream
 from exporter.jobs.progress import ExportProgress
 from exporter.models import ExportFormat, ExportJob
 from exporter.selection import ALL, ExportSelection
-from exporter.store.memberships import copy_memberships
+from exporter.store.memberships import Conn, copy_memberships, text_lengths
 
 # PostgreSQL failures that a later attempt can get past (connection trouble, overload,
 # serialization); everything else from the database is a bug or bad data and fails at once.
@@ -97,6 +98,10 @@ async def write_export_file(
             selection=selection,
             temp_dir=temp_dir,
         )
+    if spec.open_stream is not None:
+        return await _write_stream(
+            pool, user_id, out, spec, progress=progress, timeout_s=timeout_s, selection=selection
+        )
     encoder = ExportEncoder(fmt, bom=bom)
 
     def write(chunk: bytes) -> None:
@@ -128,6 +133,7 @@ async def _copy(
     selection: ExportSelection,
     then: Callable[[], Awaitable[None]] | None = None,
     count_chunks: bool = True,
+    before_copy: Callable[[Conn], Awaitable[None]] | None = None,
 ) -> int:
     """COPY the rows into ``write`` (with the heartbeat beside it when there is
     ``progress``, counting rows from the chunks if ``count_chunks``), then await ``then``
@@ -153,6 +159,7 @@ async def _copy(
                 selection=selection,
                 render=spec.render,
                 on_start=None if progress is None else progress.start,
+                before_copy=before_copy,
                 timeout_s=timeout_s,
             )
         if then is not None:
@@ -169,6 +176,50 @@ async def _copy(
         raise ExportFailed("database_error", f"database: {type(exc).__name__}") from exc
 
 
+async def _write_stream(
+    pool: asyncpg.Pool[Any],
+    user_id: str,
+    out: IO[bytes],
+    spec: FileFormat,
+    *,
+    progress: ExportProgress | None,
+    timeout_s: float | None,
+    selection: ExportSelection,
+) -> ExportFile:
+    """xlsx: COPY's rows straight into the format's stream (zipped as they arrive), after
+    one query in the same snapshot for what the stream needs before the first row."""
+    assert spec.open_stream is not None
+    open_stream = spec.open_stream
+    sink = HashingSink(out)
+    streams: list[RowStream] = []
+    copied = 0
+
+    async def before_copy(conn: Conn) -> None:
+        lengths = await text_lengths(conn, user_id, selection)
+        streams.append(open_stream(sink, selection, lengths))
+
+    def write(chunk: bytes) -> None:
+        nonlocal copied
+        copied += len(chunk)
+        streams[0].write(chunk)
+
+    if progress is not None:
+        progress.count(b"\n")  # the rows have no header line for the count to skip
+    rows = await _copy(
+        pool,
+        user_id,
+        write,
+        spec,
+        progress=progress,
+        timeout_s=timeout_s,
+        selection=selection,
+        before_copy=before_copy,
+    )
+    streams[0].close()
+    out.flush()
+    return ExportFile(rows=rows, csv_bytes=copied, file_bytes=sink.bytes, sha256=sink.sha256())
+
+
 async def _write_typed(
     pool: asyncpg.Pool[Any],
     user_id: str,
@@ -180,7 +231,7 @@ async def _write_typed(
     selection: ExportSelection,
     temp_dir: Path | None,
 ) -> ExportFile:
-    """parquet / xlsx: COPY's typed CSV to a scratch file (at the COPY's speed, holding
+    """parquet: COPY's typed CSV to a scratch file (at the COPY's speed, holding
     the connection no longer than CSV does), then the format's writer in a thread."""
     assert spec.open_writer is not None
     open_writer = spec.open_writer
@@ -223,8 +274,8 @@ async def _write_typed(
             timeout_s=timeout_s,
             selection=selection,
             then=then,
-            # Progress counts rows as the writer writes them: for xlsx that is most of the
-            # time, while the COPY into the scratch file is over in seconds.
+            # Progress counts rows as the writer writes them: that is most of the time,
+            # while the COPY into the scratch file is over in seconds.
             count_chunks=False,
         )
     out.flush()
