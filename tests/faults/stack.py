@@ -90,6 +90,10 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
             # One pool: these tests kill and starve *the* worker running a 150,000-row
             # export, which routing would send to a large pool they do not start.
             "EXPORTER_EXPORTS__ROUTING_ENABLED": "false",
+            # The schedules' cron reads the due index of the tables every test shares: a
+            # process of one test would claim (and run, and wait out at SIGTERM) another
+            # test's schedules. tests/schedules drive the scheduler themselves.
+            "EXPORTER_SCHEDULES__SCHEDULER_ENABLED": "false",
             **FAST_WORKER,
         }
     )
