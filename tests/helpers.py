@@ -197,3 +197,21 @@ class DynamoCalls:
     @property
     def reads(self) -> int:
         return self.total - self.writes
+
+
+# Text that breaks naive exports: formula triggers (the first seven), separators, quotes,
+# line breaks, non-ASCII. tests/store and tests/formats build their users from it.
+HOSTILE_TEXT = [
+    '=HYPERLINK("http://evil.example")',
+    "+1",
+    "-1+2",
+    "@SUM(A1)",
+    "\tTab",
+    "\rCR",
+    "\nLF",
+    'Quote "me"',
+    "Comma, Inc.",
+    "multi\nline",
+    "Zürich 東京 🚀",
+    "plain",
+]

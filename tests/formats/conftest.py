@@ -16,25 +16,16 @@ import pytest
 from exporter.jobs.produce import ExportFile, write_export_file
 from exporter.models import ExportFormat
 from exporter.selection import ALL, ExportSelection
+from tests.helpers import HOSTILE_TEXT
 
 # Formula triggers, quotes, separators, line breaks, non-ASCII, JSON's escapes, an empty
 # string; the NULLs are in ends_on (every other row).
 HOSTILE = [
-    '=HYPERLINK("http://evil.example")',
-    "+1",
-    "-1+2",
-    "@SUM(A1)",
-    "\tTab",
-    "\rCR",
-    "\nLF",
-    'Quote "me"',
-    "Comma, Inc.",
-    "multi\nline",
-    "Zürich 東京 🚀",
+    *HOSTILE_TEXT[:-1],
     'back\\slash \\n \\u0000 {"json": [1]}',
     "",
     "_x0041_ stays as typed",
-    "plain",
+    HOSTILE_TEXT[-1],
 ]
 
 # Every column of a membership as PostgreSQL holds it (typed: asyncpg's Python values).

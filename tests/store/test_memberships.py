@@ -20,7 +20,7 @@ from exporter.store.memberships import (
 )
 from exporter.store.migrations import migrate, pending
 from tests.conftest import SeedRows
-from tests.helpers import RAW_EXPORT_QUERY, reference_row
+from tests.helpers import HOSTILE_TEXT, RAW_EXPORT_QUERY, reference_row
 
 
 async def test_migrations_are_applied_once_and_are_idempotent(pg_dsn: str) -> None:
@@ -74,20 +74,7 @@ async def test_copy_yields_only_the_users_rows_in_id_order_with_a_header(
     assert await count_memberships(pg, user) == 25
 
 
-HOSTILE = [
-    '=HYPERLINK("http://evil.example")',
-    "+1",
-    "-1+2",
-    "@SUM(A1)",
-    "\tTab",
-    "\rCR",
-    "\nLF",
-    'Quote "me"',
-    "Comma, Inc.",
-    "multi\nline",
-    "Zürich 東京 🚀",
-    "plain",
-]
+HOSTILE = HOSTILE_TEXT
 
 
 async def test_hostile_text_is_quoted_and_neutralised_exactly_as_documented(
