@@ -33,7 +33,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from typing import Any
 import asyncpg
 
 from bench import formats as bench_formats
+from bench.proc import cpu_s, reset_peak_rss, status_kb
 from exporter.aws import open_s3
 from exporter.config import ExportSettings, S3Settings, SmtpSettings
 from exporter.delivery.email import encoded_message_size
@@ -72,23 +72,6 @@ PLAIN_QUERY = (
     " FROM memberships m JOIN organizations o ON o.id = m.organization_id"
     " WHERE m.user_id = '{user}' ORDER BY m.id"
 )
-
-
-def _status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    raise LookupError(name)
-
-
-def _reset_peak_rss() -> None:
-    # Writing 5 resets VmHWM to the current RSS (Linux >= 4.0).
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -165,17 +148,17 @@ async def _ours(
     *,
     progress: bool,
 ) -> None:
-    _reset_peak_rss()
-    idle_kb = _status_kb("VmRSS")
-    cpu0 = _cpu_s()
+    reset_peak_rss()
+    idle_kb = status_kb("VmRSS")
+    cpu0 = cpu_s()
     started = time.perf_counter()
     # The worker's default interval; the writes themselves are the job store's business.
     tracker = ExportProgress(_nowhere, interval_s=2.0) if progress else None
     with path.open("wb") as out:
         written = await write_export_file(pool, user, out, fmt=fmt, bom=False, progress=tracker)
     series.times.append(time.perf_counter() - started)
-    series.cpu_s.append(_cpu_s() - cpu0)
-    series.rss_delta_mb.append((_status_kb("VmHWM") - idle_kb) / 1024)
+    series.cpu_s.append(cpu_s() - cpu0)
+    series.rss_delta_mb.append((status_kb("VmHWM") - idle_kb) / 1024)
     series.size = written.file_bytes
 
 
@@ -194,8 +177,8 @@ async def _delivered(
     """One export delivered as the worker delivers it (jobs/run.py ``_produce_and_deliver``
     and delivery/email.py ``EmailChannel``, minus the job record writes); the delivery kind
     and peak RSS growth."""
-    _reset_peak_rss()
-    idle_kb = _status_kb("VmRSS")
+    reset_peak_rss()
+    idle_kb = status_kb("VmRSS")
     export_id = str(uuid.uuid4())
     file_name = f"memberships-{utcnow():%Y-%m-%d}.csv"
     compose = functools.partial(
@@ -232,7 +215,7 @@ async def _delivered(
             )
             message = compose(link=link)
         await target.mailer.send(message)
-    return kind, (_status_kb("VmHWM") - idle_kb) / 1024
+    return kind, (status_kb("VmHWM") - idle_kb) / 1024
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ is not counted as the export's growth.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.proc import cpu_s, reset_peak_rss, status_kb
 from exporter.jobs.produce import write_export_file
 from exporter.jobs.progress import ExportProgress
 from exporter.models import ExportFormat
@@ -29,25 +29,9 @@ FORMATS = (ExportFormat.JSONL, ExportFormat.PARQUET, ExportFormat.XLSX)
 TARGET_RATIO = {ExportFormat.JSONL: 1.5, ExportFormat.PARQUET: 2.5, ExportFormat.XLSX: 6.0}
 
 
-def _status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    raise LookupError(name)
-
-
-def _reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def import_rss_mb() -> float:
     """What importing the typed formats' libraries adds to a process (once per worker)."""
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     import pyarrow.csv
     import pyarrow.parquet  # noqa: F401
 
@@ -55,7 +39,7 @@ def import_rss_mb() -> float:
     import exporter.formats.parquet
     import exporter.formats.xlsx  # noqa: F401
 
-    return round((_status_kb("VmRSS") - before) / 1024, 1)
+    return round((status_kb("VmRSS") - before) / 1024, 1)
 
 
 async def _nowhere(rows: int, total: int | None) -> None:
@@ -75,9 +59,9 @@ class FormatSeries:
     async def run(
         self, pool: asyncpg.Pool[Any], user: str, path: Path, *, progress: bool, timed: bool
     ) -> None:
-        _reset_peak_rss()
-        idle_kb = _status_kb("VmRSS")
-        cpu0 = _cpu_s()
+        reset_peak_rss()
+        idle_kb = status_kb("VmRSS")
+        cpu0 = cpu_s()
         started = time.perf_counter()
         tracker = ExportProgress(_nowhere, interval_s=2.0) if progress else None
         with path.open("wb") as out:
@@ -86,8 +70,8 @@ class FormatSeries:
             )
         if timed:
             self.times.append(time.perf_counter() - started)
-            self.cpu_s.append(_cpu_s() - cpu0)
-            self.rss_delta_mb.append((_status_kb("VmHWM") - idle_kb) / 1024)
+            self.cpu_s.append(cpu_s() - cpu0)
+            self.rss_delta_mb.append((status_kb("VmHWM") - idle_kb) / 1024)
         self.size = written.file_bytes
 
     def result(self, rows: int, floor_median_s: float, gz_size: int) -> dict[str, Any]:

@@ -317,7 +317,8 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             "EXPORTER_EXPORTS__ROUTING_ENABLED": "false",
         }
         # Registered first: a run that fails half-way through preparing drops it too.
-        cleanup.callback(lambda: asyncio.run(drop_database(settings)))
+        database = settings.postgres.dsn.get_secret_value().rsplit("/", 1)[1]
+        cleanup.callback(lambda: asyncio.run(drop_database(database)))
         users = asyncio.run(prepare(settings, args.users, args.rows))
         asyncio.run(ensure_bucket(settings))
         stack = Stack(
@@ -381,8 +382,7 @@ async def prepare(settings: Settings, users: int, rows: int) -> list[str]:
     return ids
 
 
-async def drop_database(settings: Settings) -> None:
-    name = settings.postgres.dsn.get_secret_value().rsplit("/", 1)[1]
+async def drop_database(name: str) -> None:
     admin = await asyncpg.connect(f"postgresql://postgres@{HOST}:5432/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -58,7 +58,7 @@ from argon2 import PasswordHasher
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from bench.loadtest import machine, pct, service_versions
+from bench.loadtest import drop_database, machine, pct, service_versions
 from exporter.auth import DEFAULT_SCOPES, SigningKey
 from exporter.aws import open_dynamo, open_s3
 from exporter.config import (
@@ -312,14 +312,6 @@ async def seeded_users(conn: asyncpg.Connection[Any], args: argparse.Namespace) 
     total += args.large_users * args.large_rows
     print(f"seeded {total:,} memberships in {time.monotonic() - started:.0f} s", flush=True)
     return users
-
-
-async def drop_database(name: str) -> None:
-    admin = await asyncpg.connect(f"postgresql://postgres@{HOST}:5432/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def forget_queues(settings: Settings) -> None:
