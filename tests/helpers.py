@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import csv
 import dataclasses
@@ -20,7 +21,7 @@ from exporter.dev.ports import free_port
 from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
 from exporter.metrics import DYNAMODB_WRITE_OPERATIONS, dynamodb_calls
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 
 
@@ -215,3 +216,15 @@ HOSTILE_TEXT = [
     "Zürich 東京 🚀",
     "plain",
 ]
+
+
+async def until_status(
+    resources: Resources, job_id: str, status: JobState, *, timeout_s: float = 30
+) -> ExportJob:
+    """The job once it reaches ``status`` (read every 50 ms), or an AssertionError."""
+    for _ in range(int(timeout_s / 0.05)):
+        job = await resources.jobs.get(job_id)
+        if job is not None and job.status is status:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{job_id} not {status.value} within {timeout_s} s")

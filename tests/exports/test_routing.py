@@ -33,7 +33,7 @@ from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.queue import runs_key
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
-from tests.helpers import login, with_exports
+from tests.helpers import login, until_status, with_exports
 from tests.pgproxy import stalling_proxy
 
 THRESHOLD = 100
@@ -203,17 +203,6 @@ async def _runs(resources: Resources, queue: str) -> int:
     return int(count)
 
 
-async def _until_status(
-    resources: Resources, job_id: str, status: JobState, *, timeout_s: float = 30
-) -> ExportJob:
-    for _ in range(int(timeout_s / 0.05)):
-        job = await resources.jobs.get(job_id)
-        if job is not None and job.status is status:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{job_id} not {status.value} within {timeout_s} s")
-
-
 async def test_a_small_export_finishes_while_a_large_one_holds_the_large_pool(
     settings: Settings,
     make_user: MakeUser,
@@ -248,7 +237,7 @@ async def test_a_small_export_finishes_while_a_large_one_holds_the_large_pool(
 
             small_job = await _create(resources, small.user_id)
             assert not small_job.large
-            done = await _until_status(resources, small_job.job_id, JobState.SUCCEEDED)
+            done = await until_status(resources, small_job.job_id, JobState.SUCCEEDED)
 
             still = await resources.jobs.get(big_job.job_id)
             assert still is not None and still.status is JobState.IN_PROGRESS
@@ -257,7 +246,7 @@ async def test_a_small_export_finishes_while_a_large_one_holds_the_large_pool(
             assert await _runs(resources, routed.redis.queue_name) == 1
 
             proxy.resume()
-            finished = await _until_status(resources, big_job.job_id, JobState.SUCCEEDED)
+            finished = await until_status(resources, big_job.job_id, JobState.SUCCEEDED)
             assert finished.row_count == 30_000
             assert await _runs(resources, routed.redis.large_queue) == 1
             await resources.queue.redis.delete(routed.redis.large_queue)

@@ -28,6 +28,7 @@ from exporter.queue import pool_key
 from exporter.resources import Resources, open_resources
 from tests.conftest import MakeUser, SeedRows
 from tests.faults.stack import PrivateRedis, Processes, process_env
+from tests.helpers import until_status
 from tests.pgproxy import stalling_proxy
 
 
@@ -40,17 +41,6 @@ async def _queued(resources: Resources, user_id: str, *, rows: int, large: bool)
     await resources.jobs.create(job)
     assert await resources.queue.enqueue_export(ExportMessageV1(job.job_id, user_id), large=large)
     return job
-
-
-async def _until_status(
-    resources: Resources, job_id: str, status: JobState, *, timeout_s: float = 30
-) -> ExportJob:
-    for _ in range(int(timeout_s / 0.05)):
-        job = await resources.jobs.get(job_id)
-        if job is not None and job.status is status:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{job_id} not {status.value} within {timeout_s} s")
 
 
 def _one_slot_each(settings: Settings) -> Settings:
@@ -93,7 +83,7 @@ async def test_a_large_export_holding_the_large_slots_does_not_delay_a_small_one
                 await asyncio.wait_for(proxy.stalled.wait(), 30)
 
                 small_job = await _queued(shared, small.user_id, rows=10, large=False)
-                done = await _until_status(shared, small_job.job_id, JobState.SUCCEEDED)
+                done = await until_status(shared, small_job.job_id, JobState.SUCCEEDED)
                 assert done.row_count == 10
                 still = await shared.jobs.get(big_job.job_id)
                 assert still is not None and still.status is JobState.IN_PROGRESS
@@ -105,7 +95,7 @@ async def test_a_large_export_holding_the_large_slots_does_not_delay_a_small_one
                     assert member.endswith(b"|1")  # "{worker_id}|{slots}"
 
                 proxy.resume()
-                finished = await _until_status(shared, big_job.job_id, JobState.SUCCEEDED)
+                finished = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
                 assert finished.row_count == 30_000
             finally:
                 stop.set()  # what SIGTERM does
