@@ -5,7 +5,7 @@ clients are pointed here to see those answers travel through botocore and our tr
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -40,11 +40,16 @@ class AwsError:
 
 
 @asynccontextmanager
-async def aws_error_endpoint(error: AwsError) -> AsyncIterator[str]:
-    """Serve ``error`` to every request on a loopback port; yields the endpoint URL."""
+async def aws_error_endpoint(
+    error: AwsError, *, seen: list[Mapping[str, str]] | None = None
+) -> AsyncIterator[str]:
+    """Serve ``error`` to every request on a loopback port; yields the endpoint URL. Each
+    request's headers are appended to ``seen`` when given."""
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
+        if seen is not None:
+            seen.append(dict(request.headers))
         return web.Response(status=error.status, text=error.body, content_type=error.content_type)
 
     app = web.Application()
