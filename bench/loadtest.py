@@ -222,11 +222,12 @@ class Stack:
     api: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    profile: bool = False  # run worker-1 under cProfile (var/bench/worker-1.prof)
+    # Processes run under cProfile (var/bench/<name>.prof): "api", "worker-1".
+    profiled: frozenset[str] = frozenset()
 
     def spawn(self, role: str, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
         python = [sys.executable]
-        if self.profile and name == "worker-1":
+        if name in self.profiled:
             python += ["-m", "cProfile", "-o", str(OUT / f"{name}.prof")]
         path = OUT / f"{name}.log"
         path.unlink(missing_ok=True)
@@ -328,7 +329,11 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Stack]:
             sink=sink,
             tokens=TokenService(settings.jwt, key),
             users=users,
-            profile=args.profile_worker,
+            profiled=frozenset(
+                name
+                for name, wanted in (("worker-1", args.profile_worker), ("api", args.profile_api))
+                if wanted
+            ),
         )
         stack.names[dynamo.process.pid] = "dynamodb-local"
         stack.api = stack.spawn("api", "api")
@@ -667,6 +672,9 @@ def main() -> int:
     parser.add_argument("--pg-pool", type=int, default=10)
     parser.add_argument(
         "--profile-worker", action="store_true", help="cProfile worker-1 into var/bench/"
+    )
+    parser.add_argument(
+        "--profile-api", action="store_true", help="cProfile the API into var/bench/"
     )
     parser.add_argument(
         "--phases", default="api,throughput,e2e", help="comma-separated subset to run"
