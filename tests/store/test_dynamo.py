@@ -5,6 +5,8 @@ pointed at an endpoint answering as DynamoDB does, so botocore's parsing is part
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -13,7 +15,7 @@ from exporter.aws import open_dynamo
 from exporter.config import DynamoSettings
 from exporter.dev.ports import free_port
 from exporter.errors import ConditionFailed, StoreError, StoreUnavailable
-from exporter.store.dynamo import dynamo_errors
+from exporter.store.dynamo import dynamo_errors, format_ts, parse_ts
 from exporter.store.jobs import JobStore
 from tests.aws_errors import AwsError, aws_error_endpoint
 
@@ -90,3 +92,34 @@ def test_the_translation_names_each_failure_by_what_to_do_about_it(
         raise raised
     assert type(caught.value) is translated
     assert caught.value.__cause__ is raised
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 2, 9, 30, 1, 123456, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 3, 29, 3, 0, 0, 5, tzinfo=ZoneInfo("Europe/Berlin")),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+    ],
+)
+def test_timestamps_are_fixed_width_utc_and_read_back_exactly(value: datetime) -> None:
+    text = format_ts(value)
+    assert len(text) == len("2026-12-02T00:00:00.000000Z") and text.endswith("Z")
+    assert text == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert parse_ts(text) == value and parse_ts(text).tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-02T00:00:00.000+01Z",  # the right length, an offset: not what we write
+        "2026-12-02 00:00:00.000000Z",
+        "2026-12-02T00:00:00Z",
+        "2026-12-02",
+        "",
+    ],
+)
+def test_a_timestamp_we_did_not_write_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="does not match format"):
+        parse_ts(text)

@@ -49,13 +49,25 @@ def dynamo_errors(operation: str) -> Iterator[None]:
             raise
 
 
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_TS_LENGTH = len("2026-12-02T00:00:00.000000Z")
+
+
 def format_ts(value: datetime) -> str:
     """Fixed-width UTC ISO 8601, so strings sort in time order (a GSI range key)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """What ``format_ts`` wrote. ``fromisoformat`` is ~30x faster than ``strptime`` (a job
+    item holds a dozen timestamps); anything but that fixed shape goes through
+    ``strptime``, which accepts exactly the format or raises ``ValueError``."""
+    if len(value) == _TS_LENGTH and value[10] == "T" and value[-1] == "Z":
+        parsed = datetime.fromisoformat(value[:-1])
+        if parsed.tzinfo is None:  # "...+01Z" is not ours: strptime refuses it below
+            return parsed.replace(tzinfo=UTC)
+    return datetime.strptime(value, _TS_FORMAT).replace(tzinfo=UTC)
 
 
 def s(value: str) -> dict[str, str]:
