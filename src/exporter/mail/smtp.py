@@ -249,6 +249,15 @@ def wire_chunks(flat: bytes, message: EmailMessage) -> tuple[int, Iterator[bytes
     return head_size + base64_wire_size(file_size) + tail_size, chunks()
 
 
+def message_data(
+    message: EmailMessage, *, utf8: bool, eight_bit: bool
+) -> tuple[int, Iterator[bytes]]:
+    """What DATA carries for ``message`` (``wire_chunks``) and its SIZE: flattened for a
+    server with SMTPUTF8 (``utf8``) or without, with 8BITMIME (``eight_bit``) or without."""
+    flat = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+    return wire_chunks(flat, message)
+
+
 async def _send_in_chunks(
     client: aiosmtplib.SMTP, message: EmailMessage, *, timeout_s: float
 ) -> None:
@@ -275,9 +284,7 @@ async def _send_in_chunks(
     eight_bit = client.supports_extension("8BITMIME")
     if eight_bit:
         options.append("BODY=8BITMIME")
-    flat = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
-    size, chunks = wire_chunks(flat, message)
-    del flat  # the chunks hold what they need
+    size, chunks = message_data(message, utf8=utf8, eight_bit=eight_bit)
     if client.supports_extension("size"):
         options.insert(0, f"SIZE={size}")
     encoding = "utf-8" if utf8 else "ascii"
