@@ -9,7 +9,7 @@ import io
 import re
 from collections.abc import Iterator
 from email import message_from_bytes, policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 
 import pytest
 
@@ -20,6 +20,7 @@ from exporter.mail.messages import (
     KIND_HEADER,
     DownloadLink,
     ExportAttachment,
+    ExportEmail,
     ScheduleNotice,
     build_export_message,
     build_failure_message,
@@ -32,7 +33,7 @@ CSV = b"membership_id,plan\r\nabc,pro\r\n"
 EXPORT_ID = "6c1f5a2e-0000-4000-8000-000000000001"
 
 
-def message(recipient: str = "user@example.com") -> EmailMessage:
+def message(recipient: str = "user@example.com") -> ExportEmail:
     return build_export_message(
         sender="Exporter <exports@exporter.local>",
         recipient=recipient,
@@ -41,7 +42,7 @@ def message(recipient: str = "user@example.com") -> EmailMessage:
     )
 
 
-def on_the_wire(msg: EmailMessage, *, utf8: bool = False, eight_bit: bool = True) -> bytes:
+def on_the_wire(msg: Message, *, utf8: bool = False, eight_bit: bool = True) -> bytes:
     """What DATA carries for ``msg`` (as ``Mailer.send`` writes it to a server with or
     without SMTPUTF8 and 8BITMIME), its dot-stuffing undone as the server undoes it."""
     _, chunks = message_data(msg, utf8=utf8, eight_bit=eight_bit)
@@ -51,7 +52,7 @@ def on_the_wire(msg: EmailMessage, *, utf8: bool = False, eight_bit: bool = True
 DOT_STUFFED = re.compile(rb"(?m)^\.")
 
 
-def parsed(msg: EmailMessage, *, utf8: bool = False, eight_bit: bool = True) -> EmailMessage:
+def parsed(msg: Message, *, utf8: bool = False, eight_bit: bool = True) -> EmailMessage:
     """The message as a mail client sees it: as it went over the wire, parsed back."""
     again = message_from_bytes(
         on_the_wire(msg, utf8=utf8, eight_bit=eight_bit), policy=policy.default

@@ -13,11 +13,12 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import format_datetime, make_msgid
 from typing import IO
 from zoneinfo import ZoneInfo
 
+from exporter.mail import mime
 from exporter.mail.contents import FileContents, describe
 from exporter.models import ExportFormat, utcnow
 from exporter.selection import ALL
@@ -154,14 +155,8 @@ def build_export_message(
     if schedule is not None:
         subject = f"Your monthly memberships export is ready ({rows})"
 
-    message = ExportEmail()
-    message["From"] = sender
-    message["To"] = recipient
-    message["Subject"] = subject
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid(domain="exporter.local")
-    message[EXPORT_ID_HEADER] = export_id
-    message[KIND_HEADER] = KIND_EXPORT
+    message = ExportEmail(policy=mime.WIRE)
+    _set_envelope(message, sender, recipient, subject, export_id, KIND_EXPORT)
     if schedule is not None:
         message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
         message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
@@ -188,20 +183,48 @@ def build_export_message(
     if link is None and page_url is not None:
         notes.append(f"You can download this file again on {page_url} until it expires.")
     pause_url = None if schedule is None else schedule.pause_url
-    message.set_content(_text_body(name, facts, link, notes, contents.note, pause_url))
-    message.add_alternative(
-        _html_body(subject, name, facts, link, notes, contents.note, pause_url), subtype="html"
+    text, html = mime.new_part(), mime.new_part()
+    mime.set_text(text, _text_body(name, facts, link, notes, contents.note, pause_url), "plain")
+    mime.set_text(
+        html, _html_body(subject, name, facts, link, notes, contents.note, pause_url), "html"
     )
-    if attachment is not None:
-        content = attachment.content
-        message.add_attachment(
-            content if isinstance(content, bytes) else _placeholder(message, content),
-            maintype=attachment.content_type[0],
-            subtype=attachment.content_type[1],
-            filename=attachment.file_name,
-            params={"charset": "utf-8"} if attachment.content_type[0] == "text" else {},
-        )
+    # MIME-Version where EmailMessage put it (on some parts too: needless, harmless), so the
+    # wire stays as it was.
+    html["MIME-Version"] = "1.0"
+    message["MIME-Version"] = "1.0"
+    if attachment is None:
+        mime.set_multipart(message, "alternative", [text, html])
+        return message
+    body, attached = mime.new_part(), mime.new_part()
+    mime.set_multipart(body, "alternative", [text, html])
+    content = attachment.content
+    maintype, subtype = attachment.content_type
+    mime.set_attachment(
+        attached,
+        mime.base64_lines(content, linesep=b"\n").decode("ascii")
+        if isinstance(content, bytes)
+        else _placeholder(message, content),
+        maintype=maintype,
+        subtype=subtype,
+        file_name=attachment.file_name,
+    )
+    attached["MIME-Version"] = "1.0"
+    mime.set_multipart(message, "mixed", [body, attached])
     return message
+
+
+def _set_envelope(
+    message: Message, sender: str, recipient: str, subject: str, export_id: str, kind: str
+) -> None:
+    """The headers every email has, in the order they always had. Each value is checked
+    for line breaks (``mime.WirePolicy``): none can forge a header."""
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = make_msgid(domain="exporter.local")
+    message[EXPORT_ID_HEADER] = export_id
+    message[KIND_HEADER] = kind
 
 
 # Stands for an attachment read from a file while the message is sent: one short base64
@@ -210,19 +233,22 @@ def build_export_message(
 _PLACEHOLDER_PREFIX = b"exporter-attachment:"
 
 
-def _placeholder(message: ExportEmail, source: IO[bytes]) -> bytes:
+def _placeholder(message: ExportEmail, source: IO[bytes]) -> str:
+    """The attachment's one base64 line, standing for ``source``."""
     marker = _PLACEHOLDER_PREFIX + uuid.uuid4().hex.encode()
-    assert len(marker) <= 57
+    assert len(marker) <= mime.LINE_BYTES
     message.streamed_attachment = (marker, source)
-    return marker
+    return mime.base64_lines(marker, linesep=b"\n").decode("ascii")
 
 
-class ExportEmail(EmailMessage):
-    """An EmailMessage that may take its attachment from a file while it is sent.
+class ExportEmail(Message):
+    """An email built here (``mime.WIRE``: headers kept as set, never parsed) that may take
+    its attachment from a file while it is sent.
 
     ``streamed_attachment`` is (placeholder, file): the message holds the placeholder where
     the file's content goes, and ``Mailer.send`` puts the file's base64 in its place on the
-    wire. ``as_bytes()`` of such a message shows the placeholder, not the file.
+    wire. ``as_bytes()`` of such a message shows the placeholder, not the file. Read it as a
+    mail client would with ``email.message_from_bytes(..., policy=policy.default)``.
     """
 
     streamed_attachment: tuple[bytes, IO[bytes]] | None = None
@@ -317,25 +343,23 @@ def _html_body(
 
 def build_failure_message(
     *, sender: str, recipient: str, export_id: str, reason: str
-) -> EmailMessage:
+) -> ExportEmail:
     """The notice that an export failed: what went wrong in plain words, and what to do.
 
     ``reason`` is one sentence from our own table of error codes, never an exception text.
     """
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = recipient
-    message["Subject"] = "Your memberships export could not be completed"
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid(domain="exporter.local")
-    message[EXPORT_ID_HEADER] = export_id
-    message[KIND_HEADER] = KIND_FAILURE_NOTICE
-    message.set_content(
+    message = ExportEmail(policy=mime.WIRE)
+    subject = "Your memberships export could not be completed"
+    _set_envelope(message, sender, recipient, subject, export_id, KIND_FAILURE_NOTICE)
+    mime.set_text(
+        message,
         "Hello,\n\n"
         "We could not complete the export of your memberships that you asked for.\n\n"
         f"  What went wrong: {reason}\n"
         f"  Export id: {export_id}\n\n"
         "No file was sent, and nothing in your account changed. You can ask for the export\n"
-        "again at any time; if it fails again, contact support and quote the export id.\n"
+        "again at any time; if it fails again, contact support and quote the export id.\n",
+        "plain",
     )
+    message["MIME-Version"] = "1.0"  # after the content, where EmailMessage put it
     return message
