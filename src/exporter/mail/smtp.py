@@ -219,8 +219,7 @@ def _base64_lines(source: IO[bytes], size: int) -> Iterator[bytes]:
         if not chunk:
             raise ValueError(f"attachment file ended {left} bytes short of its size")
         left -= len(chunk)
-        encoded = base64.b64encode(chunk)
-        yield b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
+        yield mime.base64_lines(chunk)
 
 
 def wire_chunks(flat: bytes, message: Message) -> tuple[int, Iterator[bytes]]:
