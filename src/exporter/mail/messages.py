@@ -134,46 +134,40 @@ def _utc(value: datetime) -> str:
     return f"{value.astimezone(UTC):%Y-%m-%d at %H:%M} UTC"
 
 
-def build_export_message(
+@dataclass(frozen=True, slots=True)
+class ExportTexts:
+    """What an export's email says: its subject, its plain text and the same as HTML."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def export_texts(
+    file: ExportAttachment | DownloadLink,
     *,
-    sender: str,
-    recipient: str,
     export_id: str,
-    attachment: ExportAttachment | None = None,
-    link: DownloadLink | None = None,
     recipient_name: str | None = None,
     sha256: str | None = None,
     page_url: str | None = None,
     schedule: ScheduleNotice | None = None,
     contents: FileContents | None = None,
-) -> ExportEmail:
-    """The email for a finished export: the file attached, or a link to it (exactly one).
+) -> ExportTexts:
+    """What the email for a finished export says: ``file`` attached, or a ``DownloadLink``.
 
     ``sha256`` (the manifest's checksum) is shown with how to check it; ``page_url`` (the
     self-service page) is where an attached file can be downloaded again. ``schedule``: the
-    export is the monthly one (subject, next date, pause link and List-Unsubscribe headers).
-    ``contents`` says the file's format, columns, filters and time zone (default: a full CSV
-    in UTC).
-
-    multipart/alternative (plain text + HTML; every value from a user or a record is
-    HTML-escaped), inside multipart/mixed with the file when attached.
+    export is the monthly one (subject, next date, pause link). ``contents`` says the file's
+    format, columns, filters and time zone (default: a full CSV in UTC). Every value from a
+    user or a record is HTML-escaped in the HTML.
     """
-    if (attachment is None) == (link is None):
-        raise ValueError("an export message carries either an attachment or a link")
-    file = attachment if attachment is not None else link
-    assert file is not None  # for mypy: exactly one of the two is set
+    link = file if isinstance(file, DownloadLink) else None
     rows = f"{file.row_count:,} {'row' if file.row_count == 1 else 'rows'}"
     name = _one_line(recipient_name or "", _MAX_NAME)
     file_name = _one_line(file.file_name, 255)
     subject = f"Your memberships export is ready ({rows})"
     if schedule is not None:
         subject = f"Your monthly memberships export is ready ({rows})"
-
-    message = ExportEmail(policy=mime.WIRE)
-    _set_envelope(message, sender, recipient, subject, export_id, KIND_EXPORT)
-    if schedule is not None:
-        message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
-        message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
 
     contents = contents or _FULL_CSV
     header = " (plus one header row)" if contents.header_row else ""
@@ -197,11 +191,54 @@ def build_export_message(
     if link is None and page_url is not None:
         notes.append(f"You can download this file again on {page_url} until it expires.")
     pause_url = None if schedule is None else schedule.pause_url
-    text, html = mime.new_part(), mime.new_part()
-    mime.set_text(text, _text_body(name, facts, link, notes, contents.note, pause_url), "plain")
-    mime.set_text(
-        html, _html_body(subject, name, facts, link, notes, contents.note, pause_url), "html"
+    return ExportTexts(
+        subject=subject,
+        text=_text_body(name, facts, link, notes, contents.note, pause_url),
+        html=_html_body(subject, name, facts, link, notes, contents.note, pause_url),
     )
+
+
+def build_export_message(
+    *,
+    sender: str,
+    recipient: str,
+    export_id: str,
+    attachment: ExportAttachment | None = None,
+    link: DownloadLink | None = None,
+    recipient_name: str | None = None,
+    sha256: str | None = None,
+    page_url: str | None = None,
+    schedule: ScheduleNotice | None = None,
+    contents: FileContents | None = None,
+) -> ExportEmail:
+    """The email for a finished export: the file attached, or a link to it (exactly one).
+
+    What it says is ``export_texts``'s (the other parameters are explained there).
+    multipart/alternative (plain text + HTML), inside multipart/mixed with the file when
+    attached; a schedule's email also has List-Unsubscribe headers.
+    """
+    if (attachment is None) == (link is None):
+        raise ValueError("an export message carries either an attachment or a link")
+    file = attachment if attachment is not None else link
+    assert file is not None  # for mypy: exactly one of the two is set
+    texts = export_texts(
+        file,
+        export_id=export_id,
+        recipient_name=recipient_name,
+        sha256=sha256,
+        page_url=page_url,
+        schedule=schedule,
+        contents=contents,
+    )
+
+    message = ExportEmail(policy=mime.WIRE)
+    _set_envelope(message, sender, recipient, texts.subject, export_id, KIND_EXPORT)
+    if schedule is not None:
+        message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
+        message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
+    text, html = mime.new_part(), mime.new_part()
+    mime.set_text(text, texts.text, "plain")
+    mime.set_text(html, texts.html, "html")
     # MIME-Version where EmailMessage put it (on some parts too: needless, harmless), so the
     # wire stays as it was.
     html["MIME-Version"] = "1.0"
