@@ -62,7 +62,7 @@ bench-rush: venv  ## the morning-of-the-1st burst, routing off/on/without large 
 bench-schedules: venv  ## 10,000 schedules due one day: starts per half hour of the window (~5 min)
 	$(PY) -m bench.schedules
 
-bench-mail: venv  ## CPU per export email (build, flatten, wire) against the EmailMessage way (~30 s)
+bench-mail: venv  ## CPU per export email (build, flatten, wire) against the EmailMessage way (~20 s)
 	$(PY) -m bench.mail_cost
 
 fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
