@@ -141,6 +141,26 @@ def test_flatten_writes_what_bytes_generator_writes(
     assert flatten(message, utf8=utf8, cte_type=cte_type) == generated.getvalue()
 
 
+def test_bcc_never_goes_on_the_wire() -> None:
+    def notice() -> Message:
+        return build_failure_message(
+            sender="exports@exporter.local",
+            recipient="user@example.com",
+            export_id="e",
+            reason="r.",
+        )
+
+    plain, hidden = notice(), notice()
+    hidden["Bcc"] = "audit@exporter.local"
+    for message in (plain, hidden):
+        del message["Date"], message["Message-ID"]
+
+    assert flatten(hidden, utf8=False, cte_type="8bit") == flatten(
+        plain, utf8=False, cte_type="8bit"
+    )
+    assert hidden["Bcc"] == "audit@exporter.local"  # the message itself keeps it
+
+
 HEADERS = [
     ("Subject", "Your memberships export is ready (1,000 rows)"),
     ("From", "Exporter <exports@exporter.local>"),

@@ -1,8 +1,8 @@
 """What the emails say: the export (its file attached, or a link to it) and the failure notice.
 
-Only building messages here; ``mail/smtp.py`` sends them. A file attached from disk is a
-placeholder in the message (``ExportEmail.streamed_attachment``) that the sender replaces
-with the file's base64 on the wire.
+Only building messages here (their MIME with ``mail/mime.py``); ``mail/smtp.py`` sends them.
+A file attached from disk is a placeholder in the message (``ExportEmail.streamed_attachment``)
+that the sender replaces with the file's base64 on the wire.
 """
 
 from __future__ import annotations

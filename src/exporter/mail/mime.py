@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import functools
 import re
 import secrets
@@ -207,7 +208,7 @@ def base64_lines(data: bytes, *, linesep: bytes = b"\r\n") -> bytes:
 def flatten(message: Message, *, utf8: bool, cte_type: str) -> bytes:
     """``message`` (built under ``WIRE``) as SMTP's DATA carries it, before dot-stuffing: CRLF
     line ends, non-ASCII headers as UTF-8 when ``utf8`` (SMTPUTF8), 8bit text re-encoded
-    when ``cte_type`` is 7bit (no 8BITMIME).
+    when ``cte_type`` is 7bit (no 8BITMIME), no Bcc.
 
     Written here, part by part, as the email package's ``BytesGenerator`` writes it under
     the same policy (tests/mail/test_mime.py compares the two byte for byte) at a fraction
@@ -215,6 +216,10 @@ def flatten(message: Message, *, utf8: bool, cte_type: str) -> bytes:
     re-encodes it as it always did.
     """
     policy = _smtp_policy(utf8, cte_type)
+    if "Bcc" in message or "Resent-Bcc" in message:
+        # Never on the wire, as aiosmtplib's flatten_message (the envelope has them).
+        message = copy.copy(message)
+        del message["Bcc"], message["Resent-Bcc"]
     if cte_type == "7bit" and any(
         p.get("Content-Transfer-Encoding") == "8bit" for p in message.walk()
     ):
