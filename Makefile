@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run demo test lint lint-python typecheck format pytest pytest-live fuzz bench bench-rush bench-schedules outage loadtest clean
+.PHONY: help venv run demo test lint lint-python typecheck format pytest pytest-live fuzz bench bench-rush bench-schedules bench-mail outage loadtest clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -61,6 +61,9 @@ bench-rush: venv  ## the morning-of-the-1st burst, routing off/on/without large 
 
 bench-schedules: venv  ## 10,000 schedules due one day: starts per half hour of the window (~5 min)
 	$(PY) -m bench.schedules
+
+bench-mail: venv  ## CPU per export email (build, flatten, wire) against the EmailMessage way (~20 s)
+	$(PY) -m bench.mail_cost
 
 fuzz: venv  ## only the Schemathesis run against a live API (pytest runs it too)
 	$(VENV)/bin/pytest tests/test_fuzz.py

@@ -25,6 +25,7 @@ from exporter.schedules.manage import (
 )
 from exporter.schedules.model import PauseReason
 from tests.conftest import MakeUser
+from tests.mail.test_messages import bodies, parsed
 
 
 async def test_the_notice_names_the_next_run_and_a_working_pause_link(
@@ -70,14 +71,14 @@ def test_the_message_says_monthly_and_carries_the_unsubscribe_headers() -> None:
         attachment=ExportAttachment(content=b"a,b\n", file_name="m.csv", row_count=1, byte_size=4),
         schedule=notice,
     )
-    assert message["Subject"].startswith("Your monthly memberships export is ready")
-    assert message["List-Unsubscribe"] == f"<{url}>"
-    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    received = parsed(message)
+    assert received["Subject"].startswith("Your monthly memberships export is ready")
+    assert received["List-Unsubscribe"] == f"<{url}>"
+    assert received["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text, html = bodies(received)
     assert "This is your monthly export" in text
     assert "Monday 1 March 2027, around 03:14 (Europe/Berlin)" in text
     assert f"  {url}\n" in text  # whole, on a line of its own
-    html = message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
     assert f'<a href="{url}">Pause my monthly export</a>' in html
 
     plain = build_export_message(

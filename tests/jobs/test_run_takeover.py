@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from email.message import EmailMessage
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ class _HeldMailer(Mailer):
     def sender(self) -> str:
         return self._inner.sender
 
-    async def send(self, message: EmailMessage, **kwargs: Any) -> None:
+    async def send(self, message: Message, **kwargs: Any) -> None:
         self.sending.set()
         await self.release.wait()
         await self._inner.send(message, **kwargs)

@@ -26,7 +26,12 @@ from exporter.config import SmtpSettings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import OutboxHandler, SmtpSink
 from exporter.errors import MailError
-from exporter.mail.messages import ExportAttachment, build_export_message, build_failure_message
+from exporter.mail.messages import (
+    ExportAttachment,
+    ExportEmail,
+    build_export_message,
+    build_failure_message,
+)
 from exporter.mail.smtp import Mailer
 from tests.mail.test_messages import EXPORT_ID, message
 
@@ -206,7 +211,7 @@ def received(handler: EnvelopeHandler) -> list[tuple[bytes, EmailMessage]]:
     return found
 
 
-def export_message(content: bytes | io.BytesIO, size: int) -> EmailMessage:
+def export_message(content: bytes | io.BytesIO, size: int) -> ExportEmail:
     return build_export_message(
         sender="Exporter <exports@exporter.local>",
         recipient="user@example.com",

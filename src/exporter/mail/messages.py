@@ -1,23 +1,25 @@
 """What the emails say: the export (its file attached, or a link to it) and the failure notice.
 
-Only building messages here; ``mail/smtp.py`` sends them. A file attached from disk is a
-placeholder in the message (``ExportEmail.streamed_attachment``) that the sender replaces
-with the file's base64 on the wire.
+Only building messages here (their MIME with ``mail/mime.py``); ``mail/smtp.py`` sends them.
+A file attached from disk is a placeholder in the message (``ExportEmail.streamed_attachment``)
+that the sender replaces with the file's base64 on the wire.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import textwrap
 import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import format_datetime, make_msgid
 from typing import IO
 from zoneinfo import ZoneInfo
 
+from exporter.mail import mime
 from exporter.mail.contents import FileContents, describe
 from exporter.models import ExportFormat, utcnow
 from exporter.selection import ALL
@@ -111,60 +113,61 @@ _MAX_NAME = 80
 
 def _one_line(text: str, limit: int) -> str:
     """``text`` without control characters (no line breaks to forge lines with), trimmed."""
-    cleaned = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
+    # Printable text has no character of a C* category: the common case skips the scan.
+    cleaned = (
+        text
+        if text.isprintable()
+        else "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
+    )
     return " ".join(cleaned.split())[:limit]
+
+
+@functools.lru_cache(maxsize=256)
+def _wrapped(paragraph: str, *, break_on_hyphens: bool = True) -> tuple[str, ...]:
+    """``paragraph`` in lines of at most 78 characters. Cached: most paragraphs are the
+    same in every email (or every email of the day), and wrapping was a tenth of an
+    email's CPU."""
+    return tuple(textwrap.wrap(paragraph, 78, break_on_hyphens=break_on_hyphens))
 
 
 def _utc(value: datetime) -> str:
     return f"{value.astimezone(UTC):%Y-%m-%d at %H:%M} UTC"
 
 
-def build_export_message(
+@dataclass(frozen=True, slots=True)
+class ExportTexts:
+    """What an export's email says: its subject, its plain text and the same as HTML."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def export_texts(
+    file: ExportAttachment | DownloadLink,
     *,
-    sender: str,
-    recipient: str,
     export_id: str,
-    attachment: ExportAttachment | None = None,
-    link: DownloadLink | None = None,
     recipient_name: str | None = None,
     sha256: str | None = None,
     page_url: str | None = None,
     schedule: ScheduleNotice | None = None,
     contents: FileContents | None = None,
-) -> ExportEmail:
-    """The email for a finished export: the file attached, or a link to it (exactly one).
+) -> ExportTexts:
+    """What the email for a finished export says: ``file`` attached, or a ``DownloadLink``.
 
     ``sha256`` (the manifest's checksum) is shown with how to check it; ``page_url`` (the
     self-service page) is where an attached file can be downloaded again. ``schedule``: the
-    export is the monthly one (subject, next date, pause link and List-Unsubscribe headers).
-    ``contents`` says the file's format, columns, filters and time zone (default: a full CSV
-    in UTC).
-
-    multipart/alternative (plain text + HTML; every value from a user or a record is
-    HTML-escaped), inside multipart/mixed with the file when attached.
+    export is the monthly one (subject, next date, pause link). ``contents`` says the file's
+    format, columns, filters and time zone (default: a full CSV in UTC). Every value from a
+    user or a record is HTML-escaped in the HTML.
     """
-    if (attachment is None) == (link is None):
-        raise ValueError("an export message carries either an attachment or a link")
-    file = attachment if attachment is not None else link
-    assert file is not None  # for mypy: exactly one of the two is set
+    link = file if isinstance(file, DownloadLink) else None
     rows = f"{file.row_count:,} {'row' if file.row_count == 1 else 'rows'}"
     name = _one_line(recipient_name or "", _MAX_NAME)
     file_name = _one_line(file.file_name, 255)
     subject = f"Your memberships export is ready ({rows})"
     if schedule is not None:
         subject = f"Your monthly memberships export is ready ({rows})"
-
-    message = ExportEmail()
-    message["From"] = sender
-    message["To"] = recipient
-    message["Subject"] = subject
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid(domain="exporter.local")
-    message[EXPORT_ID_HEADER] = export_id
-    message[KIND_HEADER] = KIND_EXPORT
-    if schedule is not None:
-        message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
-        message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
 
     contents = contents or _FULL_CSV
     header = " (plus one header row)" if contents.header_row else ""
@@ -188,20 +191,91 @@ def build_export_message(
     if link is None and page_url is not None:
         notes.append(f"You can download this file again on {page_url} until it expires.")
     pause_url = None if schedule is None else schedule.pause_url
-    message.set_content(_text_body(name, facts, link, notes, contents.note, pause_url))
-    message.add_alternative(
-        _html_body(subject, name, facts, link, notes, contents.note, pause_url), subtype="html"
+    return ExportTexts(
+        subject=subject,
+        text=_text_body(name, facts, link, notes, contents.note, pause_url),
+        html=_html_body(subject, name, facts, link, notes, contents.note, pause_url),
     )
-    if attachment is not None:
-        content = attachment.content
-        message.add_attachment(
-            content if isinstance(content, bytes) else _placeholder(message, content),
-            maintype=attachment.content_type[0],
-            subtype=attachment.content_type[1],
-            filename=attachment.file_name,
-            params={"charset": "utf-8"} if attachment.content_type[0] == "text" else {},
-        )
+
+
+def build_export_message(
+    *,
+    sender: str,
+    recipient: str,
+    export_id: str,
+    attachment: ExportAttachment | None = None,
+    link: DownloadLink | None = None,
+    recipient_name: str | None = None,
+    sha256: str | None = None,
+    page_url: str | None = None,
+    schedule: ScheduleNotice | None = None,
+    contents: FileContents | None = None,
+) -> ExportEmail:
+    """The email for a finished export: the file attached, or a link to it (exactly one).
+
+    What it says is ``export_texts``'s (the other parameters are explained there).
+    multipart/alternative (plain text + HTML), inside multipart/mixed with the file when
+    attached; a schedule's email also has List-Unsubscribe headers.
+    """
+    if (attachment is None) == (link is None):
+        raise ValueError("an export message carries either an attachment or a link")
+    file = attachment if attachment is not None else link
+    assert file is not None  # for mypy: exactly one of the two is set
+    texts = export_texts(
+        file,
+        export_id=export_id,
+        recipient_name=recipient_name,
+        sha256=sha256,
+        page_url=page_url,
+        schedule=schedule,
+        contents=contents,
+    )
+
+    message = ExportEmail(policy=mime.WIRE)
+    _set_envelope(message, sender, recipient, texts.subject, export_id, KIND_EXPORT)
+    if schedule is not None:
+        message[LIST_UNSUBSCRIBE_HEADER] = f"<{schedule.pause_url}>"
+        message[LIST_UNSUBSCRIBE_POST_HEADER] = LIST_UNSUBSCRIBE_ONE_CLICK
+    text, html = mime.new_part(), mime.new_part()
+    mime.set_text(text, texts.text, "plain")
+    mime.set_text(html, texts.html, "html")
+    # MIME-Version where EmailMessage put it (on some parts too: needless, harmless), so the
+    # wire stays as it was.
+    html["MIME-Version"] = "1.0"
+    message["MIME-Version"] = "1.0"
+    if attachment is None:
+        mime.set_multipart(message, "alternative", [text, html])
+        return message
+    body, attached = mime.new_part(), mime.new_part()
+    mime.set_multipart(body, "alternative", [text, html])
+    content = attachment.content
+    maintype, subtype = attachment.content_type
+    mime.set_attachment(
+        attached,
+        mime.base64_lines(content, linesep=b"\n").decode("ascii")
+        if isinstance(content, bytes)
+        else _placeholder(message, content),
+        maintype=maintype,
+        subtype=subtype,
+        file_name=attachment.file_name,
+    )
+    attached["MIME-Version"] = "1.0"
+    mime.set_multipart(message, "mixed", [body, attached])
     return message
+
+
+def _set_envelope(
+    message: Message, sender: str, recipient: str, subject: str, export_id: str, kind: str
+) -> None:
+    """The headers every email has, in the order they always had. Each value is checked
+    for line breaks (``mime.WirePolicy``): none can forge a header."""
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = make_msgid(domain="exporter.local")
+    message[EXPORT_ID_HEADER] = export_id
+    message[KIND_HEADER] = kind
 
 
 # Stands for an attachment read from a file while the message is sent: one short base64
@@ -210,19 +284,22 @@ def build_export_message(
 _PLACEHOLDER_PREFIX = b"exporter-attachment:"
 
 
-def _placeholder(message: ExportEmail, source: IO[bytes]) -> bytes:
+def _placeholder(message: ExportEmail, source: IO[bytes]) -> str:
+    """The attachment's one base64 line, standing for ``source``."""
     marker = _PLACEHOLDER_PREFIX + uuid.uuid4().hex.encode()
-    assert len(marker) <= 57
+    assert len(marker) <= mime.LINE_BYTES
     message.streamed_attachment = (marker, source)
-    return marker
+    return mime.base64_lines(marker, linesep=b"\n").decode("ascii")
 
 
-class ExportEmail(EmailMessage):
-    """An EmailMessage that may take its attachment from a file while it is sent.
+class ExportEmail(Message):
+    """An email built here (``mime.WIRE``: headers kept as set, never parsed) that may take
+    its attachment from a file while it is sent.
 
     ``streamed_attachment`` is (placeholder, file): the message holds the placeholder where
     the file's content goes, and ``Mailer.send`` puts the file's base64 in its place on the
-    wire. ``as_bytes()`` of such a message shows the placeholder, not the file.
+    wire. ``as_bytes()`` of such a message shows the placeholder, not the file. Read it as a
+    mail client would with ``email.message_from_bytes(..., policy=policy.default)``.
     """
 
     streamed_attachment: tuple[bytes, IO[bytes]] | None = None
@@ -257,7 +334,7 @@ def _text_body(
             "",
             f"  {link.url}",
             "",
-            *textwrap.wrap(_LINK_NOTE, 78),
+            *_wrapped(_LINK_NOTE),
             f"It expires on {_utc(link.expires_at)}; after that the file is deleted and you",
             "can ask for a new export.",
             "",
@@ -265,10 +342,10 @@ def _text_body(
     width = max(len(label) for label, _ in facts) + 1
     lines += [f"  {label + ':':<{width}} {value}" for label, value in facts]
     for note in notes:
-        lines += ["", *textwrap.wrap(note, 78, break_on_hyphens=False)]
+        lines += ["", *_wrapped(note, break_on_hyphens=False)]
     if pause_url is not None:
         lines += ["", f"  {pause_url}"]  # on a line of its own: a link is never wrapped
-    lines += ["", *textwrap.wrap(format_note, 78), "", *textwrap.wrap(_NOT_YOU, 78)]
+    lines += ["", *_wrapped(format_note), "", *_wrapped(_NOT_YOU)]
     return "\n".join(lines) + "\n"
 
 
@@ -317,25 +394,23 @@ def _html_body(
 
 def build_failure_message(
     *, sender: str, recipient: str, export_id: str, reason: str
-) -> EmailMessage:
+) -> ExportEmail:
     """The notice that an export failed: what went wrong in plain words, and what to do.
 
     ``reason`` is one sentence from our own table of error codes, never an exception text.
     """
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = recipient
-    message["Subject"] = "Your memberships export could not be completed"
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid(domain="exporter.local")
-    message[EXPORT_ID_HEADER] = export_id
-    message[KIND_HEADER] = KIND_FAILURE_NOTICE
-    message.set_content(
+    message = ExportEmail(policy=mime.WIRE)
+    subject = "Your memberships export could not be completed"
+    _set_envelope(message, sender, recipient, subject, export_id, KIND_FAILURE_NOTICE)
+    mime.set_text(
+        message,
         "Hello,\n\n"
         "We could not complete the export of your memberships that you asked for.\n\n"
         f"  What went wrong: {reason}\n"
         f"  Export id: {export_id}\n\n"
         "No file was sent, and nothing in your account changed. You can ask for the export\n"
-        "again at any time; if it fails again, contact support and quote the export id.\n"
+        "again at any time; if it fails again, contact support and quote the export id.\n",
+        "plain",
     )
+    message["MIME-Version"] = "1.0"  # after the content, where EmailMessage put it
     return message

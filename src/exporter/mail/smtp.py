@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from email.message import EmailMessage
+from email.message import Message
 from typing import IO
 
 import aiosmtplib
@@ -22,6 +22,7 @@ from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 
 from exporter.config import SmtpSettings
 from exporter.errors import MailError
+from exporter.mail import mime
 from exporter.metrics import observe_smtp_connection
 
 # A kept connection idle this long is checked (NOOP) before its next message: relays close
@@ -56,7 +57,7 @@ class Mailer:
         return self._settings.from_address
 
     async def send(
-        self, message: EmailMessage, *, on_accepted: Callable[[], Awaitable[None]] | None = None
+        self, message: Message, *, on_accepted: Callable[[], Awaitable[None]] | None = None
     ) -> None:
         """Send one message. ``on_accepted`` runs as soon as the server accepted it, before
         anything else (a goodbye, the next message): recording the send there keeps the
@@ -93,7 +94,7 @@ class Mailer:
                 finally:
                     client.close()
 
-    async def _send_kept(self, message: EmailMessage) -> None:
+    async def _send_kept(self, message: Message) -> None:
         reused = self._client is not None
         client = await self._connection()
         try:
@@ -191,7 +192,7 @@ def _mail_errors() -> Iterator[None]:
 
 # Bytes of the file base64-encoded per chunk on the wire: a multiple of 57, so every chunk
 # but the last is whole 76-character lines (as the email package writes base64).
-_WIRE_CHUNK_BYTES = 57 * 1024
+_WIRE_CHUNK_BYTES = mime.LINE_BYTES * 1024
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
@@ -218,11 +219,10 @@ def _base64_lines(source: IO[bytes], size: int) -> Iterator[bytes]:
         if not chunk:
             raise ValueError(f"attachment file ended {left} bytes short of its size")
         left -= len(chunk)
-        encoded = base64.b64encode(chunk)
-        yield b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
+        yield mime.base64_lines(chunk)
 
 
-def wire_chunks(flat: bytes, message: EmailMessage) -> tuple[int, Iterator[bytes]]:
+def wire_chunks(flat: bytes, message: Message) -> tuple[int, Iterator[bytes]]:
     """What DATA carries for ``flat`` (the flattened ``message``), and its SIZE in octets.
 
     Without a streamed attachment that is ``flat`` made transparent. With one, the
@@ -249,9 +249,21 @@ def wire_chunks(flat: bytes, message: EmailMessage) -> tuple[int, Iterator[bytes
     return head_size + base64_wire_size(file_size) + tail_size, chunks()
 
 
-async def _send_in_chunks(
-    client: aiosmtplib.SMTP, message: EmailMessage, *, timeout_s: float
-) -> None:
+def message_data(message: Message, *, utf8: bool, eight_bit: bool) -> tuple[int, Iterator[bytes]]:
+    """What DATA carries for ``message`` (``wire_chunks``) and its SIZE: flattened for a
+    server with SMTPUTF8 (``utf8``) or without, with 8BITMIME (``eight_bit``) or without.
+
+    A message built by ``mail/messages.py`` (``mime.WIRE``) is written by ``mime.flatten``;
+    any other by aiosmtplib, as its ``send_message`` would."""
+    cte_type = "8bit" if eight_bit else "7bit"
+    if isinstance(message.policy, mime.WirePolicy):
+        flat = mime.flatten(message, utf8=utf8, cte_type=cte_type)
+    else:
+        flat = flatten_message(message, utf8=utf8, cte_type=cte_type)
+    return wire_chunks(flat, message)
+
+
+async def _send_in_chunks(client: aiosmtplib.SMTP, message: Message, *, timeout_s: float) -> None:
     """MAIL, RCPT and DATA with the message written chunk by chunk under flow control.
 
     aiosmtplib's own ``send_message`` flattens, normalises and copies the whole message
@@ -275,9 +287,7 @@ async def _send_in_chunks(
     eight_bit = client.supports_extension("8BITMIME")
     if eight_bit:
         options.append("BODY=8BITMIME")
-    flat = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
-    size, chunks = wire_chunks(flat, message)
-    del flat  # the chunks hold what they need
+    size, chunks = message_data(message, utf8=utf8, eight_bit=eight_bit)
     if client.supports_extension("size"):
         options.insert(0, f"SIZE={size}")
     encoding = "utf-8" if utf8 else "ascii"
