@@ -351,7 +351,11 @@ def test_a_scheduled_export_on_the_wire() -> None:
             next_run_at=datetime.datetime(2027, 1, 31, 15, 30, tzinfo=datetime.UTC),
         ),
     )
-    assert_wire_lines(on_the_wire(scheduled))
+    wire = on_the_wire(scheduled)
+    assert_wire_lines(wire)
+    # As RFC 2369 and 8058 want it, readable by a receiver that does not decode encoded
+    # words: the URL in angle brackets, on one line (RFC 5322 allows 998 characters).
+    assert f"\r\nList-Unsubscribe: <{url}>\r\n".encode() in wire
     msg = parsed(scheduled)
 
     top = [*TOP, "List-Unsubscribe", "List-Unsubscribe-Post", "MIME-Version", "Content-Type"]

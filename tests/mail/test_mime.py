@@ -196,6 +196,13 @@ def test_headers_are_folded_as_policy_default_folds_them(name: str, value: str, 
         assert folded != expected
         assert parsed_header(folded).params == parsed_header(expected).params
         return
+    if name == "List-Unsubscribe":
+        # On purpose: policy.default writes a long URL list as encoded words, which a
+        # receiver looking for "<https://...>" (RFC 2369, 8058) does not decode; ours
+        # stands on one line, as it is.
+        assert folded == f"{name}: {value}\r\n".encode()
+        assert expected.startswith(b"List-Unsubscribe: =?utf-8?q?")
+        return
     assert folded == expected
 
 

@@ -39,6 +39,11 @@ MAX_LINE = 78
 # Every character str.splitlines() breaks at: policy.default refuses them in a header value
 # (a line break would start a header of the sender's choosing), and so does WirePolicy.
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+# RFC 5322's hard limit for a line, CRLF not counted.
+MAX_LINE_HARD = 998
+# Headers written on one line however long (up to MAX_LINE_HARD): their value has no
+# whitespace to fold at, and receivers read it as it stands.
+_UNFOLDED = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
 # Headers whose value is a MIME type or disposition with parameters: folded at "; ".
 _PARAMETERIZED = frozenset({"content-type", "content-disposition"})
 
@@ -67,6 +72,10 @@ class WirePolicy(Compat32):
     def _folded(self, name: str, value: str) -> str:
         line = f"{name}: {value}"
         if len(line) <= MAX_LINE and (self.utf8 or line.isascii()):
+            return line + self.linesep
+        if name.lower() in _UNFOLDED and line.isascii() and len(line) <= MAX_LINE_HARD:
+            # A URL list is read by receivers as it stands (RFC 2369, 8058): never as
+            # encoded words, which is how policy.default writes what it cannot fold.
             return line + self.linesep
         if name.lower() in _PARAMETERIZED and line.isascii():
             lines = _fold_at_parameters(line)
