@@ -57,15 +57,13 @@ async def test_a_run_taken_over_after_storing_its_file_does_not_deliver(
         # The old run stalls here (its worker looked dead); the sweeper requeues the export
         # and a newer attempt starts (producing the file again: a delivered file's note is
         # written with the delivery's guard) and begins its send.
-        newer.append(
-            asyncio.create_task(deliver(newer_resources, job.job_id, user.user_id, attempt=2))
-        )
+        newer.append(asyncio.create_task(deliver(newer_resources, job, user.user_id, attempt=2)))
         await asyncio.wait_for(held.sending.wait(), 30)
         return stored
 
     monkeypatch.setattr(run_module, "store_file", store_then_taken_over)
     try:
-        await deliver(resources, job.job_id, user.user_id, attempt=1)
+        await deliver(resources, job, user.user_id, attempt=1)
     finally:
         held.release.set()
     monkeypatch.setattr(run_module, "store_file", real_store_file)

@@ -39,6 +39,8 @@ async def start_run(
     job_id: str,
     *,
     worker_id: str | None = None,
+    user_id: str | None = None,
+    home_region: str | None = None,
     file_key: str | None = None,
     file_expires_at: datetime | None = None,
     file_region: str | None = None,
@@ -46,16 +48,25 @@ async def start_run(
     """A run takes the job (queued, or in_progress left by a dead worker): one more attempt,
     the heartbeat starts now, and the previous run's error and progress are cleared.
     ``worker_id`` names the worker process running it (the sweeper checks that it lives).
+
+    The start is the run's first call, so its condition also covers what a read would have
+    checked: the job belongs to ``user_id`` (the message's) and, with regions, is homed in
+    ``home_region`` (this one) or nowhere. A refusal is ``JobRefused`` carrying the record
+    as it was (None: there is none), from which the run decides without a read.
+
     ``file_key`` / ``file_expires_at``: where the file this run produces will be stored,
     recorded with the start (one write, not a second one before the upload) so that whatever
     interrupts the upload, cleanup can find what arrived; ``file_region`` (two regions)
-    names the region whose bucket will hold it."""
+    names the region whose bucket will hold it. Each is written only where the record has
+    none yet: the key is fixed by the export, and a file an earlier run stored keeps its
+    key, expiry and region (this run delivers that file)."""
     now = utcnow()
     fields: dict[str, object] = {"started_at": now, "heartbeat_at": now}
+    location: dict[str, object] = {}
     if file_key is not None and file_expires_at is not None:
-        fields |= {"file_key": file_key, "file_expires_at": file_expires_at}
+        location = {"file_key": file_key, "file_expires_at": file_expires_at}
         if file_region is not None:
-            fields["file_region"] = file_region
+            location["file_region"] = file_region
     # ``last_error`` says why a job is *waiting*; a run that starts is no longer waiting
     # (the page would go on showing "Delayed: ..." while it runs and delivers).
     cleared = [
@@ -79,6 +90,10 @@ async def start_run(
         # A stored file (``file_stored_at`` and its facts) stays: this run delivers it.
         clear=cleared,
         increment_attempts=True,
+        if_absent=location,
+        user_id=user_id,
+        home_region=home_region,
+        return_current=True,
     )
 
 

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import structlog
 
@@ -49,12 +49,13 @@ from exporter.errors import (
     StoreUnavailable,
 )
 from exporter.exports import lifecycle
-from exporter.jobs.ownership import may_run_here
+from exporter.jobs.ownership import fenced_here, may_run_here
 from exporter.jobs.produce import export_file_name, write_export_file
 from exporter.jobs.progress import ExportProgress, ProgressWriter
 from exporter.metrics import observe_export_finished
 from exporter.models import ExportJob, ExportMessageV1, JobState, User, utcnow
 from exporter.resources import Resources
+from exporter.store.jobs import JobRefused
 
 # The export job's logger keeps its name from before the run was split out of
 # jobs/export.py: the job's summary line (``export.succeeded``) is found by it.
@@ -94,33 +95,41 @@ async def run_export(
     except ExportFailed as exc:
         return await _fail_unreadable(resources, payload, exc, started=started)
     structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
+    if message.file_name is None:
+        # A message queued by an older release names no file: read the record first, as
+        # runs did before messages carried it, and start the run in the ``try`` below.
+        try:
+            job = await resources.jobs.get(message.export_id)
+        except StoreUnavailable as exc:
+            await _retry_first_call(resources, exc, attempt, max_attempts)
+            raise
+        obstacle = await _obstacle(resources, message, job)
+        if obstacle is not None:
+            return await _not_started(
+                resources, message, job, obstacle, attempt=attempt, started=started
+            )
+        assert job is not None
+        file_name = export_file_name(job)
+    else:
+        # The start is the first call: its condition checks what a read would have.
+        try:
+            if await fenced_here(resources):
+                log.info("export.other_region", fenced=True)
+                return None
+            job = await _start(resources, message, message.file_name, worker_id=worker_id)
+        except JobRefused as exc:
+            obstacle = await _obstacle(resources, message, exc.current)
+            return await _not_started(
+                resources, message, exc.current, obstacle, attempt=attempt, started=started
+            )
+        except StoreUnavailable as exc:
+            await _retry_first_call(resources, exc, attempt, max_attempts)
+            raise
+        file_name = None
     try:
-        job = await resources.jobs.get(message.export_id)
-    except StoreUnavailable as exc:
-        # DynamoDB throttled or away before anything is known of the job (not even when it
-        # was asked for, which the retry budget counts from): back off like any other
-        # transient failure, within max_tries; after that the sweeper finds it queued.
-        if attempt < max_attempts:
-            await _retry_within_budget(resources, None, exc, attempt)
-        raise
-    if job is None:
-        log.warning("export.record_missing")
-        return None
-    if not await may_run_here(resources, job):
-        # Two regions: another region owns it (docs/operations.md); this delivery is a no-op.
-        log.info("export.other_region", home_region=job.home_region)
-        return None
-    if job.user_id != message.user_id:
-        return await _fail(
-            resources, job.job_id, ExportFailed("bad_message", "user mismatch"), started=started
-        )
-    if job.status.is_terminal:
-        if _notice_pending(job):
-            await _notify(resources, job, attempt=attempt)
-        log.info("export.already_finished", status=job.status.value)
-        return _outcome(job)
-    try:
-        return await _export(resources, job, started=started, worker_id=worker_id)
+        if file_name is not None:
+            job = await _start(resources, message, file_name, worker_id=worker_id)
+        return await _export(resources, job, started=started)
     except ExportFailed as exc:
         # Transient trouble (an outage of the mail service, S3, DynamoDB, the database) is
         # waited out for as long as the retry budget allows, whatever the number of tries.
@@ -155,6 +164,93 @@ async def run_export(
             ExportFailed("internal_error", type(exc).__name__),
             started=started,
         )
+
+
+async def _retry_first_call(
+    resources: Resources, exc: StoreUnavailable, attempt: int, max_attempts: int
+) -> None:
+    """DynamoDB throttled or away at the run's first call (its start, or the read of an
+    older message), before anything is known of the job (not even when it was asked for,
+    which the retry budget counts from): back off like any other transient failure, within
+    max_tries (``RetryLater``); after that the caller re-raises and the sweeper finds it."""
+    if attempt < max_attempts:
+        await _retry_within_budget(resources, None, exc, attempt)
+
+
+# Why a message does not start its job, from the record as read or as the refused start
+# returned it; checked in this order.
+Obstacle = Literal["missing", "other_region", "user_mismatch", "finished"]
+
+
+async def _obstacle(
+    resources: Resources, message: ExportMessageV1, job: ExportJob | None
+) -> Obstacle | None:
+    if job is None:
+        return "missing"
+    if not await may_run_here(resources, job):
+        return "other_region"
+    if job.user_id != message.user_id:
+        return "user_mismatch"
+    if job.status.is_terminal:
+        return "finished"
+    return None
+
+
+async def _not_started(
+    resources: Resources,
+    message: ExportMessageV1,
+    job: ExportJob | None,
+    obstacle: Obstacle | None,
+    *,
+    attempt: int,
+    started: float,
+) -> ExportOutcome | None:
+    """What a message that does not start its job does instead."""
+    if job is None:
+        log.warning("export.record_missing")
+        return None
+    if obstacle == "other_region":
+        # Two regions: another region owns it (docs/operations.md); this delivery is a no-op.
+        log.info("export.other_region", home_region=job.home_region)
+        return None
+    if obstacle == "user_mismatch":
+        return await _fail(
+            resources, job.job_id, ExportFailed("bad_message", "user mismatch"), started=started
+        )
+    if obstacle == "finished":
+        if _notice_pending(job):
+            await _notify(resources, job, attempt=attempt)
+        log.info("export.already_finished", status=job.status.value)
+        return _outcome(job)
+    # DynamoDB returns the record its condition refused, so one of the above holds; should
+    # it not, the record is left as it is (the sweeper repairs a job that is stuck).
+    log.warning("export.start_refused", status=job.status.value)
+    return None
+
+
+async def _start(
+    resources: Resources, message: ExportMessageV1, file_name: str, *, worker_id: str | None
+) -> ExportJob:
+    """The run's start: one conditional write that also checks the job is the message's
+    user's and this region's, and records where this run will store its file (unless an
+    earlier run's location is recorded: that one is kept, ``lifecycle.start_run``)."""
+    key, expires_at = file_location(resources, message.export_id, file_name)
+    here = resources.settings.region
+    job = await lifecycle.start_run(
+        resources.jobs,
+        message.export_id,
+        worker_id=worker_id,
+        user_id=message.user_id,
+        home_region=here,
+        file_key=key,
+        file_expires_at=expires_at,
+        file_region=here,
+    )
+    if file_name != export_file_name(job):
+        # Not what this worker would name the file: the upload records the right key
+        # (``store_file``), at the cost of a write.
+        log.warning("export.file_name_mismatch", file_name=file_name)
+    return job
 
 
 async def _retry_within_budget(
@@ -209,24 +305,8 @@ def waiting_message(exc: Exception, deadline: datetime) -> str:
     return f"{what[0].upper()}{what[1:]}; we will keep trying until {deadline:%Y-%m-%d %H:%M} UTC."
 
 
-async def _export(
-    resources: Resources, job: ExportJob, *, started: float, worker_id: str | None
-) -> ExportOutcome:
-    # Where this run will store its file goes on the record with the start (one write);
-    # a run that will deliver a file stored earlier keeps that one's.
-    key, expires_at = (
-        file_location(resources, job, export_file_name(job))
-        if job.file_stored_at is None
-        else (None, None)
-    )
-    job = await lifecycle.start_run(
-        resources.jobs,
-        job.job_id,
-        worker_id=worker_id,
-        file_key=key,
-        file_expires_at=expires_at,
-        file_region=resources.settings.region,
-    )
+async def _export(resources: Resources, job: ExportJob, *, started: float) -> ExportOutcome:
+    """The started run: finish a delivery an earlier run made, or produce and deliver."""
     if job.delivered_at is not None:
         return await finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)
