@@ -372,17 +372,22 @@ async def test_a_mailed_export_taken_over_is_finished_not_mailed_again(
 ) -> None:
     """The email guard across regions: region a's run recorded ``email_sent_at`` (the
     moment the mail server accepted the message) and that write replicated before region a
-    died; the region that takes the job over finishes it without sending anything."""
+    died; the region that takes the job over finishes it without sending anything. (Runs
+    now record the success with the guard; a run of the previous release wrote the guard
+    alone first, which is what region a left here.)"""
     user = await _user(regions, seed_rows, rows=2)
     job = await _killed_run(regions.a.resources, await new_job(regions.a.resources, user.user_id))
-    await lifecycle.record_delivered(
-        regions.a.resources.jobs,
+    await regions.a.resources.jobs.mark_email_sent(
         job.job_id,
-        row_count=2,
-        byte_size=100,
-        file_name="export.csv",
-        delivery="attachment",
-        sha256="0" * 64,
+        status=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={
+            "row_count": 2,
+            "byte_size": 100,
+            "file_name": "export.csv",
+            "delivery": "attachment",
+            "sha256": "0" * 64,
+        },
     )
     await regions.sync()
 

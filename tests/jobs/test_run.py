@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.dev.smtp import OutboxHandler, SmtpSink
-from exporter.errors import RetryLater
+from exporter.errors import MailError, RetryLater
 from exporter.exports import lifecycle
 from exporter.exports.message import export_message
 from exporter.exports.view import job_body
@@ -520,7 +520,7 @@ async def test_an_operator_retry_gets_a_fresh_retry_budget(
     assert waiting.next_attempt_at is not None and waiting.error_code is None
 
 
-async def test_a_small_successful_run_makes_three_writes_and_two_reads(
+async def test_a_small_successful_run_makes_two_writes_and_two_reads(
     resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
 ) -> None:
     _, job = await seeded_job(1_000)
@@ -530,10 +530,10 @@ async def test_a_small_successful_run_makes_three_writes_and_two_reads(
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     # Start (with the heartbeat and where the file goes, conditional on what the pick-up
-    # read checked), the delivery's guard (with what the stored file holds), the finish; no
-    # progress write for a run this short. Reads: the owner, and the last look before the
-    # email goes.
-    assert run.calls == {"UpdateItem": 3, "GetItem": 2}, run.calls
+    # read checked), and the delivery's guard, which is also the success (with what the
+    # stored file holds); no progress write for a run this short. Reads: the owner, and the
+    # last look before the email goes.
+    assert run.calls == {"UpdateItem": 2, "GetItem": 2}, run.calls
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
     assert done.file_key == resources.files.key_for(job.job_id, export_file_name(job))
@@ -551,7 +551,7 @@ async def test_a_message_without_a_file_name_reads_the_record_first_and_still_ru
         outcome = await deliver(resources, job.job_id, user.user_id)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
-    assert run.calls == {"UpdateItem": 3, "GetItem": 3}, run.calls  # the record, first
+    assert run.calls == {"UpdateItem": 2, "GetItem": 3}, run.calls  # the record, first
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
     assert done.file_key == resources.files.key_for(job.job_id, export_file_name(job))
@@ -589,4 +589,40 @@ async def test_a_redelivered_finished_job_costs_one_refused_start(
     assert run.calls == {"UpdateItem": 1}, run.calls
     assert again == first
     assert await resources.jobs.get(job.job_id) == done
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+class GoodbyeFails(Mailer):
+    """The real mailer, with the connection dropping after the server accepted the message
+    (its ``250``), as when the goodbye fails."""
+
+    def __init__(self, inner: Mailer) -> None:
+        self._inner = inner
+
+    @property
+    def sender(self) -> str:
+        return self._inner.sender
+
+    async def send(self, message: Any, **kwargs: Any) -> None:
+        await self._inner.send(message, **kwargs)
+        raise MailError("smtp_unavailable", "SMTP unavailable: connection lost", transient=True)
+
+
+async def test_a_failure_after_the_receiver_accepted_the_file_changes_nothing(
+    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
+) -> None:
+    from exporter.metrics import EXPORTS_FINISHED
+
+    _, job = await seeded_job(4)
+    succeeded = EXPORTS_FINISHED.labels("succeeded", "")
+    before = succeeded._value.get()
+
+    cut_off = dataclasses.replace(resources, mailer=GoodbyeFails(resources.mailer))
+    outcome = await deliver(cut_off, job)
+
+    # The guard recorded the success when the server accepted: no retry, no second email.
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED and outcome.row_count == 4
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED and done.retries == 0
+    assert succeeded._value.get() == before + 1
     assert len(smtp_sink.for_export(job.job_id)) == 1

@@ -247,6 +247,67 @@ async def test_a_job_homed_nowhere_or_here_starts_in_this_region(resources: Reso
         assert started.file_region == "eu-west-1"
 
 
+async def deliver_for(resources: Resources, job_id: str, *, attempt: int) -> ExportJob:
+    """``lifecycle.mark_delivered`` as a run's guard calls it."""
+    return await lifecycle.mark_delivered(
+        resources.jobs,
+        job_id,
+        attempt=attempt,
+        row_count=3,
+        byte_size=120,
+        file_name="memberships.csv",
+        delivery="email_attachment",
+        sha256="0" * 64,
+        file_stored_at=utcnow(),
+    )
+
+
+async def test_the_delivery_guard_records_the_success_in_the_same_write(
+    resources: Resources,
+) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    running = await start_for(resources, job)
+
+    done = await deliver_for(resources, job.job_id, attempt=running.attempts)
+
+    assert done.status is JobState.SUCCEEDED and done.delivered_at is not None
+    assert done.finished_at == done.delivered_at == done.updated_at
+    assert (done.row_count, done.rows_exported, done.byte_size) == (3, 3, 120)
+    assert (done.file_name, done.delivery, done.sha256) == (
+        "memberships.csv",
+        "email_attachment",
+        "0" * 64,
+    )
+    assert done.file_stored_at is not None
+    assert done == await resources.jobs.get(job.job_id)
+    assert not done.status.is_active  # out of the sparse active index
+
+
+@pytest.mark.parametrize("moved_on", ["newer_attempt", "cancelled", "delivered", "missing"])
+async def test_the_delivery_guard_of_a_run_that_lost_the_job_is_refused(
+    resources: Resources, moved_on: str
+) -> None:
+    job = new_job()
+    if moved_on != "missing":
+        await resources.jobs.create(job)
+        await start_for(resources, job)
+        if moved_on == "newer_attempt":
+            await start_for(resources, job)
+        elif moved_on == "cancelled":
+            await resources.jobs.transition(job.job_id, to=JobState.CANCELLED, now=utcnow())
+        else:  # a run of the previous release wrote its guard alone, then died
+            await resources.jobs.mark_email_sent(
+                job.job_id, status=JobState.IN_PROGRESS, now=utcnow()
+            )
+    before = await resources.jobs.get(job.job_id)
+
+    with pytest.raises(ConditionFailed):
+        await deliver_for(resources, job.job_id, attempt=1)
+
+    assert await resources.jobs.get(job.job_id) == before
+
+
 async def test_list_pages_through_one_users_jobs_newest_first(resources: Resources) -> None:
     user = str(uuid.uuid4())
     jobs = [new_job(user, age_s=100 - i) for i in range(5)]

@@ -5,15 +5,16 @@ queued ──▶ in_progress ──▶ succeeded
    ├────────────┴──────▶ failed      (+ a failure notice to the user, best effort)
    └────────────┴──────▶ cancelled   (by the owner or an operator: exporter.cancellation)
 
-A re-delivered message finds the record terminal and does nothing, or finds it
-``in_progress`` (the previous worker died) and starts over from the beginning; the
-conditional transitions (``exports/lifecycle.py``) make sure only one run can finish the
-record. A run produces the file (``jobs/produce.py``), hands it to its delivery channel
-(``delivery/``) and records the receipt. While it streams and delivers, it writes progress
-and its heartbeat (``jobs/progress.py``); a refused write means the job was cancelled or
-taken over, and the run stops there. ``delivered_at``, written with a condition the moment
-the channel's receiver accepted the file, keeps a re-run from delivering it twice
-(docs/reliability.md: the one window).
+A run starts with one conditional write, its first call (the message names the file, so
+nothing need be read first): a re-delivered message finds the record terminal and does
+nothing, or finds it ``in_progress`` (the previous worker died) and starts over from the
+beginning; the conditional transitions (``exports/lifecycle.py``) make sure only one run
+can finish the record. A run produces the file (``jobs/produce.py``), hands it to its
+delivery channel (``delivery/``) and records the receipt. While it streams and delivers, it
+writes progress and its heartbeat (``jobs/progress.py``); a refused write means the job was
+cancelled or taken over, and the run stops there. ``delivered_at``, written with a
+condition the moment the channel's receiver accepted the file, in the same write as the
+success, keeps a re-run from delivering it twice (docs/reliability.md: the one window).
 
 Transient failures raise ``RetryLater`` with exponential backoff and full jitter, within
 ``worker.max_tries`` and ``worker.retry_budget_s``; permanent ones fail the job at once.
@@ -368,16 +369,28 @@ async def _produce_and_deliver(
         assert job.file_key is not None
         try:
             receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
-        except DeliveryFailed as exc:
-            if exc.transient:
+        except Exception as exc:
+            if guard.recorded is not None and guard.receipt is not None:
+                # The receiver had accepted the file and the record says the export
+                # succeeded: whatever failed after that (saying goodbye) changes nothing.
+                log.warning("export.error_after_delivery", error=str(exc))
+                receipt = guard.receipt
+            elif isinstance(exc, DeliveryFailed) and exc.transient:
                 if not reused:
                     await _record_stored(resources, job, produced)
                 raise
-            # Refused for good (the mail server rejected the address): the file is stored,
-            # so the export succeeded; the owner sees on the page why no email came.
-            return await _undelivered(
-                resources, job, produced, exc, started=started, stored_now=not reused
-            )
+            elif isinstance(exc, DeliveryFailed):
+                # Refused for good (the mail server rejected the address): the file is
+                # stored, so the export succeeded; the owner sees on the page why no email
+                # came.
+                return await _undelivered(
+                    resources, job, produced, exc, started=started, stored_now=not reused
+                )
+            else:
+                # The guard's refused write (cancelled meanwhile): an upload that landed
+                # after the canceller deleted the object is ours to remove.
+                await drop_file_if_cancelled(resources, job.job_id, job.file_key)
+                raise
         except BaseException:
             # Cancelled while delivering (the abort, or the guard's refused write): an
             # upload that landed after the canceller deleted the object is ours to remove.
@@ -387,9 +400,9 @@ async def _produce_and_deliver(
             # A parallel run (the sweeper gave up on a slow one) delivered it meanwhile.
             assert guard.delivered_by_another is not None
             return await finish_already_sent(resources, guard.delivered_by_another)
-    return await _succeeded(
-        resources,
-        job,
+        assert guard.recorded is not None
+    return _succeeded(
+        guard.recorded,
         produced,
         receipt,
         started=started,
@@ -467,8 +480,7 @@ async def _fetch(
     return await resources.files.download(key, spool)
 
 
-async def _succeeded(
-    resources: Resources,
+def _succeeded(
     job: ExportJob,
     produced: ProducedFile,
     receipt: Receipt,
@@ -479,21 +491,10 @@ async def _succeeded(
     stored: float,
     reused: bool,
 ) -> ExportOutcome:
-    """Record the receipt as the job's success, then count, audit and log it once."""
+    """Count, audit and log the success the guard recorded (``job``: the record it left),
+    once: a run whose guard write was refused never gets here."""
     row_count, byte_size = produced.rows, produced.byte_size
     delivered = receipt.accepted_at
-    now = utcnow()
-    job = await lifecycle.mark_succeeded(
-        resources.jobs,
-        job.job_id,
-        row_count=row_count,
-        byte_size=byte_size,
-        file_name=receipt.file_name,
-        delivery=receipt.kind,
-        sha256=produced.sha256,
-        now=now,
-    )
-    # After the conditional transition: a re-delivered run that lost the race logs nothing.
     observe_export_finished(
         "succeeded", duration_s=delivered - started, rows=row_count, size_bytes=byte_size
     )
@@ -504,7 +505,7 @@ async def _succeeded(
         byte_size=byte_size,
         delivery=receipt.kind,
         requested_at=job.created_at,
-        at=now,
+        at=job.finished_at or utcnow(),
     )
     log.info(
         "export.succeeded",
@@ -522,7 +523,8 @@ async def _succeeded(
 
 
 class _RunGuard:
-    """The ``DeliveryGuard`` a run lends its channel: heartbeat, last check, receipt."""
+    """The ``DeliveryGuard`` a run lends its channel: heartbeat, last check, and the receipt
+    recorded as the export's success (``recorded``: the record that write left)."""
 
     def __init__(
         self,
@@ -538,6 +540,8 @@ class _RunGuard:
         self.delivered_by_another: ExportJob | None = None
         # When this run stored the file: recorded with the delivery (one write, not two).
         self.file_stored_at: datetime | None = None
+        self.receipt: Receipt | None = None
+        self.recorded: ExportJob | None = None
 
     async def keep_alive(self, work: Coroutine[Any, Any, T]) -> T:
         return await self._progress.run(work)
@@ -558,9 +562,12 @@ class _RunGuard:
         return True
 
     async def delivered(self, receipt: Receipt) -> None:
-        await lifecycle.record_delivered(
+        # The guard and the success, one write; refused (ConditionFailed) if the export was
+        # cancelled, taken over or delivered by another run meanwhile.
+        self.recorded = await lifecycle.mark_delivered(
             self._resources.jobs,
             self._job.job_id,
+            attempt=self._job.attempts,
             row_count=self._produced.rows,
             byte_size=self._produced.byte_size,
             file_name=receipt.file_name,
@@ -568,6 +575,7 @@ class _RunGuard:
             sha256=self._produced.sha256,
             file_stored_at=self.file_stored_at,
         )
+        self.receipt = receipt
 
 
 async def _undelivered(
