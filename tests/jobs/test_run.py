@@ -520,7 +520,7 @@ async def test_an_operator_retry_gets_a_fresh_retry_budget(
     assert waiting.next_attempt_at is not None and waiting.error_code is None
 
 
-async def test_a_small_successful_run_makes_two_writes_and_two_reads(
+async def test_a_small_successful_run_makes_two_writes_and_one_read(
     resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
 ) -> None:
     _, job = await seeded_job(1_000)
@@ -531,9 +531,9 @@ async def test_a_small_successful_run_makes_two_writes_and_two_reads(
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     # Start (with the heartbeat and where the file goes, conditional on what the pick-up
     # read checked), and the delivery's guard, which is also the success (with what the
-    # stored file holds); no progress write for a run this short. Reads: the owner, and the
-    # last look before the email goes.
-    assert run.calls == {"UpdateItem": 2, "GetItem": 2}, run.calls
+    # stored file holds); no progress write for a run this short. One read: the owner. No
+    # last look before the email: the start confirmed the run owns the job moments ago.
+    assert run.calls == {"UpdateItem": 2, "GetItem": 1}, run.calls
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
     assert done.file_key == resources.files.key_for(job.job_id, export_file_name(job))
@@ -551,7 +551,7 @@ async def test_a_message_without_a_file_name_reads_the_record_first_and_still_ru
         outcome = await deliver(resources, job.job_id, user.user_id)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
-    assert run.calls == {"UpdateItem": 2, "GetItem": 3}, run.calls  # the record, first
+    assert run.calls == {"UpdateItem": 2, "GetItem": 2}, run.calls  # the record, first
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
     assert done.file_key == resources.files.key_for(job.job_id, export_file_name(job))

@@ -79,6 +79,27 @@ class ExportOutcome:
     byte_size: int | None = None
 
 
+class _Ownership:
+    """When this run last saw a conditional write of its own succeed: its start, or a
+    progress write (refused once the job is cancelled, finished or run by a newer attempt).
+    Timed on the monotonic clock when the write was sent, so the moment it landed is no
+    earlier than that."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._confirmed_at: float | None = None
+
+    def confirm(self, sent_at: float) -> None:
+        if self._confirmed_at is None or sent_at > self._confirmed_at:
+            self._confirmed_at = sent_at
+
+    @property
+    def fresh(self) -> bool:
+        """Confirmed less than the window (``exports.progress_interval_s``) ago."""
+        confirmed = self._confirmed_at
+        return confirmed is not None and time.monotonic() - confirmed < self._window_s
+
+
 async def run_export(
     resources: Resources,
     payload: object,
@@ -96,6 +117,7 @@ async def run_export(
     except ExportFailed as exc:
         return await _fail_unreadable(resources, payload, exc, started=started)
     structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
+    ownership = _Ownership(resources.settings.exports.progress_interval_s)
     if message.file_name is None:
         # A message queued by an older release names no file: read the record first, as
         # runs did before messages carried it, and start the run in the ``try`` below.
@@ -117,7 +139,9 @@ async def run_export(
             if await fenced_here(resources):
                 log.info("export.other_region", fenced=True)
                 return None
-            job = await _start(resources, message, message.file_name, worker_id=worker_id)
+            job = await _start(
+                resources, message, message.file_name, worker_id=worker_id, ownership=ownership
+            )
         except JobRefused as exc:
             obstacle = await _obstacle(resources, message, exc.current)
             return await _not_started(
@@ -129,8 +153,10 @@ async def run_export(
         file_name = None
     try:
         if file_name is not None:
-            job = await _start(resources, message, file_name, worker_id=worker_id)
-        return await _export(resources, job, started=started)
+            job = await _start(
+                resources, message, file_name, worker_id=worker_id, ownership=ownership
+            )
+        return await _export(resources, job, started=started, ownership=ownership)
     except ExportFailed as exc:
         # Transient trouble (an outage of the mail service, S3, DynamoDB, the database) is
         # waited out for as long as the retry budget allows, whatever the number of tries.
@@ -230,13 +256,19 @@ async def _not_started(
 
 
 async def _start(
-    resources: Resources, message: ExportMessageV1, file_name: str, *, worker_id: str | None
+    resources: Resources,
+    message: ExportMessageV1,
+    file_name: str,
+    *,
+    worker_id: str | None,
+    ownership: _Ownership,
 ) -> ExportJob:
     """The run's start: one conditional write that also checks the job is the message's
     user's and this region's, and records where this run will store its file (unless an
     earlier run's location is recorded: that one is kept, ``lifecycle.start_run``)."""
     key, expires_at = file_location(resources, message.export_id, file_name)
     here = resources.settings.region
+    sent_at = time.monotonic()
     job = await lifecycle.start_run(
         resources.jobs,
         message.export_id,
@@ -247,6 +279,7 @@ async def _start(
         file_expires_at=expires_at,
         file_region=here,
     )
+    ownership.confirm(sent_at)
     if file_name != export_file_name(job):
         # Not what this worker would name the file: the upload records the right key
         # (``store_file``), at the cost of a write.
@@ -306,18 +339,20 @@ def waiting_message(exc: Exception, deadline: datetime) -> str:
     return f"{what[0].upper()}{what[1:]}; we will keep trying until {deadline:%Y-%m-%d %H:%M} UTC."
 
 
-async def _export(resources: Resources, job: ExportJob, *, started: float) -> ExportOutcome:
+async def _export(
+    resources: Resources, job: ExportJob, *, started: float, ownership: _Ownership
+) -> ExportOutcome:
     """The started run: finish a delivery an earlier run made, or produce and deliver."""
     if job.delivered_at is not None:
         return await finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
-    return await _produce_and_deliver(resources, job, user, started=started)
+    return await _produce_and_deliver(resources, job, user, started=started, ownership=ownership)
 
 
 async def _produce_and_deliver(
-    resources: Resources, job: ExportJob, user: User, *, started: float
+    resources: Resources, job: ExportJob, user: User, *, started: float, ownership: _Ownership
 ) -> ExportOutcome:
     settings = resources.settings.exports
     with tempfile.SpooledTemporaryFile(
@@ -327,7 +362,7 @@ async def _produce_and_deliver(
         # ``start_run`` wrote the heartbeat: the first progress write is due an interval
         # later, so an export that takes less than that writes none.
         progress = ExportProgress(
-            _progress_writer(resources, job),
+            _progress_writer(resources, job, ownership),
             interval_s=settings.progress_interval_s,
             beat_from=time.monotonic(),
         )
@@ -358,7 +393,7 @@ async def _produce_and_deliver(
                 sha256=written.sha256,
             )
         streamed = time.monotonic()
-        guard = _RunGuard(resources, job, produced, progress)
+        guard = _RunGuard(resources, job, produced, progress, ownership)
         if not reused:
             # Every file is kept before it is delivered: downloadable until it expires,
             # from the page, the API and the email's link, whatever happens to the email;
@@ -523,7 +558,8 @@ def _succeeded(
 
 
 class _RunGuard:
-    """The ``DeliveryGuard`` a run lends its channel: heartbeat, last check, and the receipt
+    """The ``DeliveryGuard`` a run lends its channel: heartbeat, last look (a read, unless
+    the run's ownership was confirmed less than a progress interval ago), and the receipt
     recorded as the export's success (``recorded``: the record that write left)."""
 
     def __init__(
@@ -532,11 +568,13 @@ class _RunGuard:
         job: ExportJob,
         produced: ProducedFile,
         progress: ExportProgress,
+        ownership: _Ownership,
     ) -> None:
         self._resources = resources
         self._job = job
         self._produced = produced
         self._progress = progress
+        self._ownership = ownership
         self.delivered_by_another: ExportJob | None = None
         # When this run stored the file: recorded with the delivery (one write, not two).
         self.file_stored_at: datetime | None = None
@@ -547,6 +585,13 @@ class _RunGuard:
         return await self._progress.run(work)
 
     async def may_deliver(self) -> bool:
+        if self._ownership.fresh:
+            # This run's own conditional write succeeded less than a progress interval ago.
+            # A takeover needs the heartbeat quiet for three intervals, and a delivery by
+            # another run needs a takeover, so only a cancel can have changed the record
+            # since: its abort stops this run, and ``mark_delivered`` refuses to record a
+            # cancelled export. The read is saved (docs/reliability.md, the last look).
+            return True
         current = await self._resources.jobs.get(self._job.job_id)
         if current is None or current.status is not JobState.IN_PROGRESS:
             # Cancelled (or finished by a parallel run) while this run produced the file:
@@ -620,13 +665,16 @@ async def _undelivered(
     return _outcome(job)
 
 
-def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
-    """Progress writes for this run only: ``job.attempts`` is the attempt that owns it."""
+def _progress_writer(resources: Resources, job: ExportJob, ownership: _Ownership) -> ProgressWriter:
+    """Progress writes for this run only: ``job.attempts`` is the attempt that owns it, so
+    each write that lands confirms the run still owns the job."""
 
     async def write(rows: int, total: int | None) -> None:
+        sent_at = time.monotonic()
         await resources.jobs.record_progress(
             job.job_id, attempt=job.attempts, rows_exported=rows, total_rows=total, now=utcnow()
         )
+        ownership.confirm(sent_at)
 
     return write
 
