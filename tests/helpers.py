@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.csvstream import neutralise_formula
 from exporter.dev.ports import free_port
+from exporter.exports.message import export_message
 from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
 from exporter.metrics import DYNAMODB_WRITE_OPERATIONS, dynamodb_calls
@@ -119,11 +120,20 @@ async def new_job(
 
 
 async def deliver(
-    resources: Resources, job_id: str, user_id: str, *, attempt: int = 1
+    resources: Resources, job: ExportJob | str, user_id: str | None = None, *, attempt: int = 1
 ) -> ExportOutcome | None:
-    """One delivery of the job's queue message, as the worker would run it."""
-    payload = ExportMessageV1(job_id, user_id).to_payload()
-    return await run_export(resources, payload, attempt=attempt, max_attempts=3)
+    """One delivery of the job's queue message, as the worker would run it: the message the
+    API sends for ``job`` (with the file name), or, given only an export id, a message of an
+    older release (without it: the run reads the record first). ``user_id``: the message's,
+    by default the job's owner."""
+    if isinstance(job, ExportJob):
+        message = export_message(job)
+        if user_id is not None:
+            message = dataclasses.replace(message, user_id=user_id)
+    else:
+        assert user_id is not None
+        message = ExportMessageV1(job, user_id)
+    return await run_export(resources, message.to_payload(), attempt=attempt, max_attempts=3)
 
 
 def with_exports(resources: Resources, **changes: Any) -> Resources:

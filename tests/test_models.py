@@ -412,3 +412,52 @@ def test_progress_is_a_bounded_fraction_of_the_known_total(
     )
 
     assert job.progress == expected
+
+
+# --- the optional file name (the worker starts the run without reading the record) ---
+
+
+def test_message_round_trips_with_its_file_name() -> None:
+    message = ExportMessageV1(str(uuid.uuid4()), "u-1", file_name="memberships-2026-12-01.csv")
+    payload = message.to_payload()
+    assert payload["v"] == 1 and payload["file_name"] == "memberships-2026-12-01.csv"
+    assert ExportMessageV1.from_payload(payload) == message
+    assert ExportMessageV1.from_payload(json.loads(json.dumps(payload))) == message
+
+
+def test_message_from_an_older_api_without_file_name_still_parses() -> None:
+    old = {"v": 1, "export_id": str(uuid.uuid4()), "user_id": "u-1", "request_id": "r"}
+    message = ExportMessageV1.from_payload(old)
+    assert message.file_name is None
+    assert message.to_payload() == old
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(7, id="number"),
+        pytest.param("", id="empty"),
+        pytest.param("../other-export/memberships.csv", id="parent"),
+        pytest.param("a/b.csv", id="slash"),
+        pytest.param("a\\b.csv", id="backslash"),
+        pytest.param("..", id="dot-dot"),
+        pytest.param(".hidden.csv", id="leading-dot"),
+        pytest.param("memberships.csv\n", id="newline"),
+        pytest.param("mémberships.csv", id="non-ascii"),
+        pytest.param("with space.csv", id="space"),
+        pytest.param("x" * 252 + ".csv", id="too-long"),
+    ],
+)
+def test_a_file_name_that_is_not_a_plain_name_fails_the_message(bad: object) -> None:
+    payload = {"v": 1, "export_id": str(uuid.uuid4()), "user_id": "u-1", "file_name": bad}
+
+    with pytest.raises(ExportFailed) as info:
+        ExportMessageV1.from_payload(payload)
+
+    assert info.value.code == "bad_message" and not info.value.transient
+
+
+def test_the_longest_plain_file_name_is_accepted() -> None:
+    name = "x" * 251 + ".csv"
+    payload = {"v": 1, "export_id": str(uuid.uuid4()), "user_id": "u-1", "file_name": name}
+    assert ExportMessageV1.from_payload(payload).file_name == name

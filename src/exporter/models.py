@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -230,6 +231,19 @@ def clean_request_id(value: object) -> str | None:
     return None
 
 
+# The export's file name rides in the message and becomes the last part of an S3 key
+# (``exports/{export_id}/{file name}``): only what ``jobs/produce.py export_file_name`` makes
+# (letters, digits, ``.``, ``_``, ``+``, ``-``; a letter or digit first, so never ``.`` or
+# ``..``), and at most as long as a file system allows a name to be.
+MAX_FILE_NAME = 255
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def is_plain_file_name(value: str) -> bool:
+    """Whether ``value`` is a file name safe to use as the last part of an object key."""
+    return len(value) <= MAX_FILE_NAME and _FILE_NAME.fullmatch(value) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class ExportMessageV1:
     """The queue payload. Versioned so old and new workers can coexist during a deploy.
@@ -237,12 +251,20 @@ class ExportMessageV1:
     ``request_id`` (optional, added within version 1) is the API request that created the
     export, so its logs can be followed into the worker. Workers that predate it ignore it;
     messages without it parse as before.
+
+    ``file_name`` (optional, added within version 1 the same way) is the name of the file
+    the export produces (``jobs/produce.py export_file_name``): with it the worker starts
+    the run, recording where the file will be stored, without reading the record first
+    (docs/reliability.md). A message without it (queued by an older release) is run as
+    before: read, then start. Unlike the request id it is checked strictly, since it becomes
+    part of an S3 key: anything but a plain file name fails the message (``bad_message``).
     """
 
     export_id: str
     user_id: str
     v: int = field(default=MESSAGE_VERSION)
     request_id: str | None = None
+    file_name: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -252,6 +274,8 @@ class ExportMessageV1:
         }
         if self.request_id is not None:
             payload["request_id"] = self.request_id
+        if self.file_name is not None:
+            payload["file_name"] = self.file_name
         return payload
 
     @classmethod
@@ -277,7 +301,12 @@ class ExportMessageV1:
             raise ExportFailed("bad_message", "export_id is not a canonical UUID")
         # Only a log aid: a bad one is dropped, never a reason to fail the export.
         request_id = clean_request_id(payload.get("request_id"))
-        return cls(export_id=export_id, user_id=user_id, request_id=request_id)
+        file_name = payload.get("file_name")
+        if file_name is not None and not (
+            isinstance(file_name, str) and is_plain_file_name(file_name)
+        ):
+            raise ExportFailed("bad_message", "file_name is not a plain file name")
+        return cls(export_id=export_id, user_id=user_id, request_id=request_id, file_name=file_name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,7 @@ async def uploaded_but_unsent(
     )
     async with open_resources(no_smtp) as broken:
         with pytest.raises(RetryLater):
-            await deliver(broken, job.job_id, job.user_id)
+            await deliver(broken, job, job.user_id)
     return await resources.jobs.get(job.job_id)
 
 
@@ -146,7 +146,7 @@ async def test_a_rerun_after_a_failed_send_overwrites_the_same_object(
     assert uploaded is not None and uploaded.status is JobState.IN_PROGRESS
     assert uploaded.file_key is not None  # recorded at once, so cleanup can always find it
 
-    outcome = await deliver(big_resources, job.job_id, user.user_id, attempt=2)
+    outcome = await deliver(big_resources, job, user.user_id, attempt=2)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     listing = await big_resources.files._client.list_objects_v2(
@@ -223,7 +223,7 @@ async def test_a_rerun_sends_the_stored_file_attached_when_it_fits_without_a_new
     await seed_rows(user.user_id, 5)  # the data changed before the re-run
 
     # The re-run runs under the normal limit: the stored file fits in the email this time.
-    outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
+    outcome = await deliver(resources, job, user.user_id, attempt=2)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     done = await resources.jobs.get(job.job_id)

@@ -21,8 +21,9 @@ from pydantic import SecretStr
 from exporter.config import Settings
 from exporter.dev.ports import free_port
 from exporter.dev.smtp import SmtpSink
-from exporter.errors import RetryLater
+from exporter.errors import RetryLater, StoreUnavailable
 from exporter.exports.cancel import AlreadyFinished, cancel_export
+from exporter.exports.message import export_message
 from exporter.jobs.expire import expire_files
 from exporter.jobs.run import run_export
 from exporter.jobs.worker import build_worker_settings, on_startup, resources_of
@@ -30,8 +31,9 @@ from exporter.keys import RESOURCES
 from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources, open_resources
 from exporter.store.files import ExportFiles
+from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser, RunWorker, SeedRows
-from tests.helpers import login
+from tests.helpers import DynamoCalls, login, with_exports
 from tests.pgproxy import stalling_proxy
 
 Client = TestClient[Any, Any]
@@ -375,24 +377,40 @@ class PausedUploads(ExportFiles):
         await super().upload(key, source, size=size, content_type=content_type)
 
 
+class HeartbeatsLost(JobStore):
+    """The real store, with every progress write lost to a DynamoDB brownout (the run goes
+    on: ``export.progress_not_recorded``), so nothing confirms the run owns the job after
+    its start."""
+
+    def __init__(self, base: JobStore) -> None:
+        self.__dict__.update(base.__dict__)
+
+    async def record_progress(self, job_id: str, **_: Any) -> None:
+        raise StoreUnavailable(f"record_progress {job_id}: throttled")
+
+
 async def test_an_upload_that_lands_after_the_cancel_is_removed_by_its_own_run(
     settings: Settings, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
 ) -> None:
+    """A run whose ownership was last confirmed more than a progress interval ago (its
+    heartbeats lost) reads the record before it sends (the last look), finds it cancelled,
+    sends nothing and removes what it uploaded."""
     user = await make_user()
     await seed_rows(user.user_id, 50)
+    interval_s = 0.05
     async with open_resources(_via_s3(settings)) as resources:
         job = ExportJob.new(
             user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600
         )
         await resources.jobs.create(job)
         files = PausedUploads(resources.files)
+        brownout = dataclasses.replace(
+            with_exports(resources, progress_interval_s=interval_s),
+            files=files,
+            jobs=HeartbeatsLost(resources.jobs),
+        )
         run = asyncio.create_task(
-            run_export(
-                dataclasses.replace(resources, files=files),
-                ExportMessageV1(job.job_id, user.user_id).to_payload(),
-                attempt=1,
-                max_attempts=3,
-            )
+            run_export(brownout, export_message(job).to_payload(), attempt=1, max_attempts=3)
         )
         await asyncio.wait_for(files.waiting.wait(), 30)
         uploading = await resources.jobs.get(job.job_id)
@@ -401,6 +419,7 @@ async def test_an_upload_that_lands_after_the_cancel_is_removed_by_its_own_run(
         # No arq job here, so no abort reaches the run (as when Redis is away): the cancel
         # deletes an object that is not there yet, then the upload completes.
         await cancel_export(resources, uploading)
+        await asyncio.sleep(2 * interval_s)  # the run's start is now older than an interval
         files.go.set()
         outcome = await asyncio.wait_for(run, 30)
 
@@ -409,6 +428,48 @@ async def test_an_upload_that_lands_after_the_cancel_is_removed_by_its_own_run(
         final = await resources.jobs.get(job.job_id)
     assert final is not None and final.status is JobState.CANCELLED
     assert not smtp_sink.for_export(job.job_id)
+
+
+async def test_a_cancel_within_a_progress_interval_of_the_last_heartbeat_is_refused_at_the_end(
+    settings: Settings, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    """A run whose own write confirmed it owned the job less than a progress interval ago
+    sends without reading the record first: only a cancel can have changed it since, and
+    the cancel's abort stops the run. When the abort does not reach the run (no arq job
+    here, as when Redis is away), the email goes out (the window docs/reliability.md
+    describes), but the run's one write at delivery refuses to record a cancelled export:
+    the record stays cancelled and the run removes the file it stored."""
+    user = await make_user()
+    await seed_rows(user.user_id, 50)
+    async with open_resources(_via_s3(settings)) as resources:
+        job = ExportJob.new(
+            user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=600
+        )
+        await resources.jobs.create(job)
+        files = PausedUploads(resources.files)
+        # An interval nothing in this test comes near: the run's start stays fresh.
+        young = dataclasses.replace(with_exports(resources, progress_interval_s=30), files=files)
+        run = asyncio.create_task(
+            run_export(young, export_message(job).to_payload(), attempt=1, max_attempts=3)
+        )
+        await asyncio.wait_for(files.waiting.wait(), 30)
+        uploading = await resources.jobs.get(job.job_id)
+        assert uploading is not None and uploading.file_key is not None
+
+        cancelled = await cancel_export(resources, uploading)
+        with DynamoCalls() as calls:
+            files.go.set()
+            outcome = await asyncio.wait_for(run, 30)
+
+        assert outcome is None
+        # From the upload on: the refused write, then the run's check before it removes
+        # its file; no read before the email.
+        assert calls.calls == {"UpdateItem": 1, "GetItem": 1}, calls.calls
+        assert not await _object_exists(resources, uploading.file_key)
+        final = await resources.jobs.get(job.job_id)
+    assert final is not None and final.status is JobState.CANCELLED
+    assert final.finished_at == cancelled.finished_at and final.delivered_at is None
+    assert len(smtp_sink.for_export(job.job_id)) == 1
 
 
 class PausedSecondPart:

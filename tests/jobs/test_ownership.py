@@ -31,6 +31,7 @@ from exporter.dev.smtp import SmtpSink
 from exporter.errors import StoreError
 from exporter.exports import lifecycle
 from exporter.jobs.ownership import may_schedule_here
+from exporter.jobs.produce import export_file_name
 from exporter.jobs.sweep import sweep_jobs
 from exporter.jobs.worker import build_worker_settings, run_schedules_task
 from exporter.links import issue_link
@@ -190,7 +191,7 @@ async def test_a_job_is_owned_by_the_region_that_created_it(
     assert in_b.home_region == A
 
     # A message for it reaching region b's workers is a no-op there...
-    assert await deliver(regions.b.resources, job.job_id, user.user_id) is None
+    assert await deliver(regions.b.resources, job, user.user_id) is None
     # ...and region b's sweeper leaves it to region a's, though it looks lost from b.
     report = await sweep_jobs(regions.b.resources, now=utcnow() + LATER)
     assert job.job_id not in report.requeued_lost + report.taken_over + report.failed
@@ -199,7 +200,7 @@ async def test_a_job_is_owned_by_the_region_that_created_it(
     assert (await regions.sync()).conflicts == []
 
     # Its own region runs it.
-    outcome = await deliver(regions.a.resources, job.job_id, user.user_id)
+    outcome = await deliver(regions.a.resources, job, user.user_id)
     assert outcome is not None
     assert outcome.status is JobState.SUCCEEDED
     done = await _get(regions.a, job.job_id)
@@ -234,7 +235,44 @@ async def test_takeover_only_after_the_region_is_declared_failed(
     await regions.sync()
     assert await _get(regions.a, job.job_id) == done
     # Region a, back with the flag replicated to it, is fenced: its stale message is a no-op.
-    assert await deliver(regions.a.resources, job.job_id, user.user_id) is None
+    assert await deliver(regions.a.resources, job, user.user_id) is None
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+async def test_a_takeover_stores_the_file_in_its_own_region_whatever_the_dead_run_recorded(
+    regions: TwoRegions, seed_rows: SeedRows, smtp_sink: SmtpSink
+) -> None:
+    """The start records where the file goes only where the record names no place yet (an
+    earlier run's stored file keeps its own): region a's run recorded its location, then
+    died before storing anything; region b's run must not upload into b's bucket while the
+    record still names a's."""
+    user = await _user(regions, seed_rows, rows=3)
+    job = await new_job(regions.a.resources, user.user_id)
+    files_a = regions.a.resources.files
+    dead = await lifecycle.start_run(
+        regions.a.resources.jobs,
+        job.job_id,
+        user_id=user.user_id,
+        home_region=A,
+        file_key=files_a.key_for(job.job_id, export_file_name(job)),  # the same key as b's
+        file_expires_at=utcnow() + timedelta(days=1),
+        file_region=A,
+    )
+    await regions.a.resources.jobs.transition(
+        job.job_id, to=JobState.IN_PROGRESS, now=utcnow() - timedelta(seconds=60)
+    )  # its heartbeat is a minute old
+    assert dead.file_region == A
+    await regions.sync()
+
+    assert regions.b.resources.region_flags is not None
+    await regions.b.resources.region_flags.declare_failed(A, now=utcnow(), reason="test")
+    assert (await sweep_jobs(regions.b.resources, now=utcnow() + LATER)).taken_over == [job.job_id]
+    await _run_worker(regions.b)
+
+    done = await _get(regions.b, job.job_id)
+    assert done.status is JobState.SUCCEEDED and done.row_count == 3
+    assert done.file_region == B and done.file_key is not None
+    assert await _exists(regions.b.resources.files, done.file_key)
     assert len(smtp_sink.for_export(job.job_id)) == 1
 
 
@@ -243,7 +281,7 @@ async def test_a_download_link_served_by_either_region_fetches_from_the_files_re
 ) -> None:
     user = await _user(regions, seed_rows, rows=5)
     job = await new_job(regions.a.resources, user.user_id)
-    outcome = await deliver(regions.a.resources, job.job_id, user.user_id)
+    outcome = await deliver(regions.a.resources, job, user.user_id)
     assert outcome is not None
     assert outcome.status is JobState.SUCCEEDED
     await regions.sync()
@@ -322,7 +360,7 @@ async def test_a_replayed_write_conflict_runs_the_export_once_and_mails_once(
     # Region a comes back: it converges on b's record and, fenced, does nothing more.
     assert (await regions.replication.sync()).conflicts == []
     assert await _get(regions.a, job.job_id) == done
-    assert await deliver(regions.a.resources, job.job_id, user.user_id) is None
+    assert await deliver(regions.a.resources, job, user.user_id) is None
     fenced = await sweep_jobs(regions.a.resources, now=claimed_at + 2 * LATER)
     assert job.job_id not in fenced.requeued_stale + fenced.requeued_orphaned + fenced.failed
     assert len(smtp_sink.for_export(job.job_id)) == 1
@@ -334,17 +372,22 @@ async def test_a_mailed_export_taken_over_is_finished_not_mailed_again(
 ) -> None:
     """The email guard across regions: region a's run recorded ``email_sent_at`` (the
     moment the mail server accepted the message) and that write replicated before region a
-    died; the region that takes the job over finishes it without sending anything."""
+    died; the region that takes the job over finishes it without sending anything. (Runs
+    now record the success with the guard; a run of the previous release wrote the guard
+    alone first, which is what region a left here.)"""
     user = await _user(regions, seed_rows, rows=2)
     job = await _killed_run(regions.a.resources, await new_job(regions.a.resources, user.user_id))
-    await lifecycle.record_delivered(
-        regions.a.resources.jobs,
+    await regions.a.resources.jobs.mark_email_sent(
         job.job_id,
-        row_count=2,
-        byte_size=100,
-        file_name="export.csv",
-        delivery="attachment",
-        sha256="0" * 64,
+        status=JobState.IN_PROGRESS,
+        now=utcnow(),
+        fields={
+            "row_count": 2,
+            "byte_size": 100,
+            "file_name": "export.csv",
+            "delivery": "attachment",
+            "sha256": "0" * 64,
+        },
     )
     await regions.sync()
 

@@ -136,7 +136,7 @@ async def test_with_a_replica_configured_the_export_reads_the_replica_only(
     async with open_resources(with_replica) as resources:
         assert resources.pg_export is not resources.pg
         job = await new_job(resources, user.user_id)
-        outcome = await deliver(resources, job.job_id, user.user_id)
+        outcome = await deliver(resources, job, user.user_id)
     async with open_resources(with_replica, export_reads=False) as api_side:
         assert api_side.pg_export is api_side.pg  # the API never connects to the replica
 
@@ -152,7 +152,7 @@ async def test_the_bom_option_reaches_the_file(
     await seed_rows(user.user_id, 3)
     job = await new_job(resources, user.user_id, bom=True)
 
-    await deliver(resources, job.job_id, user.user_id)
+    await deliver(resources, job, user.user_id)
 
     (message,) = smtp_sink.for_export(job.job_id)
     (part,) = list(message.iter_attachments())

@@ -175,7 +175,7 @@ async def test_too_many_database_connections_is_retried_later(
     crowded = dataclasses.replace(resources, pg_export=refused_pool)
 
     with pytest.raises(RetryLater) as raised:
-        await deliver(crowded, job.job_id, user.user_id)
+        await deliver(crowded, job, user.user_id)
 
     cause = raised.value.__cause__
     assert isinstance(cause, ExportFailed) and cause.transient
@@ -197,7 +197,7 @@ async def test_dynamodb_throttling_before_the_record_is_read_is_retried_later(
         async with open_dynamo(dynamo) as client:
             throttled = dataclasses.replace(resources, jobs=JobStore(client, dynamo))
             with pytest.raises(RetryLater) as raised:
-                await deliver(throttled, job.job_id, user.user_id)
+                await deliver(throttled, job, user.user_id)
             # The last try has no later one: the error goes to arq, the record stays
             # queued, and the sweeper enqueues it again (tests/jobs/test_sweep.py).
             with pytest.raises(StoreUnavailable):
@@ -236,7 +236,7 @@ async def test_s3_slowdown_during_the_upload_is_retried_later(
 
     async with s3_answering(AwsError.s3("SlowDown", status=503), resources) as slow:
         with pytest.raises(RetryLater) as raised:
-            await deliver(slow, job.job_id, user.user_id)
+            await deliver(slow, job, user.user_id)
 
     assert isinstance(raised.value.__cause__, StoreUnavailable)
     assert "SlowDown" in str(raised.value.__cause__)
@@ -253,7 +253,7 @@ async def test_s3_refusing_the_upload_fails_the_export_at_once(
     job = await new_job(resources, user.user_id)
 
     async with s3_answering(AwsError.s3("AccessDenied", status=403), resources) as denied:
-        outcome = await deliver(denied, job.job_id, user.user_id)
+        outcome = await deliver(denied, job, user.user_id)
 
     assert outcome is not None and outcome.status is JobState.FAILED
     record = await resources.jobs.get(job.job_id)

@@ -18,12 +18,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.dev.smtp import OutboxHandler, SmtpSink
-from exporter.errors import RetryLater
+from exporter.errors import MailError, RetryLater
 from exporter.exports import lifecycle
+from exporter.exports.message import export_message
 from exporter.exports.view import job_body
+from exporter.jobs.produce import export_file_name
 from exporter.jobs.run import ExportOutcome, run_export
 from exporter.mail.smtp import Mailer
-from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportFormat, ExportJob, ExportMessageV1, JobState, utcnow
 from exporter.resources import Resources
 from exporter.store.jobs import JobStore
 from tests.conftest import MakeUser, RunWorker, SeededJob, SeedRows
@@ -39,11 +41,13 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.parametrize("names_file", [True, False], ids=["message", "older-message"])
 async def test_redelivered_finished_job_sends_no_second_email(
-    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
+    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink, names_file: bool
 ) -> None:
     user, job = await seeded_job(10)
-    payload = ExportMessageV1(job.job_id, user.user_id).to_payload()
+    message = export_message(job) if names_file else ExportMessageV1(job.job_id, user.user_id)
+    payload = message.to_payload()
 
     first = await run_export(resources, payload, attempt=1, max_attempts=3)
     again = await run_export(resources, payload, attempt=1, max_attempts=3)
@@ -59,7 +63,7 @@ async def test_job_left_in_progress_by_a_dead_worker_is_run_again(
     user, job = await seeded_job(5)
     await resources.jobs.transition(job.job_id, to=JobState.IN_PROGRESS, now=utcnow())
 
-    outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
+    outcome = await deliver(resources, job, user.user_id, attempt=2)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     assert outcome.row_count == 5
@@ -103,14 +107,19 @@ async def test_worker_survives_a_message_with_a_future_version(
     assert failed is not None and failed.error_code == "unsupported_message_version"
 
 
+@pytest.mark.parametrize("names_file", [True, False], ids=["message", "older-message"])
 async def test_message_for_another_users_job_is_refused(
-    resources: Resources, make_user: MakeUser, seed_rows: SeedRows, smtp_sink: SmtpSink
+    resources: Resources,
+    make_user: MakeUser,
+    seed_rows: SeedRows,
+    smtp_sink: SmtpSink,
+    names_file: bool,
 ) -> None:
     owner, intruder = await make_user(), await make_user()
     await seed_rows(owner.user_id, 3)
     job = await new_job(resources, owner.user_id)
 
-    await deliver(resources, job.job_id, intruder.user_id, attempt=1)
+    await deliver(resources, job if names_file else job.job_id, intruder.user_id, attempt=1)
 
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.status is JobState.FAILED
@@ -122,7 +131,7 @@ async def test_export_for_a_deleted_user_fails_without_email(
 ) -> None:
     job = await new_job(resources, "00000000-0000-4000-8000-000000000000")
 
-    await deliver(resources, job.job_id, job.user_id, attempt=1)
+    await deliver(resources, job, job.user_id, attempt=1)
 
     failed = await resources.jobs.get(job.job_id)
     assert failed is not None and failed.status is JobState.FAILED
@@ -176,7 +185,7 @@ async def test_a_delivered_export_is_counted_and_audited(
     before, emails_before = succeeded._value.get(), EMAIL_SEND_DURATION._sum.get()
 
     with capture_logs() as logs:
-        await deliver(resources, job.job_id, user.user_id, attempt=1)
+        await deliver(resources, job, user.user_id, attempt=1)
 
     assert succeeded._value.get() == before + 1
     assert EMAIL_SEND_DURATION._sum.get() > emails_before
@@ -198,7 +207,7 @@ async def test_a_rerun_after_the_email_went_out_finishes_without_sending_again(
         fields={"row_count": 6, "byte_size": 999, "file_name": "memberships.csv"},
     )
 
-    outcome = await deliver(resources, job.job_id, user.user_id, attempt=2)
+    outcome = await deliver(resources, job, user.user_id, attempt=2)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
     done = await resources.jobs.get(job.job_id)
@@ -224,7 +233,7 @@ async def test_a_delivered_export_records_when_its_email_went_out(
 ) -> None:
     user, job = await seeded_job(2)
 
-    await deliver(resources, job.job_id, user.user_id)
+    await deliver(resources, job, user.user_id)
 
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.email_sent_at is not None
@@ -284,7 +293,7 @@ async def start_stalled_run(
     """Start a run with a fast heartbeat (under ``organizations_locked`` its COPY waits);
     the running task, and the record as soon as this attempt has counted the rows."""
     fast = with_exports(resources, progress_interval_s=0.02)
-    run = asyncio.create_task(deliver(fast, job.job_id, job.user_id, attempt=attempt))
+    run = asyncio.create_task(deliver(fast, job, job.user_id, attempt=attempt))
     counted = await record_when(
         resources, job.job_id, lambda j: j.attempts == attempt and j.total_rows is not None
     )
@@ -422,7 +431,7 @@ async def test_a_run_superseded_mid_stream_discards_its_temp_file(
         resources, progress_interval_s=0.001, spool_max_bytes=1024, temp_dir=tmp_path
     )
 
-    outcome = await deliver(dataclasses.replace(spooling, jobs=store), job.job_id, user.user_id)
+    outcome = await deliver(dataclasses.replace(spooling, jobs=store), job, user.user_id)
 
     assert outcome is None
     assert store.open_mid_stream, "the export finished before a mid-stream progress write"
@@ -462,7 +471,7 @@ async def test_the_heartbeat_goes_on_while_the_email_is_sent(
         slow = dataclasses.replace(
             with_exports(resources, progress_interval_s=0.02), mailer=Mailer(smtp)
         )
-        outcome = await deliver(slow, job.job_id, user.user_id)
+        outcome = await deliver(slow, job, user.user_id)
     finally:
         relay.stop()
 
@@ -511,20 +520,109 @@ async def test_an_operator_retry_gets_a_fresh_retry_budget(
     assert waiting.next_attempt_at is not None and waiting.error_code is None
 
 
-async def test_a_small_successful_run_makes_three_writes_and_three_reads(
+async def test_a_small_successful_run_makes_two_writes_and_one_read(
     resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
 ) -> None:
+    _, job = await seeded_job(1_000)
+
+    with DynamoCalls() as run:
+        outcome = await deliver(resources, job)  # the message names the file
+
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED
+    # Start (with the heartbeat and where the file goes, conditional on what the pick-up
+    # read checked), and the delivery's guard, which is also the success (with what the
+    # stored file holds); no progress write for a run this short. One read: the owner. No
+    # last look before the email: the start confirmed the run owns the job moments ago.
+    assert run.calls == {"UpdateItem": 2, "GetItem": 1}, run.calls
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
+    assert done.file_key == resources.files.key_for(job.job_id, export_file_name(job))
+    assert done.file_expires_at is not None
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+async def test_a_message_without_a_file_name_reads_the_record_first_and_still_runs(
+    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
+) -> None:
+    # Queued by the release before messages named the file, during a deploy.
     user, job = await seeded_job(1_000)
 
     with DynamoCalls() as run:
         outcome = await deliver(resources, job.job_id, user.user_id)
 
     assert outcome is not None and outcome.status is JobState.SUCCEEDED
-    # Start (with the heartbeat and where the file goes), the delivery's guard (with what
-    # the stored file holds), the finish; no progress write for a run this short. Reads:
-    # the job, its owner, and the last look before the email goes.
-    assert run.calls == {"UpdateItem": 3, "GetItem": 3}, run.calls
+    assert run.calls == {"UpdateItem": 2, "GetItem": 2}, run.calls  # the record, first
     done = await resources.jobs.get(job.job_id)
     assert done is not None and done.row_count == 1_000 and done.file_stored_at is not None
-    assert done.file_key is not None and done.file_expires_at is not None
+    assert done.file_key == resources.files.key_for(job.job_id, export_file_name(job))
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+@pytest.mark.parametrize("names_file", [True, False], ids=["message", "older-message"])
+async def test_a_message_for_a_missing_record_writes_nothing(
+    resources: Resources, make_user: MakeUser, smtp_sink: SmtpSink, names_file: bool
+) -> None:
+    user = await make_user()
+    ghost = ExportJob.new(user_id=user.user_id, fmt=ExportFormat.CSV, now=utcnow(), retention_s=60)
+
+    with DynamoCalls() as run:
+        outcome = await deliver(resources, ghost if names_file else ghost.job_id, user.user_id)
+
+    assert outcome is None
+    assert run.total == 1, run.calls  # the refused start (or the read) says it is missing
+    assert await resources.jobs.get(ghost.job_id) is None  # the start created nothing
+    assert smtp_sink.for_export(ghost.job_id) == []
+
+
+async def test_a_redelivered_finished_job_costs_one_refused_start(
+    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
+) -> None:
+    _, job = await seeded_job(3)
+    first = await deliver(resources, job)
+    assert first is not None and first.status is JobState.SUCCEEDED
+    done = await resources.jobs.get(job.job_id)
+
+    with DynamoCalls() as run:
+        again = await deliver(resources, job)
+
+    # The refused start returned the record: finished, so nothing more, and no read.
+    assert run.calls == {"UpdateItem": 1}, run.calls
+    assert again == first
+    assert await resources.jobs.get(job.job_id) == done
+    assert len(smtp_sink.for_export(job.job_id)) == 1
+
+
+class GoodbyeFails(Mailer):
+    """The real mailer, with the connection dropping after the server accepted the message
+    (its ``250``), as when the goodbye fails."""
+
+    def __init__(self, inner: Mailer) -> None:
+        self._inner = inner
+
+    @property
+    def sender(self) -> str:
+        return self._inner.sender
+
+    async def send(self, message: Any, **kwargs: Any) -> None:
+        await self._inner.send(message, **kwargs)
+        raise MailError("smtp_unavailable", "SMTP unavailable: connection lost", transient=True)
+
+
+async def test_a_failure_after_the_receiver_accepted_the_file_changes_nothing(
+    resources: Resources, seeded_job: SeededJob, smtp_sink: SmtpSink
+) -> None:
+    from exporter.metrics import EXPORTS_FINISHED
+
+    _, job = await seeded_job(4)
+    succeeded = EXPORTS_FINISHED.labels("succeeded", "")
+    before = succeeded._value.get()
+
+    cut_off = dataclasses.replace(resources, mailer=GoodbyeFails(resources.mailer))
+    outcome = await deliver(cut_off, job)
+
+    # The guard recorded the success when the server accepted: no retry, no second email.
+    assert outcome is not None and outcome.status is JobState.SUCCEEDED and outcome.row_count == 4
+    done = await resources.jobs.get(job.job_id)
+    assert done is not None and done.status is JobState.SUCCEEDED and done.retries == 0
+    assert succeeded._value.get() == before + 1
     assert len(smtp_sink.for_export(job.job_id)) == 1

@@ -17,7 +17,7 @@ from exporter.mail.smtp import Mailer
 from exporter.models import JobState
 from exporter.resources import Resources
 from tests.conftest import SeededJob
-from tests.helpers import deliver
+from tests.helpers import deliver, with_exports
 
 
 class _HeldMailer(Mailer):
@@ -49,6 +49,12 @@ async def test_a_run_taken_over_after_storing_its_file_does_not_deliver(
     newer_resources = dataclasses.replace(resources, mailer=held)
     newer: list[asyncio.Task[Any]] = []
     real_store_file = storage.store_file
+    # The sweeper takes a run over only once its heartbeat was quiet for three progress
+    # intervals, so the run it took over last confirmed it owned the job longer ago than an
+    # interval: it reads the record before it sends (the last look). Here the old run's
+    # interval is short and it stalls for longer than that, as a run judged dead did.
+    interval_s = 0.05
+    old_resources = with_exports(resources, progress_interval_s=interval_s)
 
     async def store_then_taken_over(*args: Any, **kwargs: Any) -> Any:
         stored = await real_store_file(*args, **kwargs)
@@ -57,15 +63,14 @@ async def test_a_run_taken_over_after_storing_its_file_does_not_deliver(
         # The old run stalls here (its worker looked dead); the sweeper requeues the export
         # and a newer attempt starts (producing the file again: a delivered file's note is
         # written with the delivery's guard) and begins its send.
-        newer.append(
-            asyncio.create_task(deliver(newer_resources, job.job_id, user.user_id, attempt=2))
-        )
+        newer.append(asyncio.create_task(deliver(newer_resources, job, user.user_id, attempt=2)))
         await asyncio.wait_for(held.sending.wait(), 30)
+        await asyncio.sleep(2 * interval_s)
         return stored
 
     monkeypatch.setattr(run_module, "store_file", store_then_taken_over)
     try:
-        await deliver(resources, job.job_id, user.user_id, attempt=1)
+        assert await deliver(old_resources, job, user.user_id, attempt=1) is None
     finally:
         held.release.set()
     monkeypatch.setattr(run_module, "store_file", real_store_file)

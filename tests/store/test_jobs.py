@@ -9,9 +9,10 @@ from datetime import timedelta
 import pytest
 
 from exporter.errors import ConditionFailed, InvalidCursor
+from exporter.exports import lifecycle
 from exporter.models import ExportFormat, ExportJob, JobState, utcnow
 from exporter.resources import Resources
-from exporter.store.jobs import CurrentExport, JobStore
+from exporter.store.jobs import CurrentExport, JobRefused, JobStore
 
 
 def new_job(user_id: str | None = None, *, retention_s: int = 3600, age_s: int = 0) -> ExportJob:
@@ -175,6 +176,134 @@ async def test_progress_of_a_run_that_lost_the_job_is_refused_and_changes_nothin
         await resources.jobs.record_progress(
             job.job_id, attempt=1, rows_exported=5, total_rows=10, now=utcnow()
         )
+
+    assert await resources.jobs.get(job.job_id) == before
+
+
+# --- the run's start: its first call, conditional on what a read would have checked ---------
+
+
+async def start_for(
+    resources: Resources, job: ExportJob, *, user_id: str | None = None, home: str | None = None
+) -> ExportJob:
+    """``lifecycle.start_run`` as a worker's run calls it, with a location of its own."""
+    return await lifecycle.start_run(
+        resources.jobs,
+        job.job_id,
+        worker_id="host:1:abc",
+        user_id=user_id or job.user_id,
+        home_region=home,
+        file_key=f"exports/{job.job_id}/run-{uuid.uuid4().hex[:6]}.csv",
+        file_expires_at=utcnow() + timedelta(days=7),
+        file_region=home,
+    )
+
+
+async def test_the_start_records_where_the_file_goes_unless_a_location_is_recorded(
+    resources: Resources,
+) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+
+    first = await start_for(resources, job)
+    again = await start_for(resources, job)  # a re-run: its own location is not written
+
+    assert first.status is JobState.IN_PROGRESS and first.attempts == 1
+    assert first.file_key is not None and first.file_expires_at is not None
+    assert again.attempts == 2 and again.worker_id == "host:1:abc"
+    assert (again.file_key, again.file_expires_at) == (first.file_key, first.file_expires_at)
+
+
+@pytest.mark.parametrize("refusal", ["missing", "other_user", "other_region", "finished"])
+async def test_a_refused_start_returns_the_record_as_it_was_and_changes_nothing(
+    resources: Resources, refusal: str
+) -> None:
+    job = new_job()
+    user_id, home = job.user_id, None
+    if refusal != "missing":
+        homed = job.replace(home_region="eu-west-1") if refusal == "other_region" else job
+        await resources.jobs.create(homed)
+    if refusal == "other_user":
+        user_id = str(uuid.uuid4())
+    elif refusal == "other_region":
+        home = "eu-central-1"
+    elif refusal == "finished":
+        await resources.jobs.transition(job.job_id, to=JobState.CANCELLED, now=utcnow())
+    before = await resources.jobs.get(job.job_id)
+
+    with pytest.raises(JobRefused) as refused:
+        await start_for(resources, job, user_id=user_id, home=home)
+
+    assert refused.value.current == before  # None when there is no record
+    assert await resources.jobs.get(job.job_id) == before
+
+
+async def test_a_job_homed_nowhere_or_here_starts_in_this_region(resources: Resources) -> None:
+    unhomed, here = new_job(), new_job().replace(home_region="eu-west-1")
+    for job in (unhomed, here):
+        await resources.jobs.create(job)
+        started = await start_for(resources, job, home="eu-west-1")
+        assert started.status is JobState.IN_PROGRESS
+        assert started.file_region == "eu-west-1"
+
+
+async def deliver_for(resources: Resources, job_id: str, *, attempt: int) -> ExportJob:
+    """``lifecycle.mark_delivered`` as a run's guard calls it."""
+    return await lifecycle.mark_delivered(
+        resources.jobs,
+        job_id,
+        attempt=attempt,
+        row_count=3,
+        byte_size=120,
+        file_name="memberships.csv",
+        delivery="email_attachment",
+        sha256="0" * 64,
+        file_stored_at=utcnow(),
+    )
+
+
+async def test_the_delivery_guard_records_the_success_in_the_same_write(
+    resources: Resources,
+) -> None:
+    job = new_job()
+    await resources.jobs.create(job)
+    running = await start_for(resources, job)
+
+    done = await deliver_for(resources, job.job_id, attempt=running.attempts)
+
+    assert done.status is JobState.SUCCEEDED and done.delivered_at is not None
+    assert done.finished_at == done.delivered_at == done.updated_at
+    assert (done.row_count, done.rows_exported, done.byte_size) == (3, 3, 120)
+    assert (done.file_name, done.delivery, done.sha256) == (
+        "memberships.csv",
+        "email_attachment",
+        "0" * 64,
+    )
+    assert done.file_stored_at is not None
+    assert done == await resources.jobs.get(job.job_id)
+    assert not done.status.is_active  # out of the sparse active index
+
+
+@pytest.mark.parametrize("moved_on", ["newer_attempt", "cancelled", "delivered", "missing"])
+async def test_the_delivery_guard_of_a_run_that_lost_the_job_is_refused(
+    resources: Resources, moved_on: str
+) -> None:
+    job = new_job()
+    if moved_on != "missing":
+        await resources.jobs.create(job)
+        await start_for(resources, job)
+        if moved_on == "newer_attempt":
+            await start_for(resources, job)
+        elif moved_on == "cancelled":
+            await resources.jobs.transition(job.job_id, to=JobState.CANCELLED, now=utcnow())
+        else:  # a run of the previous release wrote its guard alone, then died
+            await resources.jobs.mark_email_sent(
+                job.job_id, status=JobState.IN_PROGRESS, now=utcnow()
+            )
+    before = await resources.jobs.get(job.job_id)
+
+    with pytest.raises(ConditionFailed):
+        await deliver_for(resources, job.job_id, attempt=1)
 
     assert await resources.jobs.get(job.job_id) == before
 

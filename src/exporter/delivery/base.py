@@ -8,10 +8,13 @@ medium needs (upload, compose, send), and in between calls its ``DeliveryGuard``
    is not a dead worker) and a cancel or takeover stops the work;
 2. ``may_deliver()`` just before handing the file over: ``ConditionFailed`` if the export
    moved on (cancelled, or taken over by a newer attempt), ``False`` if a parallel run
-   delivered it meanwhile (then the channel returns ``None`` without delivering);
+   delivered it meanwhile (then the channel returns ``None`` without delivering); the run
+   answers without reading the record while a write of its own confirmed it owns the job
+   less than a progress interval ago (docs/reliability.md, the last look);
 3. ``delivered(receipt)`` the moment the receiver accepted, before anything else that may
-   fail: this writes ``delivered_at``, the once-only guard (docs/reliability.md: the one
-   window in which a crash causes a second delivery is the time this write takes).
+   fail: this writes ``delivered_at``, the once-only guard, in the same write as the
+   export's success (docs/reliability.md: the one window in which a crash causes a second
+   delivery is the time this write takes).
 
 A channel raises ``DeliveryFailed`` (``errors.py``), ``transient`` when a later try may
 succeed; the run retries or fails the job accordingly.
@@ -62,7 +65,8 @@ class DeliveryGuard(Protocol):
         ...
 
     async def delivered(self, receipt: Receipt) -> None:
-        """Record ``delivered_at`` the moment the receiver accepted, once."""
+        """Record ``delivered_at`` (and the export's success) the moment the receiver
+        accepted, once."""
         ...
 
 

@@ -69,9 +69,9 @@ class EmailChannel:
         receipts: list[Receipt] = []
 
         async def record_sent() -> None:
-            # The guard, written the moment the server accepted (before QUIT), then the
-            # outcome by the run: a crash between the two leaves a re-run that only finishes
-            # the record. A crash before this write is the one window for a second email.
+            # The guard, written the moment the server accepted (before QUIT), is also the
+            # export's success: one write. A crash before it lands is the one window for a
+            # second email. The attachment and the link go through the same guard.
             receipt = Receipt(kind, produced.name, accepted_at=time.monotonic())
             receipts.append(receipt)
             await guard.delivered(receipt)

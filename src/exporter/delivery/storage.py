@@ -33,7 +33,11 @@ async def store_file(
     from the start and left at the start."""
     key = resources.files.key_for(job.job_id, produced.name)
     now = utcnow()
-    if job.file_key != key or job.file_expires_at is None:
+    here = resources.settings.region
+    # The start recorded the location unless the record named one already: an earlier run's
+    # in another region (a takeover) names that region's bucket, not this one's.
+    moved = here is not None and job.file_region != here
+    if job.file_key != key or job.file_expires_at is None or moved:
         expires_at = now + timedelta(days=resources.settings.exports.retention_days)
         job = await lifecycle.record_file_location(
             resources.jobs,
@@ -72,10 +76,10 @@ async def store_file(
     )
 
 
-def file_location(resources: Resources, job: ExportJob, file_name: str) -> tuple[str, datetime]:
-    """Where a run of ``job`` stores its file, and until when it is kept."""
+def file_location(resources: Resources, job_id: str, file_name: str) -> tuple[str, datetime]:
+    """Where a run of export ``job_id`` stores its file, and until when it is kept."""
     expires_at = utcnow() + timedelta(days=resources.settings.exports.retention_days)
-    return resources.files.key_for(job.job_id, file_name), expires_at
+    return resources.files.key_for(job_id, file_name), expires_at
 
 
 async def drop_file_if_cancelled(resources: Resources, job_id: str, key: str) -> None:

@@ -35,8 +35,9 @@ from exporter.errors import (
     WriteConflict,
 )
 from exporter.exports.lifecycle import ENQUEUE_FAILED, mark_enqueue_failed
+from exporter.exports.message import export_message
 from exporter.metrics import observe_export_created, observe_export_finished
-from exporter.models import ExportFormat, ExportJob, ExportMessageV1, utcnow
+from exporter.models import ExportFormat, ExportJob, utcnow
 from exporter.resources import Resources
 from exporter.selection import ALL, ExportSelection
 from exporter.store.idempotency import KeyRecord, request_fingerprint
@@ -117,7 +118,7 @@ async def create_export(
     job = decided
     structlog.contextvars.bind_contextvars(export_id=job.job_id)
     # The request id rides along so the worker's log lines for this export carry it too.
-    message = ExportMessageV1(export_id=job.job_id, user_id=job.user_id, request_id=request_id)
+    message = export_message(job, request_id=request_id)
     try:
         await resources.queue.enqueue_export(message, large=job.large)
     except QueueUnavailable as exc:

@@ -2,8 +2,8 @@
 
 The state machine itself (which state may follow which) is ``models.ALLOWED_TRANSITIONS``;
 ``JobStore`` makes each move conditional. This module says what each move *means*: the
-worker's run (``start_run`` ... ``mark_succeeded`` / ``mark_failed``), its delivery guard
-(``record_delivered``), the file it may leave in S3 (``record_file_location``,
+worker's run (``start_run`` ... ``mark_delivered`` / ``mark_failed``; ``mark_delivered`` is
+also its delivery guard), the file it may leave in S3 (``record_file_location``,
 ``clear_file_location``), the crons (``mark_expired``), and the moves made outside the
 worker (``mark_enqueue_failed``, ``mark_cancelled``, ``requeue_failed``). Each raises
 ``ConditionFailed`` when the record is not where the move expects it.
@@ -39,6 +39,8 @@ async def start_run(
     job_id: str,
     *,
     worker_id: str | None = None,
+    user_id: str | None = None,
+    home_region: str | None = None,
     file_key: str | None = None,
     file_expires_at: datetime | None = None,
     file_region: str | None = None,
@@ -46,16 +48,25 @@ async def start_run(
     """A run takes the job (queued, or in_progress left by a dead worker): one more attempt,
     the heartbeat starts now, and the previous run's error and progress are cleared.
     ``worker_id`` names the worker process running it (the sweeper checks that it lives).
+
+    The start is the run's first call, so its condition also covers what a read would have
+    checked: the job belongs to ``user_id`` (the message's) and, with regions, is homed in
+    ``home_region`` (this one) or nowhere. A refusal is ``JobRefused`` carrying the record
+    as it was (None: there is none), from which the run decides without a read.
+
     ``file_key`` / ``file_expires_at``: where the file this run produces will be stored,
     recorded with the start (one write, not a second one before the upload) so that whatever
     interrupts the upload, cleanup can find what arrived; ``file_region`` (two regions)
-    names the region whose bucket will hold it."""
+    names the region whose bucket will hold it. Each is written only where the record has
+    none yet: the key is fixed by the export, and a file an earlier run stored keeps its
+    key, expiry and region (this run delivers that file)."""
     now = utcnow()
     fields: dict[str, object] = {"started_at": now, "heartbeat_at": now}
+    location: dict[str, object] = {}
     if file_key is not None and file_expires_at is not None:
-        fields |= {"file_key": file_key, "file_expires_at": file_expires_at}
+        location = {"file_key": file_key, "file_expires_at": file_expires_at}
         if file_region is not None:
-            fields["file_region"] = file_region
+            location["file_region"] = file_region
     # ``last_error`` says why a job is *waiting*; a run that starts is no longer waiting
     # (the page would go on showing "Delayed: ..." while it runs and delivers).
     cleared = [
@@ -79,6 +90,10 @@ async def start_run(
         # A stored file (``file_stored_at`` and its facts) stays: this run delivers it.
         clear=cleared,
         increment_attempts=True,
+        if_absent=location,
+        user_id=user_id,
+        home_region=home_region,
+        return_current=True,
     )
 
 
@@ -191,10 +206,11 @@ async def clear_file_location(jobs: JobStore, job_id: str) -> ExportJob:
     )
 
 
-async def record_delivered(
+async def mark_delivered(
     jobs: JobStore,
     job_id: str,
     *,
+    attempt: int,
     row_count: int,
     byte_size: int,
     file_name: str,
@@ -202,45 +218,13 @@ async def record_delivered(
     sha256: str | None = None,
     file_stored_at: datetime | None = None,
 ) -> ExportJob:
-    """The guard: the file reached the user (``delivered_at``), written once, the moment
-    the channel's receiver accepted it. It carries what ``finish_already_sent`` needs to
-    finish the record without producing or delivering anything again, and, when this run
-    stored the file (``file_stored_at``), what ``record_file_stored`` would have written."""
-    return await jobs.mark_email_sent(
-        job_id,
-        status=JobState.IN_PROGRESS,
-        now=utcnow(),
-        fields=_drop_none(
-            {
-                "row_count": row_count,
-                "byte_size": byte_size,
-                "file_name": file_name,
-                "delivery": delivery,
-                "sha256": sha256,
-                "file_stored_at": file_stored_at,
-            }
-        ),
-    )
-
-
-async def record_notice_sent(jobs: JobStore, job_id: str) -> ExportJob:
-    """The failure notice of a failed export went out (the same once-only guard)."""
-    return await jobs.mark_email_sent(job_id, status=JobState.FAILED, now=utcnow())
-
-
-async def mark_succeeded(
-    jobs: JobStore,
-    job_id: str,
-    *,
-    row_count: int,
-    byte_size: int,
-    file_name: str,
-    delivery: str,
-    sha256: str | None = None,
-    now: datetime | None = None,
-) -> ExportJob:
-    """The run delivered the file: ``succeeded``, with what was delivered and how."""
-    now = now or utcnow()
+    """The guard and the success in one write, made the moment the channel's receiver
+    accepted the file: ``succeeded`` with ``delivered_at`` (once only), ``finished_at``,
+    what was delivered and how, and, when this run stored the file (``file_stored_at``),
+    what ``record_file_stored`` would have written. Only while the job is ``in_progress``
+    for this run's ``attempt`` and nothing was delivered yet: a cancelled export, one taken
+    over by a newer attempt or delivered by another run is never recorded as this one's."""
+    now = utcnow()
     return await jobs.transition(
         job_id,
         to=JobState.SUCCEEDED,
@@ -248,6 +232,7 @@ async def mark_succeeded(
         now=now,
         fields=_drop_none(
             {
+                "email_sent_at": now,
                 "finished_at": now,
                 "row_count": row_count,
                 "byte_size": byte_size,
@@ -255,9 +240,17 @@ async def mark_succeeded(
                 "delivery": delivery,
                 "rows_exported": row_count,
                 "sha256": sha256,
+                "file_stored_at": file_stored_at,
             }
         ),
+        unsent_only=True,
+        attempt=attempt,
     )
+
+
+async def record_notice_sent(jobs: JobStore, job_id: str) -> ExportJob:
+    """The failure notice of a failed export went out (the same once-only guard)."""
+    return await jobs.mark_email_sent(job_id, status=JobState.FAILED, now=utcnow())
 
 
 async def mark_delivery_failed(
@@ -296,7 +289,8 @@ def _drop_none(fields: dict[str, object]) -> dict[str, object]:
 
 
 async def finish_already_sent(jobs: JobStore, job: ExportJob) -> ExportJob:
-    """A run that died after delivering left ``delivered_at`` (with the row count and size):
+    """A run of an earlier release wrote its guard (``delivered_at``, with the row count and
+    size) and died before recording success (runs now write both at once, ``mark_delivered``):
     record the success, and count it, without producing or sending anything again."""
     now = utcnow()
     job = await jobs.transition(

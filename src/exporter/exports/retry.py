@@ -11,7 +11,8 @@ import uuid
 
 from exporter.errors import ConditionFailed, NotRetryable, QueueUnavailable
 from exporter.exports.lifecycle import mark_enqueue_failed, requeue_failed
-from exporter.models import ExportJob, ExportMessageV1, JobState
+from exporter.exports.message import export_message
+from exporter.models import ExportJob, JobState
 from exporter.resources import Resources
 
 
@@ -31,9 +32,7 @@ async def retry_export(resources: Resources, job: ExportJob) -> ExportJob:
         job = await requeue_failed(resources.jobs, job.job_id)
     except ConditionFailed:
         raise NotRetryable(f"{job.job_id} changed while retrying it; look again") from None
-    message = ExportMessageV1(
-        export_id=job.job_id, user_id=job.user_id, request_id=f"ops-retry-{uuid.uuid4().hex}"
-    )
+    message = export_message(job, request_id=f"ops-retry-{uuid.uuid4().hex}")
     try:
         await resources.queue.enqueue_export(message, large=job.large)
     except QueueUnavailable:

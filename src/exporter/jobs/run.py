@@ -5,15 +5,16 @@ queued ──▶ in_progress ──▶ succeeded
    ├────────────┴──────▶ failed      (+ a failure notice to the user, best effort)
    └────────────┴──────▶ cancelled   (by the owner or an operator: exporter.cancellation)
 
-A re-delivered message finds the record terminal and does nothing, or finds it
-``in_progress`` (the previous worker died) and starts over from the beginning; the
-conditional transitions (``exports/lifecycle.py``) make sure only one run can finish the
-record. A run produces the file (``jobs/produce.py``), hands it to its delivery channel
-(``delivery/``) and records the receipt. While it streams and delivers, it writes progress
-and its heartbeat (``jobs/progress.py``); a refused write means the job was cancelled or
-taken over, and the run stops there. ``delivered_at``, written with a condition the moment
-the channel's receiver accepted the file, keeps a re-run from delivering it twice
-(docs/reliability.md: the one window).
+A run starts with one conditional write, its first call (the message names the file, so
+nothing need be read first): a re-delivered message finds the record terminal and does
+nothing, or finds it ``in_progress`` (the previous worker died) and starts over from the
+beginning; the conditional transitions (``exports/lifecycle.py``) make sure only one run
+can finish the record. A run produces the file (``jobs/produce.py``), hands it to its
+delivery channel (``delivery/``) and records the receipt. While it streams and delivers, it
+writes progress and its heartbeat (``jobs/progress.py``); a refused write means the job was
+cancelled or taken over, and the run stops there. ``delivered_at``, written with a
+condition the moment the channel's receiver accepted the file, in the same write as the
+success, keeps a re-run from delivering it twice (docs/reliability.md: the one window).
 
 Transient failures raise ``RetryLater`` with exponential backoff and full jitter, within
 ``worker.max_tries`` and ``worker.retry_budget_s``; permanent ones fail the job at once.
@@ -31,7 +32,7 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import structlog
 
@@ -49,12 +50,13 @@ from exporter.errors import (
     StoreUnavailable,
 )
 from exporter.exports import lifecycle
-from exporter.jobs.ownership import may_run_here
+from exporter.jobs.ownership import fenced_here, may_run_here
 from exporter.jobs.produce import export_file_name, write_export_file
 from exporter.jobs.progress import ExportProgress, ProgressWriter
 from exporter.metrics import observe_export_finished
 from exporter.models import ExportJob, ExportMessageV1, JobState, User, utcnow
 from exporter.resources import Resources
+from exporter.store.jobs import JobRefused
 
 # The export job's logger keeps its name from before the run was split out of
 # jobs/export.py: the job's summary line (``export.succeeded``) is found by it.
@@ -77,6 +79,27 @@ class ExportOutcome:
     byte_size: int | None = None
 
 
+class _Ownership:
+    """When this run last saw a conditional write of its own succeed: its start, or a
+    progress write (refused once the job is cancelled, finished or run by a newer attempt).
+    Timed on the monotonic clock when the write was sent, so the moment it landed is no
+    earlier than that."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._confirmed_at: float | None = None
+
+    def confirm(self, sent_at: float) -> None:
+        if self._confirmed_at is None or sent_at > self._confirmed_at:
+            self._confirmed_at = sent_at
+
+    @property
+    def fresh(self) -> bool:
+        """Confirmed less than the window (``exports.progress_interval_s``) ago."""
+        confirmed = self._confirmed_at
+        return confirmed is not None and time.monotonic() - confirmed < self._window_s
+
+
 async def run_export(
     resources: Resources,
     payload: object,
@@ -94,33 +117,46 @@ async def run_export(
     except ExportFailed as exc:
         return await _fail_unreadable(resources, payload, exc, started=started)
     structlog.contextvars.bind_contextvars(export_id=message.export_id, user_id=message.user_id)
+    ownership = _Ownership(resources.settings.exports.progress_interval_s)
+    if message.file_name is None:
+        # A message queued by an older release names no file: read the record first, as
+        # runs did before messages carried it, and start the run in the ``try`` below.
+        try:
+            job = await resources.jobs.get(message.export_id)
+        except StoreUnavailable as exc:
+            await _retry_first_call(resources, exc, attempt, max_attempts)
+            raise
+        obstacle = await _obstacle(resources, message, job)
+        if obstacle is not None:
+            return await _not_started(
+                resources, message, job, obstacle, attempt=attempt, started=started
+            )
+        assert job is not None
+        file_name = export_file_name(job)
+    else:
+        # The start is the first call: its condition checks what a read would have.
+        try:
+            if await fenced_here(resources):
+                log.info("export.other_region", fenced=True)
+                return None
+            job = await _start(
+                resources, message, message.file_name, worker_id=worker_id, ownership=ownership
+            )
+        except JobRefused as exc:
+            obstacle = await _obstacle(resources, message, exc.current)
+            return await _not_started(
+                resources, message, exc.current, obstacle, attempt=attempt, started=started
+            )
+        except StoreUnavailable as exc:
+            await _retry_first_call(resources, exc, attempt, max_attempts)
+            raise
+        file_name = None
     try:
-        job = await resources.jobs.get(message.export_id)
-    except StoreUnavailable as exc:
-        # DynamoDB throttled or away before anything is known of the job (not even when it
-        # was asked for, which the retry budget counts from): back off like any other
-        # transient failure, within max_tries; after that the sweeper finds it queued.
-        if attempt < max_attempts:
-            await _retry_within_budget(resources, None, exc, attempt)
-        raise
-    if job is None:
-        log.warning("export.record_missing")
-        return None
-    if not await may_run_here(resources, job):
-        # Two regions: another region owns it (docs/operations.md); this delivery is a no-op.
-        log.info("export.other_region", home_region=job.home_region)
-        return None
-    if job.user_id != message.user_id:
-        return await _fail(
-            resources, job.job_id, ExportFailed("bad_message", "user mismatch"), started=started
-        )
-    if job.status.is_terminal:
-        if _notice_pending(job):
-            await _notify(resources, job, attempt=attempt)
-        log.info("export.already_finished", status=job.status.value)
-        return _outcome(job)
-    try:
-        return await _export(resources, job, started=started, worker_id=worker_id)
+        if file_name is not None:
+            job = await _start(
+                resources, message, file_name, worker_id=worker_id, ownership=ownership
+            )
+        return await _export(resources, job, started=started, ownership=ownership)
     except ExportFailed as exc:
         # Transient trouble (an outage of the mail service, S3, DynamoDB, the database) is
         # waited out for as long as the retry budget allows, whatever the number of tries.
@@ -155,6 +191,100 @@ async def run_export(
             ExportFailed("internal_error", type(exc).__name__),
             started=started,
         )
+
+
+async def _retry_first_call(
+    resources: Resources, exc: StoreUnavailable, attempt: int, max_attempts: int
+) -> None:
+    """DynamoDB throttled or away at the run's first call (its start, or the read of an
+    older message), before anything is known of the job (not even when it was asked for,
+    which the retry budget counts from): back off like any other transient failure, within
+    max_tries (``RetryLater``); after that the caller re-raises and the sweeper finds it."""
+    if attempt < max_attempts:
+        await _retry_within_budget(resources, None, exc, attempt)
+
+
+# Why a message does not start its job, from the record as read or as the refused start
+# returned it; checked in this order.
+Obstacle = Literal["missing", "other_region", "user_mismatch", "finished"]
+
+
+async def _obstacle(
+    resources: Resources, message: ExportMessageV1, job: ExportJob | None
+) -> Obstacle | None:
+    if job is None:
+        return "missing"
+    if not await may_run_here(resources, job):
+        return "other_region"
+    if job.user_id != message.user_id:
+        return "user_mismatch"
+    if job.status.is_terminal:
+        return "finished"
+    return None
+
+
+async def _not_started(
+    resources: Resources,
+    message: ExportMessageV1,
+    job: ExportJob | None,
+    obstacle: Obstacle | None,
+    *,
+    attempt: int,
+    started: float,
+) -> ExportOutcome | None:
+    """What a message that does not start its job does instead."""
+    if job is None:
+        log.warning("export.record_missing")
+        return None
+    if obstacle == "other_region":
+        # Two regions: another region owns it (docs/operations.md); this delivery is a no-op.
+        log.info("export.other_region", home_region=job.home_region)
+        return None
+    if obstacle == "user_mismatch":
+        return await _fail(
+            resources, job.job_id, ExportFailed("bad_message", "user mismatch"), started=started
+        )
+    if obstacle == "finished":
+        if _notice_pending(job):
+            await _notify(resources, job, attempt=attempt)
+        log.info("export.already_finished", status=job.status.value)
+        return _outcome(job)
+    # DynamoDB returns the record its condition refused, so one of the above holds; should
+    # it not, the record is left as it is (the sweeper repairs a job that is stuck).
+    log.warning("export.start_refused", status=job.status.value)
+    return None
+
+
+async def _start(
+    resources: Resources,
+    message: ExportMessageV1,
+    file_name: str,
+    *,
+    worker_id: str | None,
+    ownership: _Ownership,
+) -> ExportJob:
+    """The run's start: one conditional write that also checks the job is the message's
+    user's and this region's, and records where this run will store its file (unless an
+    earlier run's location is recorded: that one is kept, ``lifecycle.start_run``)."""
+    key, expires_at = file_location(resources, message.export_id, file_name)
+    here = resources.settings.region
+    sent_at = time.monotonic()
+    job = await lifecycle.start_run(
+        resources.jobs,
+        message.export_id,
+        worker_id=worker_id,
+        user_id=message.user_id,
+        home_region=here,
+        file_key=key,
+        file_expires_at=expires_at,
+        file_region=here,
+    )
+    ownership.confirm(sent_at)
+    if file_name != export_file_name(job):
+        # Not what this worker would name the file: the upload records the right key
+        # (``store_file``), at the cost of a write.
+        log.warning("export.file_name_mismatch", file_name=file_name)
+    return job
 
 
 async def _retry_within_budget(
@@ -210,33 +340,19 @@ def waiting_message(exc: Exception, deadline: datetime) -> str:
 
 
 async def _export(
-    resources: Resources, job: ExportJob, *, started: float, worker_id: str | None
+    resources: Resources, job: ExportJob, *, started: float, ownership: _Ownership
 ) -> ExportOutcome:
-    # Where this run will store its file goes on the record with the start (one write);
-    # a run that will deliver a file stored earlier keeps that one's.
-    key, expires_at = (
-        file_location(resources, job, export_file_name(job))
-        if job.file_stored_at is None
-        else (None, None)
-    )
-    job = await lifecycle.start_run(
-        resources.jobs,
-        job.job_id,
-        worker_id=worker_id,
-        file_key=key,
-        file_expires_at=expires_at,
-        file_region=resources.settings.region,
-    )
+    """The started run: finish a delivery an earlier run made, or produce and deliver."""
     if job.delivered_at is not None:
         return await finish_already_sent(resources, job)
     user = await resources.users.get(job.user_id)
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
-    return await _produce_and_deliver(resources, job, user, started=started)
+    return await _produce_and_deliver(resources, job, user, started=started, ownership=ownership)
 
 
 async def _produce_and_deliver(
-    resources: Resources, job: ExportJob, user: User, *, started: float
+    resources: Resources, job: ExportJob, user: User, *, started: float, ownership: _Ownership
 ) -> ExportOutcome:
     settings = resources.settings.exports
     with tempfile.SpooledTemporaryFile(
@@ -246,7 +362,7 @@ async def _produce_and_deliver(
         # ``start_run`` wrote the heartbeat: the first progress write is due an interval
         # later, so an export that takes less than that writes none.
         progress = ExportProgress(
-            _progress_writer(resources, job),
+            _progress_writer(resources, job, ownership),
             interval_s=settings.progress_interval_s,
             beat_from=time.monotonic(),
         )
@@ -277,7 +393,7 @@ async def _produce_and_deliver(
                 sha256=written.sha256,
             )
         streamed = time.monotonic()
-        guard = _RunGuard(resources, job, produced, progress)
+        guard = _RunGuard(resources, job, produced, progress, ownership)
         if not reused:
             # Every file is kept before it is delivered: downloadable until it expires,
             # from the page, the API and the email's link, whatever happens to the email;
@@ -288,16 +404,28 @@ async def _produce_and_deliver(
         assert job.file_key is not None
         try:
             receipt = await channel_for(resources, job).deliver(produced, job, user, guard=guard)
-        except DeliveryFailed as exc:
-            if exc.transient:
+        except Exception as exc:
+            if guard.recorded is not None and guard.receipt is not None:
+                # The receiver had accepted the file and the record says the export
+                # succeeded: whatever failed after that (saying goodbye) changes nothing.
+                log.warning("export.error_after_delivery", error=str(exc))
+                receipt = guard.receipt
+            elif isinstance(exc, DeliveryFailed) and exc.transient:
                 if not reused:
                     await _record_stored(resources, job, produced)
                 raise
-            # Refused for good (the mail server rejected the address): the file is stored,
-            # so the export succeeded; the owner sees on the page why no email came.
-            return await _undelivered(
-                resources, job, produced, exc, started=started, stored_now=not reused
-            )
+            elif isinstance(exc, DeliveryFailed):
+                # Refused for good (the mail server rejected the address): the file is
+                # stored, so the export succeeded; the owner sees on the page why no email
+                # came.
+                return await _undelivered(
+                    resources, job, produced, exc, started=started, stored_now=not reused
+                )
+            else:
+                # The guard's refused write (cancelled meanwhile): an upload that landed
+                # after the canceller deleted the object is ours to remove.
+                await drop_file_if_cancelled(resources, job.job_id, job.file_key)
+                raise
         except BaseException:
             # Cancelled while delivering (the abort, or the guard's refused write): an
             # upload that landed after the canceller deleted the object is ours to remove.
@@ -307,9 +435,9 @@ async def _produce_and_deliver(
             # A parallel run (the sweeper gave up on a slow one) delivered it meanwhile.
             assert guard.delivered_by_another is not None
             return await finish_already_sent(resources, guard.delivered_by_another)
-    return await _succeeded(
-        resources,
-        job,
+        assert guard.recorded is not None
+    return _succeeded(
+        guard.recorded,
         produced,
         receipt,
         started=started,
@@ -387,8 +515,7 @@ async def _fetch(
     return await resources.files.download(key, spool)
 
 
-async def _succeeded(
-    resources: Resources,
+def _succeeded(
     job: ExportJob,
     produced: ProducedFile,
     receipt: Receipt,
@@ -399,21 +526,10 @@ async def _succeeded(
     stored: float,
     reused: bool,
 ) -> ExportOutcome:
-    """Record the receipt as the job's success, then count, audit and log it once."""
+    """Count, audit and log the success the guard recorded (``job``: the record it left),
+    once: a run whose guard write was refused never gets here."""
     row_count, byte_size = produced.rows, produced.byte_size
     delivered = receipt.accepted_at
-    now = utcnow()
-    job = await lifecycle.mark_succeeded(
-        resources.jobs,
-        job.job_id,
-        row_count=row_count,
-        byte_size=byte_size,
-        file_name=receipt.file_name,
-        delivery=receipt.kind,
-        sha256=produced.sha256,
-        now=now,
-    )
-    # After the conditional transition: a re-delivered run that lost the race logs nothing.
     observe_export_finished(
         "succeeded", duration_s=delivered - started, rows=row_count, size_bytes=byte_size
     )
@@ -424,7 +540,7 @@ async def _succeeded(
         byte_size=byte_size,
         delivery=receipt.kind,
         requested_at=job.created_at,
-        at=now,
+        at=job.finished_at or utcnow(),
     )
     log.info(
         "export.succeeded",
@@ -442,7 +558,9 @@ async def _succeeded(
 
 
 class _RunGuard:
-    """The ``DeliveryGuard`` a run lends its channel: heartbeat, last check, receipt."""
+    """The ``DeliveryGuard`` a run lends its channel: heartbeat, last look (a read, unless
+    the run's ownership was confirmed less than a progress interval ago), and the receipt
+    recorded as the export's success (``recorded``: the record that write left)."""
 
     def __init__(
         self,
@@ -450,19 +568,30 @@ class _RunGuard:
         job: ExportJob,
         produced: ProducedFile,
         progress: ExportProgress,
+        ownership: _Ownership,
     ) -> None:
         self._resources = resources
         self._job = job
         self._produced = produced
         self._progress = progress
+        self._ownership = ownership
         self.delivered_by_another: ExportJob | None = None
         # When this run stored the file: recorded with the delivery (one write, not two).
         self.file_stored_at: datetime | None = None
+        self.receipt: Receipt | None = None
+        self.recorded: ExportJob | None = None
 
     async def keep_alive(self, work: Coroutine[Any, Any, T]) -> T:
         return await self._progress.run(work)
 
     async def may_deliver(self) -> bool:
+        if self._ownership.fresh:
+            # This run's own conditional write succeeded less than a progress interval ago.
+            # A takeover needs the heartbeat quiet for three intervals, and a delivery by
+            # another run needs a takeover, so only a cancel can have changed the record
+            # since: its abort stops this run, and ``mark_delivered`` refuses to record a
+            # cancelled export. The read is saved (docs/reliability.md, the last look).
+            return True
         current = await self._resources.jobs.get(self._job.job_id)
         if current is None or current.status is not JobState.IN_PROGRESS:
             # Cancelled (or finished by a parallel run) while this run produced the file:
@@ -478,9 +607,12 @@ class _RunGuard:
         return True
 
     async def delivered(self, receipt: Receipt) -> None:
-        await lifecycle.record_delivered(
+        # The guard and the success, one write; refused (ConditionFailed) if the export was
+        # cancelled, taken over or delivered by another run meanwhile.
+        self.recorded = await lifecycle.mark_delivered(
             self._resources.jobs,
             self._job.job_id,
+            attempt=self._job.attempts,
             row_count=self._produced.rows,
             byte_size=self._produced.byte_size,
             file_name=receipt.file_name,
@@ -488,6 +620,7 @@ class _RunGuard:
             sha256=self._produced.sha256,
             file_stored_at=self.file_stored_at,
         )
+        self.receipt = receipt
 
 
 async def _undelivered(
@@ -532,13 +665,16 @@ async def _undelivered(
     return _outcome(job)
 
 
-def _progress_writer(resources: Resources, job: ExportJob) -> ProgressWriter:
-    """Progress writes for this run only: ``job.attempts`` is the attempt that owns it."""
+def _progress_writer(resources: Resources, job: ExportJob, ownership: _Ownership) -> ProgressWriter:
+    """Progress writes for this run only: ``job.attempts`` is the attempt that owns it, so
+    each write that lands confirms the run still owns the job."""
 
     async def write(rows: int, total: int | None) -> None:
+        sent_at = time.monotonic()
         await resources.jobs.record_progress(
             job.job_id, attempt=job.attempts, rows_exported=rows, total_rows=total, now=utcnow()
         )
+        ownership.confirm(sent_at)
 
     return write
 

@@ -45,10 +45,11 @@ import structlog
 from exporter.delivery.notice import send_failure_notice
 from exporter.errors import ConditionFailed, QueueUnavailable, StoreError
 from exporter.exports import lifecycle
+from exporter.exports.message import export_message
 from exporter.jobs.ownership import failed_regions, may_sweep_here, new_home
 from exporter.jobs.run import backoff_delay
 from exporter.metrics import observe_export_finished, observe_sweep, observe_sweeper_action
-from exporter.models import ExportJob, ExportMessageV1, JobState, utcnow
+from exporter.models import ExportJob, JobState, utcnow
 from exporter.queue import QueueEntry
 from exporter.resources import Resources
 
@@ -218,7 +219,7 @@ async def _requeue(
     except ConditionFailed:
         log.info("sweep.claim_lost", export_id=job.job_id, status=job.status.value)
         return False
-    await resources.queue.requeue_export(ExportMessageV1(job.job_id, job.user_id), large=job.large)
+    await resources.queue.requeue_export(export_message(job), large=job.large)
     if rehome is not None:
         report.taken_over.append(job.job_id)
         log.warning("sweep.taken_over", export_id=job.job_id, from_region=job.home_region)
@@ -269,8 +270,6 @@ async def _retry_notice_later(resources: Resources, job: ExportJob) -> None:
             resources.jobs, job.job_id, next_attempt_at=utcnow() + timedelta(seconds=delay)
         )
         # Clears what arq keeps of the killed run (its running marker) before enqueuing.
-        await resources.queue.requeue_export(
-            ExportMessageV1(job.job_id, job.user_id), large=job.large, defer_s=delay
-        )
+        await resources.queue.requeue_export(export_message(job), large=job.large, defer_s=delay)
     except (StoreError, QueueUnavailable) as exc:
         log.warning("sweep.notice_retry_unscheduled", export_id=job.job_id, error=str(exc))

@@ -227,6 +227,16 @@ class SlotTaken(ConditionFailed):
         self.active = active
 
 
+class JobRefused(ConditionFailed):
+    """A conditional write of a job was refused, and ``current`` is the record as DynamoDB
+    found it (``ReturnValuesOnConditionCheckFailure``), None when there is no record: the
+    caller can tell why without reading it."""
+
+    def __init__(self, operation: str, current: ExportJob | None) -> None:
+        super().__init__(operation)
+        self.current = current
+
+
 @dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[ExportJob]
@@ -465,12 +475,23 @@ class JobStore:
         clear: Collection[str] = (),
         increment_attempts: bool = False,
         unsent_only: bool = False,
+        if_absent: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+        home_region: str | None = None,
+        attempt: int | None = None,
+        return_current: bool = False,
     ) -> ExportJob:
         """Move a job to ``to`` if it is in one of ``expected`` (default: every legal source).
         With ``unsent_only``, also only while no run has recorded ``email_sent_at``: a job
         whose file was mailed must never be failed (its file would then be deleted).
 
-        Raises ``ConditionFailed`` when the job is missing or in any other state.
+        ``fields`` are set; ``if_absent`` only where the record has no such attribute yet.
+        Further conditions, each only when given: the job belongs to ``user_id``; it is homed
+        in ``home_region`` or nowhere (a job from before regions); its ``attempts`` are
+        ``attempt`` (the run that owns it).
+
+        Raises ``ConditionFailed`` when the job is missing or in any other state; with
+        ``return_current``, ``JobRefused`` carrying the record as it was (no read needed).
         """
         allowed = sorted(expected if expected is not None else sources_of(to))
         if not allowed:
@@ -489,6 +510,12 @@ class JobStore:
             names[f"#f{i}"] = name
             values[f":f{i}"] = value
             sets.append(f"#f{i} = :f{i}")
+        for i, (name, value) in enumerate(_encode_fields(if_absent or {}).items()):
+            if name in encoded:
+                raise ValueError(f"{name!r} is both set and set if absent")
+            names[f"#a{i}"] = name
+            values[f":a{i}"] = value
+            sets.append(f"#a{i} = if_not_exists(#a{i}, :a{i})")
         if increment_attempts:
             sets.append("attempts = if_not_exists(attempts, :zero) + :one")
             values[":zero"], values[":one"] = n(0), n(1)
@@ -502,19 +529,38 @@ class JobStore:
             removes.append(f"#c{i}")
         if removes:
             update += " REMOVE " + ", ".join(removes)
-        with dynamo_errors("transition_job"):
-            response = await self._client.update_item(
-                TableName=self._table,
-                Key={"job_id": s(job_id)},
-                UpdateExpression=update,
-                ConditionExpression=(
-                    f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})"
-                    + (" AND attribute_not_exists(email_sent_at)" if unsent_only else "")
-                ),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
+        condition = f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})"
+        if unsent_only:
+            condition += " AND attribute_not_exists(email_sent_at)"
+        if user_id is not None:
+            condition += " AND user_id = :user"
+            values[":user"] = s(user_id)
+        if home_region is not None:
+            names["#home"] = "home_region"
+            condition += " AND (attribute_not_exists(#home) OR #home = :home)"
+            values[":home"] = s(home_region)
+        if attempt is not None:
+            condition += " AND attempts = :attempt"
+            values[":attempt"] = n(attempt)
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"job_id": s(job_id)},
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ReturnValues": "ALL_NEW",
+        }
+        if return_current:
+            # A refusal returns the record as it was: the caller's answer, without a read.
+            request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        try:
+            with dynamo_errors("transition_job"):
+                response = await self._client.update_item(**request)
+        except ConditionFailed as exc:
+            if not return_current:
+                raise
+            raise JobRefused("transition_job", _refused_item(exc)) from exc
         return item_to_job(response["Attributes"])
 
     async def record_progress(
@@ -824,6 +870,13 @@ class JobStore:
                 ReturnValues="ALL_NEW",
             )
         return item_to_job(response["Attributes"])
+
+
+def _refused_item(exc: ConditionFailed) -> ExportJob | None:
+    """The record a refused write returned with its error (``ALL_OLD``); None: no record."""
+    cause = exc.__cause__
+    item = cause.response.get("Item") if isinstance(cause, ClientError) else None
+    return item_to_job(item) if item else None
 
 
 def _active_from(exc: ClientError, *, check_index: int) -> ExportJob | None:
