@@ -72,7 +72,7 @@ outage: venv  ## a 3-minute mail outage at the shipped retry defaults (real proc
 	$(VENV)/bin/pytest -n 0 -s -m real_outage tests/faults/test_outages.py
 
 loadtest: venv  ## bounded load on a local stack (loopback, ~6 min); see docs/benchmarks.md
-	$(PY) bench/loadtest.py
+	$(PY) -m bench.loadtest
 
 format: venv
 	$(VENV)/bin/ruff format src tests docs bench

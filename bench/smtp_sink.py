@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
+import threading
 import time
+from collections.abc import Callable
 from email import policy
+from email.message import Message
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import IO
@@ -36,25 +40,38 @@ END_OF_DATA = b"\r\n.\r\n"
 _HEADERS = BytesHeaderParser(policy=policy.default)
 
 
-def record(out: IO[str], data: bytes) -> None:
-    """One JSON line for a message received now: its export id and kind (from the headers
-    only) and its size as it came over the wire."""
-    now = time.time()
+def message_headers(data: bytes) -> Message:
+    """The header block of a message as it came over the wire (the body is not parsed)."""
     head, _, _ = data.partition(b"\r\n\r\n")
-    headers = _HEADERS.parsebytes(head + b"\r\n\r\n")
-    line = json.dumps(
-        {
-            "t": now,
-            "export_id": str(headers[EXPORT_ID_HEADER] or ""),
-            "kind": str(headers[KIND_HEADER] or ""),
-            "bytes": len(data),
-        }
-    )
-    out.write(line + "\n")
-    out.flush()
+    return _HEADERS.parsebytes(head + b"\r\n\r\n")
 
 
-async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: IO[str]) -> None:
+def json_line_writer(out: IO[str]) -> Callable[[bytes], None]:
+    """``on_message`` for the command line: one JSON line per message received now, its
+    export id and kind (from the headers) and its size on the wire."""
+
+    def write(data: bytes) -> None:
+        now = time.time()
+        headers = message_headers(data)
+        line = json.dumps(
+            {
+                "t": now,
+                "export_id": str(headers[EXPORT_ID_HEADER] or ""),
+                "kind": str(headers[KIND_HEADER] or ""),
+                "bytes": len(data),
+            }
+        )
+        out.write(line + "\n")
+        out.flush()
+
+    return write
+
+
+async def session(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    on_message: Callable[[bytes], None],
+) -> None:
     """One client's connection, any number of messages, until QUIT or the client goes."""
 
     def reply(text: str) -> None:
@@ -89,7 +106,7 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ou
                 await writer.drain()
                 # The terminator's leading CRLF ends the message's last line.
                 data = await reader.readuntil(END_OF_DATA)
-                record(out, data[: -len(END_OF_DATA) + 2])
+                on_message(data[: -len(END_OF_DATA) + 2])
                 mail_from, recipients = False, 0
                 reply("250 OK")
             elif verb == b"RSET":
@@ -110,16 +127,56 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ou
         writer.close()
 
 
-async def serve(port: int, out: IO[str]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+async def serve(
+    port: int, on_message: Callable[[bytes], None], *, ready: Callable[[int], None] | None = None
+) -> None:
+    """Accept connections on ``port`` (0: any free one, passed to ``ready``) until SIGTERM,
+    SIGINT or cancellation; ``on_message`` gets each message's DATA (dot-stuffed)."""
     server = await asyncio.start_server(
-        lambda r, w: session(r, w, out), "127.0.0.1", port, limit=MAX_MESSAGE_BYTES
+        lambda r, w: session(r, w, on_message), "127.0.0.1", port, limit=MAX_MESSAGE_BYTES
     )
+    if ready is not None:
+        ready(server.sockets[0].getsockname()[1])
     async with server:
-        await stop.wait()
+        await server.serve_forever()
+
+
+class SinkThread:
+    """The sink on a thread of its own (its own event loop), for a benchmark that wants
+    the messages in its own process: ``with SinkThread(on_message) as port: ...``."""
+
+    def __init__(self, on_message: Callable[[bytes], None]) -> None:
+        self._on_message = on_message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="smtp-sink", daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+
+            def ready(port: int) -> None:
+                self.port = port
+                self._started.set()
+
+            with contextlib.suppress(asyncio.CancelledError):
+                await serve(0, self._on_message, ready=ready)
+
+        asyncio.run(main())
+
+    def __enter__(self) -> int:
+        self._thread.start()
+        if not self._started.wait(30):
+            raise RuntimeError("the SMTP sink did not start")
+        return self.port
+
+    def __exit__(self, *_: object) -> None:
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
 
 
 def main() -> None:
@@ -128,7 +185,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with open(args.out, "a", encoding="utf-8") as out:
-        asyncio.run(serve(args.port, out))
+        asyncio.run(_serve_until_signal(args.port, json_line_writer(out)))
+
+
+async def _serve_until_signal(port: int, on_message: Callable[[bytes], None]) -> None:
+    serving = asyncio.create_task(serve(port, on_message))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
 
 
 if __name__ == "__main__":
