@@ -20,6 +20,7 @@ from exporter.regions import file_region
 from exporter.store.files import ExportFiles
 from exporter.store.idempotency import IdempotencyStore
 from exporter.store.jobs import JobStore, derive_cursor_key
+from exporter.store.memberships import EXPORT_DATESTYLE
 from exporter.store.regions import RegionFlagStore
 from exporter.store.schedules import ScheduleStore
 from exporter.store.users import UserStore
@@ -67,6 +68,9 @@ async def open_pg_pool(
         max_size=settings.pool_max_size,
         timeout=settings.connect_timeout_s,
         command_timeout=settings.command_timeout_s,
+        # What an export's COPY renders dates with (``copy_memberships`` sets it for any
+        # other connection): set once per connection, not once per export.
+        server_settings={"DateStyle": EXPORT_DATESTYLE},
     )
     assert pool is not None
     return pool

@@ -25,11 +25,12 @@ close, and so delete, the temporary file on the way out.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any, Literal, TypeVar
@@ -345,14 +346,34 @@ async def _export(
     """The started run: finish a delivery an earlier run made, or produce and deliver."""
     if job.delivered_at is not None:
         return await finish_already_sent(resources, job)
-    user = await resources.users.get(job.user_id)
+    # The owner (their address, and whether the account is still active) is read while the
+    # file is produced: it is first needed before the file is stored.
+    owner = asyncio.ensure_future(resources.users.get(job.user_id))
+    try:
+        return await _produce_and_deliver(
+            resources, job, owner, started=started, ownership=ownership
+        )
+    finally:
+        if not owner.done():
+            owner.cancel()
+        elif not owner.cancelled():
+            owner.exception()  # a read whose result nobody awaited (the run failed first)
+
+
+async def _active_owner(owner: Awaitable[User | None]) -> User:
+    user = await owner
     if user is None or not user.active:
         raise ExportFailed("user_unavailable", "the account no longer exists or is disabled")
-    return await _produce_and_deliver(resources, job, user, started=started, ownership=ownership)
+    return user
 
 
 async def _produce_and_deliver(
-    resources: Resources, job: ExportJob, user: User, *, started: float, ownership: _Ownership
+    resources: Resources,
+    job: ExportJob,
+    owner: Awaitable[User | None],
+    *,
+    started: float,
+    ownership: _Ownership,
 ) -> ExportOutcome:
     settings = resources.settings.exports
     with tempfile.SpooledTemporaryFile(
@@ -393,6 +414,8 @@ async def _produce_and_deliver(
                 sha256=written.sha256,
             )
         streamed = time.monotonic()
+        # Nothing of a disabled or deleted account's is stored or sent.
+        user = await _active_owner(owner)
         guard = _RunGuard(resources, job, produced, progress, ownership)
         if not reused:
             # Every file is kept before it is delivered: downloadable until it expires,

@@ -269,6 +269,10 @@ EXPORT_QUERY = export_query("")[0]
 LINE_COPY_OPTIONS: dict[str, str] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
 
 
+# Dates as COPY writes them into every format: 2026-12-02 (ISO, year-month-day).
+EXPORT_DATESTYLE = "ISO, YMD"
+
+
 async def copy_memberships(
     conn: Conn,
     user_id: str,
@@ -298,7 +302,8 @@ async def copy_memberships(
         else {"format": "csv", "header": header}
     )
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        if conn.get_settings().DateStyle != EXPORT_DATESTYLE:  # the pools' connections: set
+            await conn.execute(f"SET LOCAL DateStyle = '{EXPORT_DATESTYLE}'")
         if render == "xlsx":
             # Compiling the xlsx row's large expression took ~0.4 s, more than JIT saved
             # even at 1,000,000 rows (measured: docs/benchmarks.md).
