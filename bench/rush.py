@@ -702,7 +702,9 @@ async def run_round(
     large_slots = (args.large_max_jobs or shipped.large_max_jobs) if rnd.routing else 0
     result["slots_per_process"] = {"small": small_slots, "large": large_slots}
     result["worker_processes"] = args.workers
-    result["worker_cpu_nice"] = shipped.cpu_nice if args.cpu_nice is None else args.cpu_nice
+    result["worker_cpu_nice"] = (
+        getattr(shipped, "cpu_nice", 0) if args.cpu_nice is None else args.cpu_nice
+    )
     return result
 
 
