@@ -15,7 +15,6 @@ half-done). The API, the operator CLI and a scheduler all call ``create_export``
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -154,11 +153,7 @@ async def _decide(
     # transaction (the job, the slot, and a check that the slot's job is finished, which
     # hands back that job when it is not) make a create: the quota is counted from the slot
     # and the one-active-export rule is checked inside the write.
-    # The routing count does not depend on the slot: both at once, so a create waits for
-    # the slower of the two rather than their sum (a count refused by the quota is wasted).
-    slot, estimated_rows = await asyncio.gather(
-        resources.jobs.read_slot(user_id), _estimate_rows(resources, user_id)
-    )
+    slot = await resources.jobs.read_slot(user_id)
     recent = await _recent_creates(resources, user_id, slot, now=now)
     try:
         check_quota(recent, max_per_day=settings.max_per_day, now=now)
@@ -168,6 +163,7 @@ async def _decide(
         if current is not None and current.status.is_active:
             return await _active(resources, user_id, current, key, fingerprint, now=now)
         raise
+    estimated_rows = await _estimate_rows(resources, user_id)
     if estimated_rows is None and settings.routes_by_size and slot.estimated_rows is not None:
         # The count could not answer in time (the morning of the 1st: hundreds of creates
         # at once): route by the size counted for the user's last export, kept on the
