@@ -223,7 +223,7 @@ async def redis_pid(settings: Settings) -> int:
 def worker_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     """Worker settings given on the command line (the shipped defaults otherwise)."""
     found: list[tuple[str, object]] = []
-    for name in ("max_jobs", "large_max_jobs", "poll_delay_s", "cpu_nice"):
+    for name in ("max_jobs", "large_max_jobs", "poll_delay_s"):
         value = getattr(args, name)
         if value is not None:
             found.append((name, value))
@@ -702,9 +702,6 @@ async def run_round(
     large_slots = (args.large_max_jobs or shipped.large_max_jobs) if rnd.routing else 0
     result["slots_per_process"] = {"small": small_slots, "large": large_slots}
     result["worker_processes"] = args.workers
-    result["worker_cpu_nice"] = (
-        getattr(shipped, "cpu_nice", 0) if args.cpu_nice is None else args.cpu_nice
-    )
     return result
 
 
@@ -844,7 +841,6 @@ def table(rounds: list[dict[str, Any]]) -> str:
                 for r in rounds
             ],
         ),
-        ("worker processes' nice level", [str(r.get("worker_cpu_nice", "-")) for r in rounds]),
         ("errors", [", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0" for r in rounds]),
         (
             "**small: request → e-mail p50 / p95 / p99 (max), ms**",
@@ -978,9 +974,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--large-max-jobs", type=int, help="worker.large_max_jobs (default: shipped)"
     )
     parser.add_argument("--poll-delay-s", type=float, help="worker.poll_delay_s (default: shipped)")
-    parser.add_argument(
-        "--cpu-nice", type=int, help="worker.cpu_nice, 0 for the API's priority (default: shipped)"
-    )
     parser.add_argument(
         "--rounds",
         default="abc",

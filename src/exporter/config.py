@@ -244,12 +244,6 @@ class WorkerSettings(BaseModel):
     # transient failures are bounded by retry_budget_s instead, however many tries it takes.
     max_tries: int = Field(default=5, ge=1)
     poll_delay_s: float = Field(default=0.1, gt=0)
-    # The CPU priority (nice level) `exporter worker` lowers itself to at start-up. Exports
-    # are batch work: on a machine the worker shares with the API (one box, a node with
-    # both), the API's answers come first and the exports take every cycle it leaves
-    # (docs/benchmarks.md, "The morning of the 1st"). Alone in its container it changes
-    # nothing. 0 keeps the priority it was started with; it is never raised.
-    cpu_nice: int = Field(default=10, ge=0, le=19)
     # Time given to running jobs on SIGTERM; keep below the pod's terminationGracePeriodSeconds.
     shutdown_grace_s: int = Field(default=60, ge=0)
     expire_cron_minute: int = Field(default=17, ge=0, le=59)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import signal
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from arq.worker import Worker
 from pydantic import SecretStr
 
-from exporter.config import Settings, WorkerSettings
+from exporter.config import Settings
 from exporter.errors import RedisNotDurable
 from exporter.jobs.pools import build_pool_workers, serve_pools
 from exporter.jobs.worker import (
@@ -134,8 +133,6 @@ async def test_the_combined_process_is_healthy_on_both_queues_and_stops_cleanly_
             )
 
         await _until(both_healthy, timeout_s=60)
-        # Batch work at the shipped worker.cpu_nice: the API on the same machine comes first.
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == WorkerSettings().cpu_nice == 10
         for queues in ([], ["--queue", "large"], ["--queue", "default", "--queue", "large"]):
             check = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "exporter", "worker", "--check", *queues, env=processes.env

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -437,15 +435,3 @@ def test_the_large_pool_serves_its_own_queue_and_only_the_default_pool_runs_the_
     assert large["health_check_key"] == health_check_key(settings, large=True)
     assert large["health_check_key"].startswith(f"{settings.redis.large_queue}:health-check:")
     assert large["ctx"]["large"] is True and default["ctx"]["large"] is False
-
-
-def test_the_worker_lowers_its_cpu_priority_and_never_raises_it() -> None:
-    """In a process of its own (a nice level cannot be taken back without privilege)."""
-    script = (
-        "from exporter.jobs.worker import lower_cpu_priority as lower\n"
-        "print(lower(7), lower(3), lower(0), lower(12))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.split() == ["7", "7", "7", "12"]

@@ -22,7 +22,7 @@ import signal
 from arq.worker import Worker
 
 from exporter.config import Settings
-from exporter.jobs.worker import ExportWorker, build_worker_settings, lower_cpu_priority
+from exporter.jobs.worker import ExportWorker, build_worker_settings
 from exporter.logs import configure_logging
 from exporter.resources import Resources, open_resources
 
@@ -106,6 +106,5 @@ async def run_pools(settings: Settings) -> None:
 def run_pools_forever(settings: Settings) -> None:
     """``exporter worker --queue default --queue large``."""
     configure_logging(settings)
-    lower_cpu_priority(settings.worker.cpu_nice)
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(run_pools(settings))

@@ -403,18 +403,8 @@ class ExportWorker(Worker):
         await super().close()
 
 
-def lower_cpu_priority(nice: int) -> int:
-    """Lower this process's CPU priority to ``nice`` (``worker.cpu_nice``), never raise it
-    (that would need a privilege); the nice level it runs at."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    return os.getpriority(os.PRIO_PROCESS, 0)
-
-
 def run_worker_forever(settings: Settings, *, large: bool = False) -> None:
     configure_logging(settings)
-    lower_cpu_priority(settings.worker.cpu_nice)
     ExportWorker(**build_worker_settings(settings, large=large)).run()
 
 
