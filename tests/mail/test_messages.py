@@ -42,6 +42,18 @@ def message(recipient: str = "user@example.com") -> ExportEmail:
     )
 
 
+def failure_notice(
+    *, sender: str = "Exporter <exports@exporter.local>", recipient: str = "user@example.com"
+) -> Message:
+    """The failure notice of EXPORT_ID (the mail service could not send the file)."""
+    return build_failure_message(
+        sender=sender,
+        recipient=recipient,
+        export_id=EXPORT_ID,
+        reason="our mail service could not send the file.",
+    )
+
+
 def on_the_wire(msg: Message, *, utf8: bool = False, eight_bit: bool = True) -> bytes:
     """What DATA carries for ``msg`` (as ``Mailer.send`` writes it to a server with or
     without SMTPUTF8 and 8BITMIME), its dot-stuffing undone as the server undoes it."""
@@ -181,14 +193,7 @@ def test_the_kind_header_tells_the_file_from_a_failure_notice_for_the_same_expor
             link=LINK,
         )
     )
-    notice = parsed(
-        build_failure_message(
-            sender="Exporter <exports@exporter.local>",
-            recipient="user@example.com",
-            export_id=EXPORT_ID,
-            reason="our mail service could not send the file.",
-        )
-    )
+    notice = parsed(failure_notice())
     # All three name the export; only the kind says whether the user got their data.
     assert {m[EXPORT_ID_HEADER] for m in (attached, linked, notice)} == {EXPORT_ID}
     assert attached[KIND_HEADER] == linked[KIND_HEADER] == KIND_EXPORT
@@ -389,12 +394,7 @@ def test_a_name_beyond_ascii_reads_the_same_with_or_without_8bitmime(
 
 
 def test_a_failure_notice_on_the_wire() -> None:
-    notice = build_failure_message(
-        sender="Exporter <exports@exporter.local>",
-        recipient="user@example.com",
-        export_id=EXPORT_ID,
-        reason="our mail service could not send the file.",
-    )
+    notice = failure_notice()
     assert_wire_lines(on_the_wire(notice))
     msg = parsed(notice)
 
@@ -411,12 +411,7 @@ def test_a_failure_notice_on_the_wire() -> None:
 
 
 def test_an_address_beyond_ascii_goes_out_as_utf8_headers() -> None:
-    notice = build_failure_message(
-        sender="Exporter <exports@exporter.local>",
-        recipient="josé@exämple.com",
-        export_id=EXPORT_ID,
-        reason="our mail service could not send the file.",
-    )
+    notice = failure_notice(recipient="josé@exämple.com")
     raw = on_the_wire(notice, utf8=True)
     assert "\r\nTo: josé@exämple.com\r\n".encode() in raw
     assert_top_headers(parsed(notice, utf8=True), to="josé@exämple.com")
@@ -446,12 +441,7 @@ def test_no_header_can_be_forged_with_a_line_break(field: str, line_break: str) 
 
 @pytest.mark.parametrize("utf8", [False, True])
 def test_a_sender_name_beyond_ascii_is_an_encoded_word_unless_smtputf8(utf8: bool) -> None:
-    notice = build_failure_message(
-        sender="Exportér Zürich <exports@exporter.local>",
-        recipient="user@example.com",
-        export_id=EXPORT_ID,
-        reason="our mail service could not send the file.",
-    )
+    notice = failure_notice(sender="Exportér Zürich <exports@exporter.local>")
     raw = on_the_wire(notice, utf8=utf8)
     (line,) = [line for line in raw.split(b"\r\n") if line.startswith(b"From: ")]
     assert line.isascii() is not utf8
