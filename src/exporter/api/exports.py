@@ -178,7 +178,9 @@ async def get_export(request: web.Request) -> web.Response:
     summary="Cancel one of your exports",
     description=(
         "Stops a `queued` or `in_progress` export: the job becomes `cancelled` and no email "
-        "is sent (unless the mail server had already accepted it when the cancel arrived). "
+        "is sent (unless the mail server had already accepted it when the cancel arrived, "
+        "or, should the cancel not reach the worker, it was within one progress interval, "
+        "2 s, of sending it; the file is then deleted, so its link answers 410). "
         "A finished export (`succeeded`, `failed`, `cancelled`, `expired`) answers 409 and "
         "stays as it is. The job itself remains readable until its retention ends."
     ),
