@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
+from typing import Any
 
 import pytest
 
@@ -33,12 +34,24 @@ CSV = b"membership_id,plan\r\nabc,pro\r\n"
 EXPORT_ID = "6c1f5a2e-0000-4000-8000-000000000001"
 
 
-def message(recipient: str = "user@example.com") -> ExportEmail:
+def message(
+    recipient: str = "user@example.com",
+    *,
+    attachment: ExportAttachment | None = None,
+    link: DownloadLink | None = None,
+    **options: Any,
+) -> ExportEmail:
+    """The email of EXPORT_ID from our sender: the small CSV attached unless ``attachment``
+    or ``link`` says otherwise; ``options`` as ``build_export_message`` takes them."""
+    if attachment is None and link is None:
+        attachment = ExportAttachment(CSV, "memberships-2026-11-26.csv", 1, len(CSV))
     return build_export_message(
         sender="Exporter <exports@exporter.local>",
         recipient=recipient,
         export_id=EXPORT_ID,
-        attachment=ExportAttachment(CSV, "memberships-2026-11-26.csv", 1, len(CSV)),
+        attachment=attachment,
+        link=link,
+        **options,
     )
 
 
@@ -117,11 +130,8 @@ def test_hostile_display_name_and_file_name_stay_text() -> None:
     name = '<script>alert("x")</script> & Co\r\nBcc: victim@example.com'
     file_name = "<img src=x onerror=alert(1)>.csv"
     msg = parsed(
-        build_export_message(
-            sender="Exporter <exports@exporter.local>",
-            recipient="user@example.com",
+        message(
             recipient_name=name,
-            export_id=EXPORT_ID,
             attachment=ExportAttachment(CSV, file_name, 1, len(CSV)),
         )
     )
@@ -140,10 +150,7 @@ def test_hostile_display_name_and_file_name_stay_text() -> None:
 
 def test_link_variant_says_where_and_until_when_without_attaching() -> None:
     msg = parsed(
-        build_export_message(
-            sender="Exporter <exports@exporter.local>",
-            recipient="user@example.com",
-            export_id=EXPORT_ID,
+        message(
             link=LINK,
         )
     )
@@ -186,10 +193,7 @@ def test_a_message_carries_exactly_one_of_attachment_and_link(both: bool) -> Non
 def test_the_kind_header_tells_the_file_from_a_failure_notice_for_the_same_export() -> None:
     attached = parsed(message())
     linked = parsed(
-        build_export_message(
-            sender="Exporter <exports@exporter.local>",
-            recipient="user@example.com",
-            export_id=EXPORT_ID,
+        message(
             link=LINK,
         )
     )
@@ -279,10 +283,7 @@ def test_an_attached_export_on_the_wire() -> None:
 @pytest.mark.parametrize("size", [0, 1, 57, 58, 57 * 1024 - 1, 57 * 1024 * 2 + 3, 140 * 1024])
 def test_an_attachment_read_from_a_file_is_base64_in_76_character_lines(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-    streamed = build_export_message(
-        sender="Exporter <exports@exporter.local>",
-        recipient="user@example.com",
-        export_id=EXPORT_ID,
+    streamed = message(
         attachment=ExportAttachment(io.BytesIO(data), "memberships.csv", 1, size),
     )
     raw = on_the_wire(streamed)
@@ -302,10 +303,7 @@ def test_an_attachment_read_from_a_file_is_base64_in_76_character_lines(size: in
 
 def test_a_file_attached_that_is_not_text_has_no_charset() -> None:
     msg = parsed(
-        build_export_message(
-            sender="Exporter <exports@exporter.local>",
-            recipient="user@example.com",
-            export_id=EXPORT_ID,
+        message(
             attachment=ExportAttachment(
                 b"PAR1\x00\xff", "m.parquet", 1, 6, content_type=("application", "x-parquet")
             ),
@@ -322,10 +320,7 @@ def test_a_file_attached_that_is_not_text_has_no_charset() -> None:
 
 
 def test_a_linked_export_on_the_wire() -> None:
-    linked = build_export_message(
-        sender="Exporter <exports@exporter.local>",
-        recipient="user@example.com",
-        export_id=EXPORT_ID,
+    linked = message(
         link=LINK,
         sha256="ab" * 32,
         page_url="https://exports.example.com/",
@@ -345,10 +340,7 @@ def test_a_linked_export_on_the_wire() -> None:
 
 def test_a_scheduled_export_on_the_wire() -> None:
     url = "https://exports.example.com/v1/schedule-pause/" + "t" * 300
-    scheduled = build_export_message(
-        sender="Exporter <exports@exporter.local>",
-        recipient="user@example.com",
-        export_id=EXPORT_ID,
+    scheduled = message(
         attachment=ExportAttachment(CSV, "memberships-2026-11-26.csv", 1, len(CSV)),
         schedule=ScheduleNotice(
             pause_url=url,
@@ -379,11 +371,8 @@ def test_a_name_beyond_ascii_reads_the_same_with_or_without_8bitmime(
 ) -> None:
     name = "Zoë Ångström 山田 🚀"
     msg = parsed(
-        build_export_message(
-            sender="Exporter <exports@exporter.local>",
-            recipient="user@example.com",
+        message(
             recipient_name=name,
-            export_id=EXPORT_ID,
             attachment=ExportAttachment(CSV, "memberships-2026-11-26.csv", 1, len(CSV)),
         ),
         eight_bit=eight_bit,
