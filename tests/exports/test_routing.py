@@ -195,12 +195,19 @@ async def _worker(settings: Settings, *, large: bool) -> AsyncIterator[Worker]:
         await worker.close()
 
 
-async def _runs(resources: Resources, queue: str) -> int:
-    """How many runs the queue's workers measured."""
-    async with resources.queue.redis.pipeline(transaction=False) as pipe:
-        pipe.llen(runs_key(queue))
-        (count,) = await pipe.execute()
-    return int(count)
+async def _runs(resources: Resources, queue: str, *, expected: int, timeout_s: float = 5) -> int:
+    """How many runs the queue's workers measured, once that is ``expected`` (or the count at
+    the timeout). A worker measures a run after it has written the success, so the count can
+    lag the status a reader sees by one Redis call."""
+    count = -1
+    for _ in range(int(timeout_s / 0.02)):
+        async with resources.queue.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(runs_key(queue))  # a pipeline: redis-py's stubs type LLEN as maybe-sync
+            (count,) = await pipe.execute()
+        if count == expected:
+            break
+        await asyncio.sleep(0.02)
+    return count
 
 
 async def test_a_small_export_finishes_while_a_large_one_holds_the_large_pool(
@@ -231,24 +238,27 @@ async def test_a_small_export_finishes_while_a_large_one_holds_the_large_pool(
             _worker(large_settings, large=True),
             _worker(routed, large=False),
         ):
-            big_job = await _create(resources, big.user_id)
-            assert big_job.large
-            await asyncio.wait_for(proxy.stalled.wait(), 30)
+            try:
+                big_job = await _create(resources, big.user_id)
+                assert big_job.large
+                await asyncio.wait_for(proxy.stalled.wait(), 30)
 
-            small_job = await _create(resources, small.user_id)
-            assert not small_job.large
-            done = await until_status(resources, small_job.job_id, JobState.SUCCEEDED)
+                small_job = await _create(resources, small.user_id)
+                assert not small_job.large
+                done = await until_status(resources, small_job.job_id, JobState.SUCCEEDED)
 
-            still = await resources.jobs.get(big_job.job_id)
-            assert still is not None and still.status is JobState.IN_PROGRESS
-            assert done.row_count == 10
-            # The default pool measured its run, for the ETA of the next ones.
-            assert await _runs(resources, routed.redis.queue_name) == 1
-
-            proxy.resume()
+                still = await resources.jobs.get(big_job.job_id)
+                assert still is not None and still.status is JobState.IN_PROGRESS
+                assert done.row_count == 10
+                # The default pool measured its run, for the ETA of the next ones.
+                assert await _runs(resources, routed.redis.queue_name, expected=1) == 1
+            finally:
+                # Whatever failed above, the large worker's close waits for its running
+                # export: let it finish rather than hang the test until its timeout.
+                proxy.resume()
             finished = await until_status(resources, big_job.job_id, JobState.SUCCEEDED)
             assert finished.row_count == 30_000
-            assert await _runs(resources, routed.redis.large_queue) == 1
+            assert await _runs(resources, routed.redis.large_queue, expected=1) == 1
             await resources.queue.redis.delete(routed.redis.large_queue)
 
 
