@@ -64,8 +64,7 @@ class LastWriterWins:
     async def _scan(self, table: str) -> dict[Key, Item]:
         names = await self._key_names(table)
         items: dict[Key, Item] = {}
-        paginator = self._client.get_paginator("scan")
-        async for page in paginator.paginate(TableName=table, ConsistentRead=True):
+        async for page in self._client.pages("Scan", TableName=table, ConsistentRead=True):
             for item in page.get("Items", []):
                 key = tuple((name, str(item[name]["S"])) for name in names)
                 items[key] = item

@@ -1,5 +1,7 @@
-"""Everything our AWS clients (DynamoDB, S3) share: how they are opened and how their
-errors are translated into the store errors of ``exporter.errors``, at one boundary."""
+"""How our AWS clients are opened, and how the S3 client's errors are translated into the
+store errors of ``exporter.errors``, at one boundary. DynamoDB goes through our own lean
+client (``exporter/dynamodb.py``; its errors are translated in ``store/dynamo.py``), S3
+through aiobotocore."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.config import DynamoSettings, S3Settings
+from exporter.dynamodb import DynamoDB, chain_credentials, open_dynamodb, static_credentials
 from exporter.errors import StoreError, StoreUnavailable
 from exporter.metrics import observe_dynamodb_call
 
@@ -34,17 +37,15 @@ def client_credentials(
     return {}
 
 
-# The User-Agent of every AWS request (aiobotocore's session adds "botocore/<version>").
+# The User-Agent of every S3 request (aiobotocore's session adds "botocore/<version>").
 # Given one, botocore sends it as it is; left to itself, it rebuilds (and sanitises, part
-# by part) a User-Agent of some 40 parts twice per request: ~20 % of a DynamoDB call's CPU
-# here (docs/benchmarks.md).
+# by part) a User-Agent of some 40 parts twice per request: ~20 % of a call's CPU here
+# (docs/benchmarks.md).
 USER_AGENT = f"exporter/{__version__} aiobotocore/{aiobotocore.__version__}"
 
 
 @asynccontextmanager
-async def _open_client(
-    service: str, settings: DynamoSettings | S3Settings, **config: Any
-) -> AsyncIterator[Any]:
+async def _open_client(service: str, settings: S3Settings, **config: Any) -> AsyncIterator[Any]:
     """A client with bounded timeouts and botocore's standard retries (jittered backoff)."""
     credentials = client_credentials(
         settings.endpoint_url, settings.access_key_id, settings.secret_access_key
@@ -67,21 +68,30 @@ async def _open_client(
 
 
 @asynccontextmanager
-async def open_dynamo(settings: DynamoSettings) -> AsyncIterator[Any]:
-    """``async with open_dynamo(settings) as client``: a DynamoDB client whose every API call
-    is counted (``exporter_dynamodb_calls_total{operation}``)."""
-    # Every request is built by our stores, and DynamoDB validates it anyway (a
-    # ValidationException is a StoreError): botocore's client-side walk over the
-    # parameters was ~7 % of a create's CPU (docs/benchmarks.md).
-    async with _open_client("dynamodb", settings, parameter_validation=False) as client:
-        client.meta.events.register("before-call.dynamodb", _count_dynamodb_call)
+async def open_dynamo(settings: DynamoSettings) -> AsyncIterator[DynamoDB]:
+    """``async with open_dynamo(settings) as client``: our lean DynamoDB client
+    (``exporter/dynamodb.py``), its every API call counted
+    (``exporter_dynamodb_calls_total{operation}``, once per call, not per retry)."""
+    credentials = client_credentials(
+        settings.endpoint_url, settings.access_key_id, settings.secret_access_key
+    )
+    async with open_dynamodb(
+        region=settings.region,
+        endpoint_url=settings.endpoint_url,
+        credentials=(
+            static_credentials(
+                credentials["aws_access_key_id"], credentials["aws_secret_access_key"]
+            )
+            if credentials
+            else chain_credentials()
+        ),
+        connect_timeout_s=settings.connect_timeout_s,
+        read_timeout_s=settings.read_timeout_s,
+        max_attempts=settings.max_attempts,
+        max_connections=settings.max_connections,
+        on_call=observe_dynamodb_call,
+    ) as client:
         yield client
-
-
-def _count_dynamodb_call(model: Any, **_: Any) -> None:
-    """botocore's ``before-call`` event, once per API call (before its retries). Returns
-    None: a value here would stand in for the service's response."""
-    observe_dynamodb_call(model.name)
 
 
 def open_s3(settings: S3Settings) -> Any:

@@ -75,6 +75,8 @@ class DynamoSettings(BaseModel):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=4, ge=1)
+    # Connections kept open to DynamoDB per process (a call waits for a free one).
+    max_connections: int = Field(default=32, ge=1)
 
     @field_validator("endpoint_url", mode="before")
     @classmethod

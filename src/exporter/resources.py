@@ -12,6 +12,7 @@ import asyncpg
 from exporter.auth import TokenService, build_token_service
 from exporter.aws import open_dynamo, open_s3
 from exporter.config import PostgresSettings, Settings
+from exporter.dynamodb import DynamoDB
 from exporter.errors import StoreError
 from exporter.mail.smtp import Mailer
 from exporter.models import ExportJob
@@ -33,7 +34,7 @@ class Resources:
     # Export reads go to the replica when one is configured (in workers); ``pg`` otherwise.
     pg_export: asyncpg.Pool[Any]
     queue: ExportQueue
-    dynamo: Any
+    dynamo: DynamoDB
     jobs: JobStore
     users: UserStore
     mailer: Mailer

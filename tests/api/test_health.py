@@ -138,6 +138,6 @@ async def test_readyz_names_dynamodb_when_it_is_down(settings: Settings, api_wit
         "checks": {
             "postgres": "ok",
             "redis": "ok",
-            "dynamodb": "failed: EndpointConnectionError",
+            "dynamodb": "failed: DynamoUnreachable",
         },
     }

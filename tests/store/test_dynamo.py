@@ -1,20 +1,21 @@
 """How DynamoDB's refusals reach the rest of the code: throttling and 5xx are
 ``StoreUnavailable`` (retried), the rest ``StoreError`` (fails at once). The real client is
-pointed at an endpoint answering as DynamoDB does, so botocore's parsing is part of it."""
+pointed at an endpoint answering as DynamoDB does, so the client's parsing is part of it."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
 
 from exporter.aws import open_dynamo
 from exporter.config import DynamoSettings
 from exporter.dev.ports import free_port
-from exporter.errors import ConditionFailed, StoreError, StoreUnavailable
+from exporter.dynamodb import DynamoError, DynamoFailure, DynamoUnreachable
+from exporter.errors import ConditionFailed, StoreError, StoreUnavailable, WriteConflict
 from exporter.store.dynamo import dynamo_errors, format_ts, parse_ts
 from exporter.store.jobs import JobStore
 from tests.aws_errors import AwsError, aws_error_endpoint
@@ -23,7 +24,7 @@ from tests.aws_errors import AwsError, aws_error_endpoint
 async def read_a_job_from(error: AwsError) -> None:
     """One real JobStore read against an endpoint that answers ``error``."""
     async with aws_error_endpoint(error) as url:
-        # One attempt: botocore's own retries (with their backoff) are not what is tested.
+        # One attempt: the client's retries (with their backoff) are not what is tested.
         settings = DynamoSettings(endpoint_url=url, max_attempts=1)
         async with open_dynamo(settings) as client:
             await JobStore(client, settings).get(str(uuid.uuid4()))
@@ -66,32 +67,60 @@ async def test_an_unreachable_endpoint_is_transient() -> None:
             await JobStore(client, settings).get(str(uuid.uuid4()))
 
 
-def client_error(code: str, *, status: int = 400) -> ClientError:
-    return ClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-        "UpdateItem",
-    )
+def dynamo_error(code: str, *, status: int = 400, **document: object) -> DynamoError:
+    """What the client raises for an answer with DynamoDB's error document."""
+    body = {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": code, **document}
+    return DynamoError("UpdateItem", status, json.dumps(body).encode())
 
 
 @pytest.mark.parametrize(
     ("raised", "translated"),
     [
-        (client_error("ProvisionedThroughputExceededException"), StoreUnavailable),
-        (client_error("ThrottlingException"), StoreUnavailable),
-        (client_error("503", status=503), StoreUnavailable),
-        (client_error("ConditionalCheckFailedException"), ConditionFailed),
-        (client_error("ValidationException"), StoreError),
-        (EndpointConnectionError(endpoint_url="http://x"), StoreUnavailable),
+        (dynamo_error("ProvisionedThroughputExceededException"), StoreUnavailable),
+        (dynamo_error("ThrottlingException"), StoreUnavailable),
+        (DynamoError("UpdateItem", 503, b"<html>busy</html>"), StoreUnavailable),
+        (DynamoError("UpdateItem", 502, b""), StoreUnavailable),
+        (dynamo_error("ConditionalCheckFailedException"), ConditionFailed),
+        (dynamo_error("ValidationException"), StoreError),
+        (
+            dynamo_error(
+                "TransactionCanceledException",
+                CancellationReasons=[{"Code": "None"}, {"Code": "ConditionalCheckFailed"}],
+            ),
+            ConditionFailed,
+        ),
+        (
+            dynamo_error(
+                "TransactionCanceledException",
+                CancellationReasons=[{"Code": "TransactionConflict"}, {"Code": "None"}],
+            ),
+            WriteConflict,
+        ),
+        (
+            dynamo_error(
+                "TransactionCanceledException", CancellationReasons=[{"Code": "ThrottlingError"}]
+            ),
+            StoreUnavailable,
+        ),
+        (DynamoUnreachable("UpdateItem: ClientConnectorError"), StoreUnavailable),
     ],
-    ids=lambda v: type(v).__name__ if isinstance(v, type) else str(v)[:50],
+    ids=lambda v: type(v).__name__ if isinstance(v, type) else str(v)[:60],
 )
 def test_the_translation_names_each_failure_by_what_to_do_about_it(
-    raised: Exception, translated: type[StoreError]
+    raised: DynamoFailure, translated: type[StoreError]
 ) -> None:
     with pytest.raises(StoreError) as caught, dynamo_errors("update"):
         raise raised
     assert type(caught.value) is translated
     assert caught.value.__cause__ is raised
+
+
+def test_an_answer_that_is_not_dynamodbs_error_document_is_named_by_its_status() -> None:
+    error = DynamoError("GetItem", 502, b"<html>bad gateway</html>")
+    assert (error.code, error.status, error.body, error.transient) == ("502", 502, {}, True)
+    refused = dynamo_error("ConditionalCheckFailedException", Item={"job_id": {"S": "x"}})
+    assert refused.code == "ConditionalCheckFailedException" and not refused.transient
+    assert refused.body["Item"] == {"job_id": {"S": "x"}}
 
 
 @pytest.mark.parametrize(

@@ -8,45 +8,36 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from exporter.aws import aws_errors, error_code
-from exporter.errors import ConditionFailed, StoreUnavailable, WriteConflict
-
-# Error codes AWS documents as retryable for DynamoDB.
-RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "LimitExceededException",
-    }
-)
+from exporter.dynamodb import DynamoError, DynamoUnreachable
+from exporter.errors import ConditionFailed, StoreError, StoreUnavailable, WriteConflict
 
 Item = dict[str, dict[str, Any]]
 
 
 @contextmanager
 def dynamo_errors(operation: str) -> Iterator[None]:
-    """Translate botocore errors into the store's own exceptions: DynamoDB's condition and
-    transaction outcomes here, everything else as every AWS client does (``aws_errors``)."""
-    with aws_errors(operation, retryable_codes=RETRYABLE_CODES):
-        try:
-            yield
-        except ClientError as exc:
-            code, _ = error_code(exc)
-            if code == "ConditionalCheckFailedException":
+    """Translate the DynamoDB client's failures (``exporter/dynamodb.py``) into the store's
+    own exceptions: a refused condition is ``ConditionFailed``, a transaction lost to another
+    ``WriteConflict``; transient trouble (throttling, a 5xx, including a load balancer's own
+    page, or no answer at all) ``StoreUnavailable``; anything else ``StoreError``."""
+    try:
+        yield
+    except DynamoUnreachable as exc:
+        raise StoreUnavailable(f"{operation}: {exc}") from exc
+    except DynamoError as exc:
+        if exc.code == "ConditionalCheckFailedException":
+            raise ConditionFailed(operation) from exc
+        if exc.code == "TransactionCanceledException":
+            reasons = exc.body.get("CancellationReasons") or []
+            codes = {r.get("Code") for r in reasons if isinstance(r, dict)}
+            if "ConditionalCheckFailed" in codes:
                 raise ConditionFailed(operation) from exc
-            if code == "TransactionCanceledException":
-                reasons = exc.response.get("CancellationReasons", [])
-                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-                    raise ConditionFailed(operation) from exc
-                if any(r.get("Code") == "TransactionConflict" for r in reasons):
-                    raise WriteConflict(f"{operation}: transaction conflict") from exc
-                raise StoreUnavailable(f"{operation}: transaction cancelled") from exc
-            raise
+            if "TransactionConflict" in codes:
+                raise WriteConflict(f"{operation}: transaction conflict") from exc
+            raise StoreUnavailable(f"{operation}: transaction cancelled") from exc
+        if exc.transient:
+            raise StoreUnavailable(f"{operation}: {exc.code}") from exc
+        raise StoreError(f"{operation}: {exc.code}") from exc
 
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB
 from exporter.errors import ConditionFailed
 from exporter.store.dynamo import dynamo_errors, get_n, get_s, n, s
 
@@ -44,7 +45,7 @@ class KeyRecord:
 class IdempotencyStore:
     """Record and look up the response each (user, Idempotency-Key) got."""
 
-    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+    def __init__(self, client: DynamoDB, settings: DynamoSettings) -> None:
         self._client = client
         self._table = settings.idempotency_keys_table
 

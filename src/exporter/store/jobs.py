@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from exporter.aws import error_code
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB, DynamoError
 from exporter.errors import ConditionFailed, InvalidCursor, StoreError
 from exporter.models import ExportFormat, ExportJob, JobState, sources_of
 from exporter.selection import ALL, ExportSelection
@@ -248,7 +246,7 @@ class JobStore:
 
     def __init__(
         self,
-        client: Any,
+        client: DynamoDB,
         settings: DynamoSettings,
         *,
         cursor_key: bytes | None = None,
@@ -372,7 +370,7 @@ class JobStore:
         with dynamo_errors("create_job"):
             try:
                 await self._client.transact_write_items(TransactItems=items)
-            except ClientError as exc:
+            except DynamoError as exc:
                 active = _active_from(exc, check_index=len(items) - 1)
                 if previous is not None and active is not None:
                     raise SlotTaken(active) from exc
@@ -642,9 +640,9 @@ class JobStore:
         if created_before is not None:
             condition += " AND created_at < :before"
             values[":before"] = s(format_ts(created_before))
-        paginator = self._client.get_paginator("query")
         with dynamo_errors("active_jobs"):
-            async for page in paginator.paginate(
+            async for page in self._client.pages(
+                "Query",
                 TableName=self._table,
                 IndexName=ACTIVE_INDEX,
                 KeyConditionExpression=condition,
@@ -746,9 +744,8 @@ class JobStore:
             query["ExpressionAttributeNames"] = {"#status": "status"}
             query["ExpressionAttributeValues"] = {":status": s(status.value)}
         found: list[ExportJob] = []
-        paginator = self._client.get_paginator("scan")
         with dynamo_errors("scan_jobs"):
-            async for page in paginator.paginate(**query):
+            async for page in self._client.pages("Scan", **query):
                 found.extend(item_to_job(i) for i in page.get("Items", []))
                 if len(found) >= limit:
                     break
@@ -761,9 +758,9 @@ class JobStore:
         A scan, like ``delete_expired``: run by the hourly cron, not on a request path.
         """
         found: list[ExportJob] = []
-        paginator = self._client.get_paginator("scan")
         with dynamo_errors("scan_files"):
-            async for page in paginator.paginate(
+            async for page in self._client.pages(
+                "Scan",
                 TableName=self._table,
                 FilterExpression=(
                     "attribute_exists(file_key) AND ((#status = :succeeded AND "
@@ -836,9 +833,9 @@ class JobStore:
         """
         deleted = 0
         cutoff = n(int(now.timestamp()))
-        paginator = self._client.get_paginator("scan")
         with dynamo_errors("expire_jobs"):
-            async for page in paginator.paginate(
+            async for page in self._client.pages(
+                "Scan",
                 TableName=self._table,
                 FilterExpression="expires_at < :now",
                 ExpressionAttributeValues={":now": cutoff},
@@ -875,17 +872,16 @@ class JobStore:
 def _refused_item(exc: ConditionFailed) -> ExportJob | None:
     """The record a refused write returned with its error (``ALL_OLD``); None: no record."""
     cause = exc.__cause__
-    item = cause.response.get("Item") if isinstance(cause, ClientError) else None
+    item = cause.body.get("Item") if isinstance(cause, DynamoError) else None
     return item_to_job(item) if item else None
 
 
-def _active_from(exc: ClientError, *, check_index: int) -> ExportJob | None:
+def _active_from(exc: DynamoError, *, check_index: int) -> ExportJob | None:
     """The active job a cancelled create transaction's ConditionCheck returned, if that
     check is what refused it."""
-    code, _ = error_code(exc)
-    if code != "TransactionCanceledException":
+    if exc.code != "TransactionCanceledException":
         return None
-    reasons = exc.response.get("CancellationReasons") or []
+    reasons = exc.body.get("CancellationReasons") or []
     if len(reasons) <= check_index:
         return None
     reason = reasons[check_index]

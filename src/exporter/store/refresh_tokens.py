@@ -39,6 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB
 from exporter.errors import ConditionFailed
 from exporter.store.dynamo import Item, dynamo_errors, get_bool, get_n, get_s, n, s
 
@@ -85,7 +86,7 @@ class RefreshRecord:
 
 
 class RefreshTokenStore:
-    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+    def __init__(self, client: DynamoDB, settings: DynamoSettings) -> None:
         self._client = client
         self._table = settings.refresh_tokens_table
 

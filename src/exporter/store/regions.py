@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB
 from exporter.store.dynamo import dynamo_errors, format_ts, get_s, s
 
 
 class RegionFlagStore:
     """Declare a region failed, restore it, and read which regions are failed."""
 
-    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+    def __init__(self, client: DynamoDB, settings: DynamoSettings) -> None:
         self._client = client
         self._table = settings.regions_table
         # (time.monotonic() before the read, what it found): ``failed_regions_cached``;
@@ -49,9 +49,10 @@ class RegionFlagStore:
         """The regions declared failed, as this region's replica knows them (a strongly
         consistent read of a table of at most a few items)."""
         found: set[str] = set()
-        paginator = self._client.get_paginator("scan")
         with dynamo_errors("failed_regions"):
-            async for page in paginator.paginate(TableName=self._table, ConsistentRead=True):
+            async for page in self._client.pages(
+                "Scan", TableName=self._table, ConsistentRead=True
+            ):
                 for item in page.get("Items", []):
                     region = get_s(item, "region")
                     if region is not None and get_s(item, "failed_at") is not None:

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB
 from exporter.errors import ConditionFailed
 from exporter.models import ExportFormat
 from exporter.schedules.model import (
@@ -125,7 +126,7 @@ def item_to_schedule(item: Mapping[str, Mapping[str, Any]]) -> Schedule:
 class ScheduleStore:
     """Create, read, claim, record and change schedules; store errors only."""
 
-    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+    def __init__(self, client: DynamoDB, settings: DynamoSettings) -> None:
         self._client = client
         self._table = settings.schedules_table
 

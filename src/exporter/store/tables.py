@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB
 from exporter.store.dynamo import dynamo_errors
 
 USER_CREATED_INDEX = "user-created-index"
@@ -147,12 +148,11 @@ def ttl_tables(settings: DynamoSettings) -> list[str]:
     ]
 
 
-async def create_tables(client: Any, settings: DynamoSettings) -> list[str]:
+async def create_tables(client: DynamoDB, settings: DynamoSettings) -> list[str]:
     """Create missing tables and enable TTL where items expire; returns the names it created."""
     with dynamo_errors("list_tables"):
         existing: set[str] = set()
-        paginator = client.get_paginator("list_tables")
-        async for page in paginator.paginate():
+        async for page in client.pages("ListTables"):
             existing.update(page.get("TableNames", []))
     created = []
     for spec in table_specs(settings):
@@ -160,8 +160,7 @@ async def create_tables(client: Any, settings: DynamoSettings) -> list[str]:
             continue
         with dynamo_errors("create_table"):
             await client.create_table(**spec)
-            waiter = client.get_waiter("table_exists")
-            await waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
+            await client.wait_for_table(spec["TableName"])
         created.append(spec["TableName"])
     for table in ttl_tables(settings):
         with dynamo_errors("update_time_to_live"):

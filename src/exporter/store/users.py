@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from exporter.config import DynamoSettings
+from exporter.dynamodb import DynamoDB
 from exporter.models import User
 from exporter.store.dynamo import Item, dynamo_errors, format_ts, get_bool, get_s, parse_ts, s
 
@@ -41,7 +42,7 @@ def _item_to_user(item: dict[str, Any]) -> User:
 
 
 class UserStore:
-    def __init__(self, client: Any, settings: DynamoSettings) -> None:
+    def __init__(self, client: DynamoDB, settings: DynamoSettings) -> None:
         self._client = client
         self._users = settings.users_table
         self._emails = settings.user_emails_table

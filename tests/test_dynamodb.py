@@ -1,0 +1,135 @@
+"""Our lean DynamoDB client (``exporter/dynamodb.py``): what each request carries, which
+answers it retries and how often, how a failure reaches its caller, and the calls stores
+make through it against DynamoDB Local."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+
+import pytest
+from prometheus_client import REGISTRY
+
+from exporter.aws import open_dynamo
+from exporter.config import DynamoSettings, Settings
+from exporter.dev.ports import free_port
+from exporter.dynamodb import USER_AGENT, DynamoError, DynamoUnreachable, chain_credentials
+from tests.aws_errors import AwsError, aws_error_endpoint
+
+
+def _calls(operation: str) -> float:
+    value = REGISTRY.get_sample_value("exporter_dynamodb_calls_total", {"operation": operation})
+    return value or 0.0
+
+
+async def test_a_request_is_dynamodbs_json_protocol_signed_with_sigv4() -> None:
+    seen: list[Mapping[str, str]] = []
+    async with aws_error_endpoint(AwsError.dynamo("ValidationException"), seen=seen) as url:
+        settings = DynamoSettings(endpoint_url=url, region="eu-west-1", max_attempts=1)
+        async with open_dynamo(settings) as client:
+            with pytest.raises(DynamoError):
+                await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+    (headers,) = seen
+    assert headers["X-Amz-Target"] == "DynamoDB_20120810.GetItem"
+    assert headers["Content-Type"] == "application/x-amz-json-1.0"
+    assert headers["User-Agent"] == USER_AGENT
+    assert re.fullmatch(r"\d{8}T\d{6}Z", headers["X-Amz-Date"])
+    date = headers["X-Amz-Date"][:8]
+    assert re.fullmatch(
+        rf"AWS4-HMAC-SHA256 Credential=local/{date}/eu-west-1/dynamodb/aws4_request, "
+        r"SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=[0-9a-f]{64}",
+        headers["Authorization"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [
+        (AwsError.dynamo("ThrottlingException"), 3),
+        (AwsError.dynamo("ProvisionedThroughputExceededException"), 3),
+        (AwsError.dynamo("InternalServerError", status=500), 3),
+        (AwsError.bare(502), 3),
+        (AwsError.dynamo("ValidationException"), 1),
+        (AwsError.dynamo("ConditionalCheckFailedException"), 1),
+    ],
+    ids=lambda v: v.name if isinstance(v, AwsError) else str(v),
+)
+async def test_transient_answers_are_retried_up_to_max_attempts_and_the_call_counted_once(
+    error: AwsError, attempts: int
+) -> None:
+    seen: list[Mapping[str, str]] = []
+    before = _calls("UpdateItem")
+    async with (
+        aws_error_endpoint(error, seen=seen) as url,
+        open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=3)) as client,
+    ):
+        with pytest.raises(DynamoError) as raised:
+            await client.update_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+    assert len(seen) == attempts
+    assert raised.value.status == error.status
+    assert raised.value.transient is (attempts > 1)
+    assert _calls("UpdateItem") - before == 1
+
+
+async def test_no_answer_is_unreachable_after_every_attempt() -> None:
+    settings = DynamoSettings(
+        endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2, connect_timeout_s=1
+    )
+    async with open_dynamo(settings) as client:
+        with pytest.raises(DynamoUnreachable, match="GetItem"):
+            await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+
+
+async def test_credentials_in_aws_come_from_botocores_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without keys and without a local endpoint the client asks botocore's provider chain
+    (the environment here; a web identity token, the pod's IRSA role, in AWS)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token")
+    key = await chain_credentials()()
+    assert (key.id, key.secret, key.token) == (
+        "AKIDEXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        "session-token",
+    )
+
+
+async def test_no_credentials_anywhere_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(DynamoUnreachable, match="no AWS credentials"):
+        await chain_credentials()()
+
+
+async def test_a_table_is_created_waited_for_paged_through_and_deleted(settings: Settings) -> None:
+    table = f"t-{uuid.uuid4().hex[:8]}"
+    async with open_dynamo(settings.dynamo) as client:
+        await client.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        try:
+            await client.wait_for_table(table)
+            for i in range(5):
+                await client.put_item(TableName=table, Item={"pk": {"S": f"k{i}"}})
+            pages = [p async for p in client.pages("Scan", TableName=table, Limit=2)]
+            assert [len(p["Items"]) for p in pages][:3] == [2, 2, 1]
+            assert sorted(i["pk"]["S"] for p in pages for i in p["Items"]) == [
+                f"k{i}" for i in range(5)
+            ]
+            names = [n async for p in client.pages("ListTables", Limit=1) for n in p["TableNames"]]
+            assert table in names
+            got = await client.get_item(TableName=table, Key={"pk": {"S": "k3"}})
+            assert got["Item"] == {"pk": {"S": "k3"}}
+            missing = await client.get_item(TableName=table, Key={"pk": {"S": "nope"}})
+            assert "Item" not in missing
+        finally:
+            await client.delete_table(TableName=table)
