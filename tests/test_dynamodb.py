@@ -4,11 +4,14 @@ make through it against DynamoDB Local."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+import zlib
 from collections.abc import Mapping
 
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
 
 from exporter.aws import open_dynamo
@@ -133,3 +136,41 @@ async def test_a_table_is_created_waited_for_paged_through_and_deleted(settings:
             assert "Item" not in missing
         finally:
             await client.delete_table(TableName=table)
+
+
+@pytest.mark.parametrize("sent_crc", ["good", "bad"])
+async def test_an_answer_whose_crc32_does_not_match_is_retried_then_unreachable(
+    sent_crc: str,
+) -> None:
+    body = json.dumps({"Item": {"job_id": {"S": "x"}}}).encode()
+    answers = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal answers
+        answers += 1
+        await request.read()
+        crc = zlib.crc32(body) if sent_crc == "good" else zlib.crc32(body) ^ 1
+        return web.Response(
+            body=body,
+            content_type="application/x-amz-json-1.0",
+            headers={"x-amz-crc32": str(crc)},
+        )
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=2)) as client:
+            if sent_crc == "good":
+                got = await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+                assert got == {"Item": {"job_id": {"S": "x"}}} and answers == 1
+            else:
+                with pytest.raises(DynamoUnreachable, match="CRC32"):
+                    await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+                assert answers == 2
+    finally:
+        await runner.cleanup()

@@ -19,7 +19,8 @@ same either way. Errors, translated into the store's at one place (``store/dynam
     │                        .code (the error's type, or the HTTP status as text when the
     │                        answer was not DynamoDB's error document), .status, .body
     │                        (the document: CancellationReasons, a refused write's Item)
-    └── DynamoUnreachable    no answer: refused or reset connection, timeout, no credentials
+    └── DynamoUnreachable    no usable answer: refused or reset connection, timeout, a body
+                             whose CRC32 is not the one DynamoDB sent, no credentials
 
 A call is retried (jittered exponential backoff, botocore's "standard" mode: up to
 ``max_attempts`` tries, at most 20 s apart) when it was throttled, DynamoDB failed (5xx) or
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -177,8 +179,13 @@ class DynamoDB:
             ) as response:
                 body = await response.read()
                 status = response.status
+                checksum = response.headers.get("x-amz-crc32")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DynamoUnreachable(f"{operation}: {type(exc).__name__}") from exc
+        if checksum is not None and checksum != str(zlib.crc32(body)):
+            # DynamoDB's CRC32 of the body it sent: a mismatch is a damaged answer (retried,
+            # as botocore does), never an item read wrong.
+            raise DynamoUnreachable(f"{operation}: the answer's CRC32 does not match")
         if status != 200:
             raise DynamoError(operation, status, body)
         try:
