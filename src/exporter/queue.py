@@ -288,6 +288,19 @@ class QueuePlace:
     estimate: WaitEstimate
 
 
+async def ready_elsewhere(
+    redis: ArqRedis, *, other_queue: str, queue: str, job_id: str
+) -> tuple[bool, float | None]:
+    """Whether ``other_queue`` holds a job ready to run now, and how long ``job_id`` has been
+    ready on ``queue`` (seconds; None when it is no longer there). One round trip."""
+    now = timestamp_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(other_queue, min=float("-inf"), max=now, start=0, num=1)
+        pipe.zscore(queue, job_id)
+        ready, score = await pipe.execute()
+    return bool(ready), None if score is None else max(0.0, (now - float(score)) / 1000)
+
+
 def runs_key(queue_name: str) -> str:
     """Recent successful runs on ``queue_name`` (rows and seconds), newest first: what the
     ETA of a waiting export is measured from."""

@@ -4,10 +4,12 @@ separate slots, one set of clients, one signal handler, health keys for both que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,71 @@ async def test_a_large_export_holding_the_large_slots_does_not_delay_a_small_one
             assert not await redis.exists(pool_key(both.redis.queue_name))
             assert not await redis.exists(pool_key(both.redis.large_queue))
             assert await redis.ping()
+
+
+@contextlib.asynccontextmanager
+async def _serving(worker: Worker) -> AsyncIterator[None]:
+    task = asyncio.create_task(worker.main())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+def _yielding_for(settings: Settings, seconds: float) -> Settings:
+    both = _one_slot_each(settings)
+    return both.model_copy(
+        update={"worker": both.worker.model_copy(update={"large_yield_max_s": seconds})}
+    )
+
+
+async def test_small_exports_ready_in_the_process_go_before_a_large_one(
+    settings: Settings, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    big, small = await make_user(), await make_user()
+    await seed_rows(big.user_id, 200)
+    await seed_rows(small.user_id, 10)
+    both = _yielding_for(settings, 60)
+    async with open_resources(both) as shared:
+        default_pool, large_pool = build_pool_workers(both, shared)
+        small_job = await _queued(shared, small.user_id, rows=10, large=False)
+        big_job = await _queued(shared, big.user_id, rows=200, large=True)
+        async with _serving(large_pool):
+            # The large pool polls every 50 ms; for a second it starts nothing while a
+            # small export is ready (nothing serves the default queue yet).
+            await asyncio.sleep(1)
+            waiting = await shared.jobs.get(big_job.job_id)
+            assert waiting is not None and waiting.status is JobState.QUEUED
+            assert await shared.queue.redis.zscore(both.redis.large_queue, big_job.job_id)
+            async with _serving(default_pool):
+                first = await until_status(shared, small_job.job_id, JobState.SUCCEEDED)
+                then = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
+    assert then.row_count == 200 and first.row_count == 10
+    assert first.finished_at is not None and then.started_at is not None
+    assert then.started_at >= first.finished_at
+
+
+async def test_a_large_export_waits_for_small_ones_at_most_large_yield_max_s(
+    settings: Settings, make_user: MakeUser, seed_rows: SeedRows
+) -> None:
+    big, small = await make_user(), await make_user()
+    await seed_rows(big.user_id, 200)
+    both = _yielding_for(settings, 0.5)
+    async with open_resources(both) as shared:
+        _, large_pool = build_pool_workers(both, shared)
+        # Ready on the default queue the whole time: nothing serves it in this test.
+        small_job = await _queued(shared, small.user_id, rows=10, large=False)
+        big_job = await _queued(shared, big.user_id, rows=200, large=True)
+        async with _serving(large_pool):
+            done = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
+        still = await shared.jobs.get(small_job.job_id)
+        await shared.queue.redis.delete(both.redis.queue_name)
+    assert done.row_count == 200 and done.started_at is not None
+    assert (done.started_at - done.created_at).total_seconds() >= 0.5
+    assert still is not None and still.status is JobState.QUEUED
 
 
 async def _until(predicate: object, *, timeout_s: float) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from arq import Retry, cron
 from arq.worker import Function, Worker, func
+from redis.exceptions import RedisError
 
 from exporter.config import EXPIRE_TIMEOUT_S, Settings
 from exporter.errors import QueueUnavailable, RetryLater
@@ -36,6 +37,7 @@ from exporter.queue import (
     WakeSignal,
     arq_redis_settings,
     open_arq_redis,
+    ready_elsewhere,
 )
 from exporter.resources import Resources, open_resources
 from exporter.schedules.run import run_due_schedules
@@ -372,12 +374,21 @@ class ExportWorker(Worker):
     polls a worker with a free slot blocks on its queue's wake-up signal
     (``queue.WakeSignal``) for at most ``poll_delay``, so an idle worker starts a new export
     within milliseconds. Every other poll (deferred jobs, aborts, a missed signal) still
-    happens at least every ``poll_delay``. Burst workers poll as arq does."""
+    happens at least every ``poll_delay``. Burst workers poll as arq does.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``yield_to``: another queue whose ready jobs go first: while it has one, this worker
+    starts none of its own unless the first has waited ``yield_max_s`` (the large pool of a
+    process serving both queues, ``jobs/pools.py``)."""
+
+    def __init__(
+        self, *args: Any, yield_to: str | None = None, yield_max_s: float = 0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._wait_s = self.poll_delay_s
         self._wake: WakeSignal | None = None
+        self._yield_to = yield_to if yield_max_s > 0 else None
+        self._yield_max_s = yield_max_s
+        self._yielding = False
         if not self.burst and self._wait_s > 0:
             # arq's loop sleeps out what is left of poll_delay after each poll; the wait
             # below paces it instead.
@@ -395,6 +406,32 @@ class ExportWorker(Worker):
             settings: Settings = self.ctx[_SETTINGS]
             self._wake = WakeSignal(settings.redis, self.queue_name, max_wait_s=self._wait_s)
         await self._wake.wait(self._wait_s)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        if job_ids and self._yield_to is not None and await self._others_first(job_ids[0]):
+            return  # they stay queued; the next poll looks again
+        await super().start_jobs(job_ids)
+
+    async def _others_first(self, first: bytes) -> bool:
+        """True while ``yield_to`` has a ready job and our first has waited less than
+        ``yield_max_s``. If Redis cannot say, arq's own read is failing too: start as usual."""
+        assert self._yield_to is not None
+        try:
+            ready, waited_s = await ready_elsewhere(
+                self.pool, other_queue=self._yield_to, queue=self.queue_name, job_id=first.decode()
+            )
+        except (RedisError, OSError):
+            return False
+        yielding = ready and waited_s is not None and waited_s < self._yield_max_s
+        if yielding != self._yielding:
+            self._yielding = yielding
+            log.info(
+                "worker.yielding" if yielding else "worker.not_yielding",
+                queue=self.queue_name,
+                to=self._yield_to,
+                waited_s=None if waited_s is None else round(waited_s, 1),
+            )
+        return yielding
 
     async def close(self) -> None:
         if self._wake is not None:
