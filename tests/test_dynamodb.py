@@ -174,3 +174,31 @@ async def test_an_answer_whose_crc32_does_not_match_is_retried_then_unreachable(
                 assert answers == 2
     finally:
         await runner.cleanup()
+
+
+async def test_a_retried_transaction_carries_the_same_client_request_token() -> None:
+    """DynamoDB applies a TransactWriteItems once per token (for 10 minutes): the retry of
+    one whose answer was lost is recognised, not refused by its own conditions."""
+    tokens: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        tokens.append(json.loads(await request.read()).get("ClientRequestToken"))
+        throttled = {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException"}
+        return web.json_response(throttled, status=400, content_type="application/x-amz-json-1.0")
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=3)) as client:
+            for _ in range(2):
+                with pytest.raises(DynamoError):
+                    await client.transact_write_items(TransactItems=[])
+    finally:
+        await runner.cleanup()
+    assert len(tokens) == 6 and all(tokens)
+    assert len(set(tokens[:3])) == 1 and len(set(tokens[3:])) == 1  # one per call
+    assert tokens[0] != tokens[3]

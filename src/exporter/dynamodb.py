@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -149,6 +150,11 @@ class DynamoDB:
     async def call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """``operation`` (``"GetItem"``) with DynamoDB's JSON parameters; its JSON answer."""
         self._on_call(operation)
+        if operation == "TransactWriteItems" and "ClientRequestToken" not in params:
+            # As botocore fills it in: a retry of a transaction that did commit (its answer
+            # lost) is then recognised by DynamoDB for 10 minutes and not applied twice, nor
+            # refused by its own conditions.
+            params = {**params, "ClientRequestToken": str(uuid.uuid4())}
         attempt = 1
         while True:
             try:
