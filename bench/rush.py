@@ -223,7 +223,7 @@ async def redis_pid(settings: Settings) -> int:
 def worker_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     """Worker settings given on the command line (the shipped defaults otherwise)."""
     found: list[tuple[str, object]] = []
-    for name in ("max_jobs", "large_max_jobs", "poll_delay_s"):
+    for name in ("max_jobs", "large_max_jobs", "poll_delay_s", "nice"):
         value = getattr(args, name)
         if value is not None:
             found.append((name, value))
@@ -702,6 +702,7 @@ async def run_round(
     large_slots = (args.large_max_jobs or shipped.large_max_jobs) if rnd.routing else 0
     result["slots_per_process"] = {"small": small_slots, "large": large_slots}
     result["worker_processes"] = args.workers
+    result["worker_nice"] = args.nice
     return result
 
 
@@ -834,10 +835,10 @@ def table(rounds: list[dict[str, Any]]) -> str:
             [f"{r['accepted']} / {r['delivered_once']}" for r in rounds],
         ),
         (
-            "worker processes x slots (small + large)",
+            "worker processes x slots (small + large), at nice",
             [
                 f"{r['worker_processes']} x ({r['slots_per_process']['small']} + "
-                f"{r['slots_per_process']['large']})"
+                f"{r['slots_per_process']['large']}), {r.get('worker_nice', 0)}"
                 for r in rounds
             ],
         ),
@@ -974,6 +975,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--large-max-jobs", type=int, help="worker.large_max_jobs (default: shipped)"
     )
     parser.add_argument("--poll-delay-s", type=float, help="worker.poll_delay_s (default: shipped)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        help="worker.nice: the workers' CPU priority on this one box, the API's and the "
+        "stand-ins' staying 0 (README, Operations: a shared box answers requests first)",
+    )
     parser.add_argument(
         "--rounds",
         default="abc",

@@ -251,6 +251,10 @@ class WorkerSettings(BaseModel):
     # transient failures are bounded by retry_budget_s instead, however many tries it takes.
     max_tries: int = Field(default=5, ge=1)
     poll_delay_s: float = Field(default=0.1, gt=0)
+    # The worker process's CPU priority (nice, 0-19): where the API and the workers share a
+    # box (a VM, docker compose), 10 has the API answer first and the workers use what is
+    # left (docs/benchmarks.md, "Issue 15, evening"). Kubernetes gives each its own CPU: 0.
+    nice: int = Field(default=0, ge=0, le=19)
     # Time given to running jobs on SIGTERM; keep below the pod's terminationGracePeriodSeconds.
     shutdown_grace_s: int = Field(default=60, ge=0)
     expire_cron_minute: int = Field(default=17, ge=0, le=59)

@@ -96,6 +96,7 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
         "asked": {"small": 1, "large": 0},
         "accepted": 1,
         "worker_processes": 2,
+        "worker_nice": 10,
         "slots_per_process": {"small": 4, "large": 2},
         "delivered_once": 1,
         "errors": {},
@@ -116,7 +117,7 @@ def test_a_measure_nobody_took_reads_n_a() -> None:
     assert "| size unknown at create, small + large (routed to the default queue) | 0 + 1 |" in (
         rendered
     )
-    assert "| worker processes x slots (small + large) | 2 x (4 + 2) |" in rendered
+    assert "| worker processes x slots (small + large), at nice | 2 x (4 + 2), 10 |" in rendered
 
 
 def test_dynamodb_calls_are_read_by_operation_and_absent_reads_none() -> None:

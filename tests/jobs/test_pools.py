@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -188,7 +189,10 @@ async def test_the_combined_process_is_healthy_on_both_queues_and_stops_cleanly_
     settings: Settings, resources: Resources, tmp_path: Path
 ) -> None:
     processes = Processes(
-        env=process_env(settings, EXPORTER_EXPORTS__ROUTING_ENABLED="true"), logs=tmp_path
+        env=process_env(
+            settings, EXPORTER_EXPORTS__ROUTING_ENABLED="true", EXPORTER_WORKER__NICE="7"
+        ),
+        logs=tmp_path,
     )
     proc = processes.spawn("worker", "--queue", "default", "--queue", "large")
     log = processes.log_of(proc)
@@ -200,6 +204,8 @@ async def test_the_combined_process_is_healthy_on_both_queues_and_stops_cleanly_
             )
 
         await _until(both_healthy, timeout_s=60)
+        # At the CPU priority it was given (worker.nice), below this test's.
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 7 > os.getpriority(os.PRIO_PROCESS, 0)
         for queues in ([], ["--queue", "large"], ["--queue", "default", "--queue", "large"]):
             check = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "exporter", "worker", "--check", *queues, env=processes.env

@@ -25,7 +25,7 @@ import signal
 from arq.worker import Worker
 
 from exporter.config import Settings
-from exporter.jobs.worker import ExportWorker, build_worker_settings
+from exporter.jobs.worker import ExportWorker, build_worker_settings, lower_priority
 from exporter.logs import configure_logging
 from exporter.resources import Resources, open_resources
 
@@ -113,5 +113,6 @@ async def run_pools(settings: Settings) -> None:
 def run_pools_forever(settings: Settings) -> None:
     """``exporter worker --queue default --queue large``."""
     configure_logging(settings)
+    lower_priority(settings)
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(run_pools(settings))

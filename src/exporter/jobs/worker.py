@@ -440,8 +440,19 @@ class ExportWorker(Worker):
         await super().close()
 
 
+def lower_priority(settings: Settings) -> None:
+    """Step the process's CPU priority down to ``worker.nice`` (a worker's work waits; a
+    request on the same box should not)."""
+    wanted = settings.worker.nice
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if wanted > current:
+        os.nice(wanted - current)
+        log.info("worker.nice", nice=wanted)
+
+
 def run_worker_forever(settings: Settings, *, large: bool = False) -> None:
     configure_logging(settings)
+    lower_priority(settings)
     ExportWorker(**build_worker_settings(settings, large=large)).run()
 
 
