@@ -53,7 +53,7 @@ pytest-live:
 bench: venv  ## export engine vs psql \copy (1M, 100k, 10k rows; medians); see docs/benchmarks.md
 	$(PY) -m bench.export
 
-# Full size by default (1,000 + 10 users, three rounds; roughly 15-25 min on 2 vCPU); sizes
+# Full size by default (1,000 + 10 users, three rounds; ~7 min on 2 vCPU, ~9 with seeding); sizes
 # as flags, e.g. make bench-rush RUSH_ARGS="--small-users 50 --large-users 2 --large-rows 50000".
 RUSH_ARGS ?=
 bench-rush: venv  ## the morning-of-the-1st burst, routing off/on/without large users; see docs/benchmarks.md
