@@ -129,17 +129,26 @@ def _yielding_for(settings: Settings, seconds: float) -> Settings:
     )
 
 
+async def _one_of_each(
+    shared: Resources, make_user: MakeUser, seed_rows: SeedRows
+) -> tuple[ExportJob, ExportJob]:
+    """A small export (10 rows), then a large one (200 rows), each ready on its queue."""
+    small, big = await make_user(), await make_user()
+    await seed_rows(small.user_id, 10)
+    await seed_rows(big.user_id, 200)
+    return (
+        await _queued(shared, small.user_id, rows=10, large=False),
+        await _queued(shared, big.user_id, rows=200, large=True),
+    )
+
+
 async def test_small_exports_ready_in_the_process_go_before_a_large_one(
     settings: Settings, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:
-    big, small = await make_user(), await make_user()
-    await seed_rows(big.user_id, 200)
-    await seed_rows(small.user_id, 10)
     both = _yielding_for(settings, 60)
     async with open_resources(both) as shared:
         default_pool, large_pool = build_pool_workers(both, shared)
-        small_job = await _queued(shared, small.user_id, rows=10, large=False)
-        big_job = await _queued(shared, big.user_id, rows=200, large=True)
+        small_job, big_job = await _one_of_each(shared, make_user, seed_rows)
         async with _serving(large_pool):
             # The large pool polls every 50 ms; for a second it starts nothing while a
             # small export is ready (nothing serves the default queue yet).
@@ -158,14 +167,11 @@ async def test_small_exports_ready_in_the_process_go_before_a_large_one(
 async def test_a_large_export_waits_for_small_ones_at_most_large_yield_max_s(
     settings: Settings, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:
-    big, small = await make_user(), await make_user()
-    await seed_rows(big.user_id, 200)
     both = _yielding_for(settings, 0.5)
     async with open_resources(both) as shared:
         _, large_pool = build_pool_workers(both, shared)
-        # Ready on the default queue the whole time: nothing serves it in this test.
-        small_job = await _queued(shared, small.user_id, rows=10, large=False)
-        big_job = await _queued(shared, big.user_id, rows=200, large=True)
+        # The small one is ready the whole time: nothing serves the default queue here.
+        small_job, big_job = await _one_of_each(shared, make_user, seed_rows)
         async with _serving(large_pool):
             done = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
         still = await shared.jobs.get(small_job.job_id)
