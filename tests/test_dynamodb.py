@@ -4,20 +4,31 @@ make through it against DynamoDB Local."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+import aiohttp
 import pytest
+from aiodynamo.credentials import Key
 from aiohttp import web
 from prometheus_client import REGISTRY
 
 from exporter.aws import open_dynamo
 from exporter.config import DynamoSettings, Settings
 from exporter.dev.ports import free_port
-from exporter.dynamodb import USER_AGENT, DynamoError, DynamoUnreachable, chain_credentials
+from exporter.dynamodb import (
+    USER_AGENT,
+    DynamoDB,
+    DynamoError,
+    DynamoUnreachable,
+    chain_credentials,
+)
+from exporter.errors import StoreUnavailable
+from exporter.store.dynamo import dynamo_errors
 from tests.aws_errors import AwsError, aws_error_endpoint
 
 
@@ -138,6 +149,34 @@ async def test_a_table_is_created_waited_for_paged_through_and_deleted(settings:
             await client.delete_table(TableName=table)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def _stub(answer: Handler) -> AsyncIterator[str]:
+    """An endpoint on loopback answering every POST with ``answer``; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def _json(
+    document: object, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(document).encode(),
+        status=status,
+        content_type="application/x-amz-json-1.0",
+        headers=headers,
+    )
+
+
 @pytest.mark.parametrize("sent_crc", ["good", "bad"])
 async def test_an_answer_whose_crc32_does_not_match_is_retried_then_unreachable(
     sent_crc: str,
@@ -150,30 +189,82 @@ async def test_an_answer_whose_crc32_does_not_match_is_retried_then_unreachable(
         answers += 1
         await request.read()
         crc = zlib.crc32(body) if sent_crc == "good" else zlib.crc32(body) ^ 1
-        return web.Response(
-            body=body,
-            content_type="application/x-amz-json-1.0",
-            headers={"x-amz-crc32": str(crc)},
+        return _json({"Item": {"job_id": {"S": "x"}}}, headers={"x-amz-crc32": str(crc)})
+
+    async with (
+        _stub(answer) as url,
+        open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=2)) as client,
+    ):
+        if sent_crc == "good":
+            got = await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+            assert got == {"Item": {"job_id": {"S": "x"}}} and answers == 1
+        else:
+            with pytest.raises(DynamoUnreachable, match="CRC32"):
+                await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+            assert answers == 2
+
+
+async def test_a_success_that_is_not_json_is_retried_then_unreachable() -> None:
+    answers = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal answers
+        answers += 1
+        return web.Response(body=b"<html>captive portal</html>", content_type="text/html")
+
+    async with (
+        _stub(answer) as url,
+        open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=2)) as client,
+    ):
+        with pytest.raises(DynamoUnreachable, match="not JSON"):
+            await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+    assert answers == 2
+
+
+async def test_a_failure_fetching_credentials_is_unreachable_and_retried() -> None:
+    asked = 0
+
+    async def failing() -> Key:
+        nonlocal asked
+        asked += 1
+        raise RuntimeError(
+            "Credentials were refreshed, but the refreshed credentials are still expired."
         )
 
-    app = web.Application()
-    app.router.add_post("/", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=2)) as client:
-            if sent_crc == "good":
-                got = await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
-                assert got == {"Item": {"job_id": {"S": "x"}}} and answers == 1
-            else:
-                with pytest.raises(DynamoUnreachable, match="CRC32"):
-                    await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
-                assert answers == 2
-    finally:
-        await runner.cleanup()
+    async with aiohttp.ClientSession() as session:
+        client = DynamoDB(
+            session,
+            region="eu-west-1",
+            endpoint_url="http://127.0.0.1:9",
+            credentials=failing,
+            max_attempts=2,
+        )
+        with pytest.raises(DynamoUnreachable, match="credentials: RuntimeError") as raised:
+            await client.get_item(TableName="t-jobs", Key={"job_id": {"S": "x"}})
+    assert asked == 2
+    with pytest.raises(StoreUnavailable), dynamo_errors("get"):
+        raise raised.value
+
+
+async def test_waiting_for_a_table_aws_does_not_know_yet_keeps_asking() -> None:
+    """DescribeTable reads eventually consistent metadata: just after CreateTable, AWS may
+    answer ResourceNotFoundException."""
+    described = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal described
+        described += 1
+        if described == 1:
+            kind = "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException"
+            return _json({"__type": kind, "message": "Requested resource not found"}, status=400)
+        return _json({"Table": {"TableName": "t-new", "TableStatus": "ACTIVE"}})
+
+    async with (
+        _stub(answer) as url,
+        open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=1)) as client,
+    ):
+        await client.wait_for_table("t-new")
+    assert described == 2
 
 
 async def test_a_retried_transaction_carries_the_same_client_request_token() -> None:
@@ -184,21 +275,15 @@ async def test_a_retried_transaction_carries_the_same_client_request_token() -> 
     async def answer(request: web.Request) -> web.Response:
         tokens.append(json.loads(await request.read()).get("ClientRequestToken"))
         throttled = {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException"}
-        return web.json_response(throttled, status=400, content_type="application/x-amz-json-1.0")
+        return _json(throttled, status=400)
 
-    app = web.Application()
-    app.router.add_post("/", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=3)) as client:
-            for _ in range(2):
-                with pytest.raises(DynamoError):
-                    await client.transact_write_items(TransactItems=[])
-    finally:
-        await runner.cleanup()
+    async with (
+        _stub(answer) as url,
+        open_dynamo(DynamoSettings(endpoint_url=url, max_attempts=3)) as client,
+    ):
+        for _ in range(2):
+            with pytest.raises(DynamoError):
+                await client.transact_write_items(TransactItems=[])
     assert len(tokens) == 6 and all(tokens)
     assert len(set(tokens[:3])) == 1 and len(set(tokens[3:])) == 1  # one per call
     assert tokens[0] != tokens[3]

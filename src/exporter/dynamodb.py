@@ -20,11 +20,19 @@ same either way. Errors, translated into the store's at one place (``store/dynam
     │                        answer was not DynamoDB's error document), .status, .body
     │                        (the document: CancellationReasons, a refused write's Item)
     └── DynamoUnreachable    no usable answer: refused or reset connection, timeout, a body
-                             whose CRC32 is not the one DynamoDB sent, no credentials
+                             whose CRC32 is not the one DynamoDB sent or that is not JSON,
+                             no credentials or a failure fetching them
 
-A call is retried (jittered exponential backoff, botocore's "standard" mode: up to
-``max_attempts`` tries, at most 20 s apart) when it was throttled, DynamoDB failed (5xx) or
-did not answer; the caller sees the last failure.
+A call is retried (jittered exponential backoff as botocore's "standard" mode: up to
+``max_attempts`` tries, at most 20 s apart; without that mode's process-wide retry quota)
+when it was throttled, DynamoDB failed (5xx) or did not answer; the caller sees the last
+failure.
+
+Endpoints: ``https://dynamodb.{region}.amazonaws.com`` unless ``dynamo.endpoint_url`` says
+otherwise (set it for the China regions, FIPS or a VPC endpoint). The signer signs the host
+without a port, so an endpoint that checks signatures must be on the scheme's default port
+(AWS's are; DynamoDB Local checks none). Proxies come from ``HTTPS_PROXY``/``NO_PROXY``;
+``AWS_CA_BUNDLE`` is not read (the system's CAs are).
 """
 
 from __future__ import annotations
@@ -114,13 +122,16 @@ def chain_credentials() -> CredentialSource:
     metadata), resolved on first use and refreshed by botocore before they expire."""
     session = get_session()
     resolved: list[Any] = []
+    first_load = asyncio.Lock()  # calls that come together at start-up ask the chain once
 
     async def credentials() -> Key:
         if not resolved:
-            found = await session.get_credentials()
-            if found is None:
-                raise DynamoUnreachable("no AWS credentials found")
-            resolved.append(found)
+            async with first_load:
+                if not resolved:
+                    found = await session.get_credentials()
+                    if found is None:
+                        raise DynamoUnreachable("no AWS credentials found")
+                    resolved.append(found)
         frozen = await resolved[0].get_frozen_credentials()
         return Key(id=frozen.access_key, secret=frozen.secret_key, token=frozen.token)
 
@@ -171,8 +182,16 @@ class DynamoDB:
             attempt += 1
 
     async def _send(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            key = await self._credentials()
+        except DynamoUnreachable:
+            raise
+        except Exception as exc:  # STS, the metadata service, botocore's refresh: any of them
+            # Whatever the provider chain raised while fetching or refreshing credentials is
+            # trouble reaching AWS: retried, then StoreUnavailable, never an unexplained 500.
+            raise DynamoUnreachable(f"{operation}: credentials: {type(exc).__name__}") from exc
         request = signed_dynamo_request(
-            key=await self._credentials(),
+            key=key,
             payload=params,
             action=operation,
             region=self._region,
@@ -196,8 +215,8 @@ class DynamoDB:
             raise DynamoError(operation, status, body)
         try:
             answer = json.loads(body)
-        except ValueError as exc:
-            raise DynamoError(operation, status, b"") from exc
+        except ValueError as exc:  # a damaged answer, as botocore's parser error: retried
+            raise DynamoUnreachable(f"{operation}: the answer is not JSON") from exc
         return answer if isinstance(answer, dict) else {}
 
     async def pages(self, operation: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
@@ -217,7 +236,14 @@ class DynamoDB:
     async def wait_for_table(self, name: str) -> None:
         """Until the table is ``ACTIVE`` (a new one is ``CREATING`` for a few seconds)."""
         for _ in range(_TABLE_ACTIVE_POLLS):
-            described = await self.describe_table(TableName=name)
+            try:
+                described = await self.describe_table(TableName=name)
+            except DynamoError as exc:
+                # DescribeTable reads eventually consistent metadata: right after CreateTable
+                # AWS may not know the table yet (botocore's waiter retried this too).
+                if exc.code != "ResourceNotFoundException":
+                    raise
+                described = {}
             if described.get("Table", {}).get("TableStatus") == "ACTIVE":
                 return
             await asyncio.sleep(1)
@@ -278,6 +304,8 @@ async def open_dynamodb(
     timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s)
     connector = aiohttp.TCPConnector(limit=max_connections)
     async with aiohttp.ClientSession(
+        # HTTPS_PROXY / NO_PROXY from the environment, as botocore honoured them.
+        trust_env=True,
         connector=connector,
         timeout=timeout,
         auto_decompress=False,

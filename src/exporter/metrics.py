@@ -108,12 +108,12 @@ EMAIL_SEND_FAILURES = Counter(
     namespace=NAMESPACE,
 )
 
-# --- DynamoDB (counted by a before-call hook on the client: ``aws.py``) -----------------------
+# --- DynamoDB (counted by our client, once per call: ``dynamodb.py``) ------------------------
 
 DYNAMODB_CALLS = Counter(
     "dynamodb_calls",
     "DynamoDB API calls made by this process, by operation (GetItem, TransactWriteItems, ...); "
-    "one per call, however many HTTP attempts botocore's retries needed.",
+    "one per call, however many HTTP attempts its retries needed.",
     ["operation"],
     namespace=NAMESPACE,
 )

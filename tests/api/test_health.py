@@ -124,7 +124,7 @@ async def test_readyz_names_postgres_when_it_is_down(settings: Settings, api_wit
 
 
 async def test_readyz_names_dynamodb_when_it_is_down(settings: Settings, api_with: ApiWith) -> None:
-    # One attempt: botocore's backoff between retries would outlast the probe's budget and
+    # One attempt: the client's backoff between retries would outlast the probe's budget and
     # turn the refusal into a TimeoutError, hiding what happened.
     dynamo = settings.dynamo.model_copy(
         update={"endpoint_url": f"http://127.0.0.1:{free_port()}", "max_attempts": 1}
