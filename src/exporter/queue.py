@@ -288,17 +288,28 @@ class QueuePlace:
     estimate: WaitEstimate
 
 
-async def ready_elsewhere(
-    redis: ArqRedis, *, other_queue: str, queue: str, job_id: str
+async def waiting_elsewhere(
+    redis: ArqRedis, *, other_queue: str, queue: str, job_ids: list[str], look: int = 64
 ) -> tuple[bool, float | None]:
-    """Whether ``other_queue`` holds a job ready to run now, and how long ``job_id`` has been
-    ready on ``queue`` (seconds; None when it is no longer there). One round trip."""
+    """Whether ``other_queue`` has a job waiting to start (ready and not running: arq keeps a
+    running job in its queue until it ends), among its first ``look``; and how long the first
+    of ``job_ids`` that is not running has been ready on ``queue`` (seconds; None if every
+    one is running or gone). Two round trips."""
     now = timestamp_ms()
+    others = await redis.zrangebyscore(other_queue, min=float("-inf"), max=now, start=0, num=look)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrangebyscore(other_queue, min=float("-inf"), max=now, start=0, num=1)
-        pipe.zscore(queue, job_id)
-        ready, score = await pipe.execute()
-    return bool(ready), None if score is None else max(0.0, (now - float(score)) / 1000)
+        for other in others:
+            pipe.exists(in_progress_key_prefix + other.decode())
+        for job_id in job_ids:
+            pipe.exists(in_progress_key_prefix + job_id)
+            pipe.zscore(queue, job_id)
+        answers = await pipe.execute()
+    waiting = not all(answers[: len(others)])
+    ours = answers[len(others) :]
+    for running, score in zip(ours[::2], ours[1::2], strict=True):
+        if not running and score is not None:
+            return waiting, max(0.0, (now - float(score)) / 1000)
+    return waiting, None
 
 
 def runs_key(queue_name: str) -> str:

@@ -37,7 +37,7 @@ from exporter.queue import (
     WakeSignal,
     arq_redis_settings,
     open_arq_redis,
-    ready_elsewhere,
+    waiting_elsewhere,
 )
 from exporter.resources import Resources, open_resources
 from exporter.schedules.run import run_due_schedules
@@ -408,21 +408,25 @@ class ExportWorker(Worker):
         await self._wake.wait(self._wait_s)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        if job_ids and self._yield_to is not None and await self._others_first(job_ids[0]):
+        if job_ids and self._yield_to is not None and await self._others_first(job_ids):
             return  # they stay queued; the next poll looks again
         await super().start_jobs(job_ids)
 
-    async def _others_first(self, first: bytes) -> bool:
-        """True while ``yield_to`` has a ready job and our first has waited less than
-        ``yield_max_s``. If Redis cannot say, arq's own read is failing too: start as usual."""
+    async def _others_first(self, job_ids: list[bytes]) -> bool:
+        """True while ``yield_to`` has a job waiting to start and the first of ours that is
+        not already running has waited less than ``yield_max_s``. If Redis cannot say, arq's
+        own read is failing too: start as usual."""
         assert self._yield_to is not None
         try:
-            ready, waited_s = await ready_elsewhere(
-                self.pool, other_queue=self._yield_to, queue=self.queue_name, job_id=first.decode()
+            waiting, waited_s = await waiting_elsewhere(
+                self.pool,
+                other_queue=self._yield_to,
+                queue=self.queue_name,
+                job_ids=[job_id.decode() for job_id in job_ids],
             )
         except (RedisError, OSError):
             return False
-        yielding = ready and waited_s is not None and waited_s < self._yield_max_s
+        yielding = waiting and waited_s is not None and waited_s < self._yield_max_s
         if yielding != self._yielding:
             self._yielding = yielding
             log.info(
