@@ -102,6 +102,9 @@ async def test_a_large_export_holding_the_large_slots_does_not_delay_a_small_one
                 finished = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
                 assert finished.row_count == 30_000
             finally:
+                # Whatever failed above, the large pool's running export must be able to end,
+                # or stopping the pools waits for it and hides the failure.
+                proxy.resume()
                 stop.set()  # what SIGTERM does
                 await asyncio.wait_for(serving, 30)
             # Each pool left its slots and its liveness key on the way out; the shared
