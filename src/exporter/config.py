@@ -242,7 +242,7 @@ class WorkerSettings(BaseModel):
     # large queue has max_jobs slots, as its own Deployment sets them.
     large_max_jobs: int = Field(default=2, ge=1)
     # In a process serving both queues, the two pools share its CPU and the database's: a
-    # large export waits to start while small exports are ready, for at most this long
+    # large export waits to start while small exports wait to start, for at most this long
     # (0: never waits), so a burst of small ones is not slowed by large COPYs on the same
     # cores. Separate Deployments (the chart) do not wait: they have cores of their own.
     large_yield_max_s: float = Field(default=120.0, ge=0)

@@ -4,7 +4,7 @@ Two arq ``Worker`` instances in one event loop, each with its own queue and its 
 (``worker.max_jobs`` small, ``worker.large_max_jobs`` large), so a large export streaming
 in every large slot never holds up a small one, on a box with only a couple of processes.
 As the two pools share the process's cores (and usually the database's), the large pool
-starts nothing while small exports are ready, unless its first export has waited
+starts nothing while small exports wait to start, unless its first export has waited
 ``worker.large_yield_max_s`` (120 s): on the morning of the 1st the small ones go first.
 They share one ``Resources`` (one PostgreSQL pool, one DynamoDB client, one mailer), opened
 here before either starts and closed after both have stopped; only the default pool runs

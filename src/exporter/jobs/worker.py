@@ -376,7 +376,7 @@ class ExportWorker(Worker):
     within milliseconds. Every other poll (deferred jobs, aborts, a missed signal) still
     happens at least every ``poll_delay``. Burst workers poll as arq does.
 
-    ``yield_to``: another queue whose ready jobs go first: while it has one, this worker
+    ``yield_to``: another queue whose waiting jobs go first: while it has one, this worker
     starts none of its own unless the first has waited ``yield_max_s`` (the large pool of a
     process serving both queues, ``jobs/pools.py``)."""
 
