@@ -4,11 +4,13 @@ message, pause, resume, delete. Every request off loopback is refused."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from exporter.schedules.model import PauseReason
+from exporter.schedules.model import PauseReason, Schedule
 from tests.api.test_swagger_ui import CHROMIUM
 from tests.conftest import MakeUser
 from tests.web.test_browser import Live, _fix_live, chromium, loopback_only, snap  # noqa: F401 - the live fixture
@@ -55,26 +57,53 @@ async def test_a_monthly_export_is_set_up_paused_resumed_and_deleted_on_the_page
             assert "Last day" in row and "America/New_York" in row and "None yet" in row
             assert await page.inner_text("#new-schedule-error") == ""
             await snap(page, artifacts, shot)
+            # The list by user is a global secondary index, which DynamoDB updates after the
+            # write (eventually consistent, in AWS as in DynamoDB Local): its id from there,
+            # the record itself by key from then on.
+            schedule_id = await _only_schedule_of(live, user.user_id)
 
             shot = "schedules-paused"
             await page.click("#schedule-rows button:has-text('Pause')")
             await page.wait_for_selector("#schedule-rows td:has-text('Paused')")
-            (schedule,) = await live.resources.schedules.list_for_user(user.user_id)
-            assert schedule.paused_reason is PauseReason.USER
+            await _until_record(
+                live, schedule_id, lambda s: s is not None and s.paused_reason is PauseReason.USER
+            )
 
             shot = "schedules-resumed"
             await page.click("#schedule-rows button:has-text('Resume')")
             await page.wait_for_selector("#schedule-rows button:has-text('Pause')")
-            (schedule,) = await live.resources.schedules.list_for_user(user.user_id)
-            assert not schedule.paused
+            await _until_record(live, schedule_id, lambda s: s is not None and not s.paused)
 
             shot = "schedules-deleted"
             await page.click("#schedule-rows button:has-text('Delete')")
             await page.wait_for_selector("#schedules-empty:not([hidden])")
-            assert await live.resources.schedules.list_for_user(user.user_id) == []
+            await _until_record(live, schedule_id, lambda s: s is None)
         except BaseException:
             await snap(page, artifacts, f"{shot}-failed")
             raise
     assert refused == []
     # Only the refusal the test asked for (the unknown time zone's 422).
     assert [e for e in console_errors if not e.startswith("Failed to load resource")] == []
+
+
+async def _only_schedule_of(live: Live, user_id: str) -> str:
+    """The id of the user's one schedule, once the index by user shows it."""
+    for _ in range(100):
+        listed = await live.resources.schedules.list_for_user(user_id)
+        if listed:
+            (schedule,) = listed
+            return schedule.schedule_id
+        await asyncio.sleep(0.05)
+    raise AssertionError("the schedule never appeared in the index by user")
+
+
+async def _until_record(
+    live: Live, schedule_id: str, wanted: Callable[[Schedule | None], bool]
+) -> None:
+    """The record reaches what the page shows (read by key, within 5 s): the page and this
+    test read through different connections and the page's list through an index."""
+    for _ in range(100):
+        if wanted(await live.resources.schedules.get(schedule_id)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"schedule {schedule_id} is not as the page shows")
