@@ -134,37 +134,48 @@ def _yielding_for(settings: Settings, seconds: float) -> Settings:
     )
 
 
-async def _one_of_each(
-    shared: Resources, make_user: MakeUser, seed_rows: SeedRows
-) -> tuple[ExportJob, ExportJob]:
-    """A small export (10 rows), then a large one (200 rows), each ready on its queue."""
-    small, big = await make_user(), await make_user()
-    await seed_rows(small.user_id, 10)
-    await seed_rows(big.user_id, 200)
-    return (
-        await _queued(shared, small.user_id, rows=10, large=False),
-        await _queued(shared, big.user_id, rows=200, large=True),
-    )
+@contextlib.asynccontextmanager
+async def _large_pool_with_one_of_each(
+    settings: Settings, make_user: MakeUser, seed_rows: SeedRows, *, yield_max_s: float
+) -> AsyncIterator[tuple[Resources, Worker, ExportJob, ExportJob]]:
+    """The combined process's large pool (not started), on clients of its own, and a small
+    export (10 rows) then a large one (200 rows), each ready on its queue."""
+    both = _yielding_for(settings, yield_max_s)
+    async with open_resources(both) as shared:
+        _, large_pool = build_pool_workers(both, shared)
+        small, big = await make_user(), await make_user()
+        await seed_rows(small.user_id, 10)
+        await seed_rows(big.user_id, 200)
+        small_job = await _queued(shared, small.user_id, rows=10, large=False)
+        big_job = await _queued(shared, big.user_id, rows=200, large=True)
+        try:
+            yield shared, large_pool, small_job, big_job
+        finally:
+            await shared.queue.redis.delete(both.redis.queue_name)
 
 
 async def test_a_large_export_waits_while_a_small_one_waits_to_start(
     settings: Settings, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:
-    both = _yielding_for(settings, 60)
-    async with open_resources(both) as shared:
-        _, large_pool = build_pool_workers(both, shared)
-        small_job, big_job = await _one_of_each(shared, make_user, seed_rows)
-        async with _serving(large_pool):
-            # The large pool polls every 50 ms; for a second it starts nothing while a
-            # small export waits to start (nothing serves the default queue here).
-            await asyncio.sleep(1)
-            waiting = await shared.jobs.get(big_job.job_id)
-            assert waiting is not None and waiting.status is JobState.QUEUED
-            assert await shared.queue.redis.zscore(both.redis.large_queue, big_job.job_id)
-            # The small one leaves the queue (as when a default pool takes it, or it is
-            # cancelled): the large one starts.
-            await shared.queue.withdraw(small_job.job_id)
-            then = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
+    async with (
+        _large_pool_with_one_of_each(settings, make_user, seed_rows, yield_max_s=60) as (
+            shared,
+            large_pool,
+            small_job,
+            big_job,
+        ),
+        _serving(large_pool),
+    ):
+        # The large pool polls every 50 ms; for a second it starts nothing while a
+        # small export waits to start (nothing serves the default queue here).
+        await asyncio.sleep(1)
+        waiting = await shared.jobs.get(big_job.job_id)
+        assert waiting is not None and waiting.status is JobState.QUEUED
+        assert await shared.queue.redis.zscore(settings.redis.large_queue, big_job.job_id)
+        # The small one leaves the queue (as when a default pool takes it, or it is
+        # cancelled): the large one starts.
+        await shared.queue.withdraw(small_job.job_id)
+        then = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
     assert then.row_count == 200 and then.started_at is not None
     assert (then.started_at - then.created_at).total_seconds() >= 1
 
@@ -174,10 +185,12 @@ async def test_a_small_export_already_running_does_not_hold_a_large_one_back(
 ) -> None:
     """arq keeps a running job in its queue until it ends: only a small export waiting to
     start makes the large pool wait."""
-    both = _yielding_for(settings, 60)
-    async with open_resources(both) as shared:
-        _, large_pool = build_pool_workers(both, shared)
-        small_job, big_job = await _one_of_each(shared, make_user, seed_rows)
+    async with _large_pool_with_one_of_each(settings, make_user, seed_rows, yield_max_s=60) as (
+        shared,
+        large_pool,
+        small_job,
+        big_job,
+    ):
         # No default pool runs here: the key arq sets when a worker starts a job stands in
         # for one running the small export.
         running = in_progress_key_prefix + small_job.job_id
@@ -186,7 +199,7 @@ async def test_a_small_export_already_running_does_not_hold_a_large_one_back(
             async with _serving(large_pool):
                 done = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
         finally:
-            await shared.queue.redis.delete(running, both.redis.queue_name)
+            await shared.queue.redis.delete(running)
     assert done.started_at is not None
     assert (done.started_at - done.created_at).total_seconds() < 30  # not the 60 s bound
 
@@ -194,15 +207,16 @@ async def test_a_small_export_already_running_does_not_hold_a_large_one_back(
 async def test_a_large_export_waits_for_small_ones_at_most_large_yield_max_s(
     settings: Settings, make_user: MakeUser, seed_rows: SeedRows
 ) -> None:
-    both = _yielding_for(settings, 0.5)
-    async with open_resources(both) as shared:
-        _, large_pool = build_pool_workers(both, shared)
+    async with _large_pool_with_one_of_each(settings, make_user, seed_rows, yield_max_s=0.5) as (
+        shared,
+        large_pool,
+        small_job,
+        big_job,
+    ):
         # The small one is ready the whole time: nothing serves the default queue here.
-        small_job, big_job = await _one_of_each(shared, make_user, seed_rows)
         async with _serving(large_pool):
             done = await until_status(shared, big_job.job_id, JobState.SUCCEEDED)
         still = await shared.jobs.get(small_job.job_id)
-        await shared.queue.redis.delete(both.redis.queue_name)
     assert done.row_count == 200 and done.started_at is not None
     assert (done.started_at - done.created_at).total_seconds() >= 0.5
     assert still is not None and still.status is JobState.QUEUED
