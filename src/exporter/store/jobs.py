@@ -411,13 +411,10 @@ class JobStore:
             query["FilterExpression"] = "attribute_not_exists(error_code) OR error_code <> :e"
             values[":e"] = s(excluding_error)
         with dynamo_errors("count_jobs"):
-            while len(found) < limit:
-                response = await self._client.query(**query)
-                found.extend(item_to_job(i) for i in response.get("Items", []))
-                last = response.get("LastEvaluatedKey")
-                if not last:
+            async for page in self._client.pages("Query", **query):
+                found.extend(item_to_job(i) for i in page.get("Items", []))
+                if len(found) >= limit:
                     break
-                query["ExclusiveStartKey"] = last
         return found[:limit]
 
     async def get(self, job_id: str) -> ExportJob | None:

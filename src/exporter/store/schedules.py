@@ -180,14 +180,10 @@ class ScheduleStore:
             "KeyConditionExpression": "user_id = :u",
             "ExpressionAttributeValues": {":u": s(user_id)},
         }
-        while True:
-            with dynamo_errors("list_schedules"):
-                response = await self._client.query(**kwargs)
-            items.extend(item_to_schedule(i) for i in response.get("Items", []))
-            last = response.get("LastEvaluatedKey")
-            if last is None:
-                return items
-            kwargs["ExclusiveStartKey"] = last
+        with dynamo_errors("list_schedules"):
+            async for page in self._client.pages("Query", **kwargs):
+                items.extend(item_to_schedule(i) for i in page.get("Items", []))
+        return items
 
     async def list_all(self, *, limit: int = 1000) -> list[Schedule]:
         """Every schedule, up to ``limit`` (the operator's list; a scan, never per tick)."""
@@ -196,14 +192,11 @@ class ScheduleStore:
             "TableName": self._table,
             "FilterExpression": "attribute_exists(user_id)",
         }
-        while len(items) < limit:
-            with dynamo_errors("scan_schedules"):
-                response = await self._client.scan(**kwargs)
-            items.extend(item_to_schedule(i) for i in response.get("Items", []))
-            last = response.get("LastEvaluatedKey")
-            if last is None:
-                break
-            kwargs["ExclusiveStartKey"] = last
+        with dynamo_errors("scan_schedules"):
+            async for page in self._client.pages("Scan", **kwargs):
+                items.extend(item_to_schedule(i) for i in page.get("Items", []))
+                if len(items) >= limit:
+                    break
         return sorted(items, key=lambda sch: sch.created_at)[:limit]
 
     async def due(self, now: datetime, *, limit: int) -> list[Schedule]:
