@@ -83,6 +83,11 @@ class WakeSignal:
             got = await command("BLPOP", self._key, f"{timeout_s:.3f}")  # type: ignore[no-untyped-call]
             return got is not None
         except (RedisError, OSError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # The worker is being stopped: redis-py turned the cancel of the blocking
+                # read into a connection error; swallowing it would keep the worker polling.
+                raise asyncio.CancelledError from None
             await asyncio.sleep(timeout_s)
             return False
 
