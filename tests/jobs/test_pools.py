@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -52,7 +53,14 @@ def _one_slot_each(settings: Settings) -> Settings:
     return settings.model_copy(
         update={
             "worker": settings.worker.model_copy(
-                update={"max_jobs": 1, "large_max_jobs": 1, "poll_delay_s": 0.05}
+                # A stop gives running jobs (a cron's sweep too) 5 s, not 60: inside the
+                # 30 s these tests wait for the pools to stop.
+                update={
+                    "max_jobs": 1,
+                    "large_max_jobs": 1,
+                    "poll_delay_s": 0.05,
+                    "shutdown_grace_s": 5,
+                }
             ),
         }
     )
@@ -235,8 +243,15 @@ async def _until(predicate: object, *, timeout_s: float) -> None:
 async def test_the_combined_process_is_healthy_on_both_queues_and_stops_cleanly_on_sigterm(
     settings: Settings, resources: Resources, tmp_path: Path
 ) -> None:
+    # A cron job running when SIGTERM comes (the sweep reads the jobs table every test of
+    # the session shares) is given its grace: keep that well inside the wait below.
     processes = Processes(
-        env=process_env(settings, EXPORTER_EXPORTS__ROUTING_ENABLED="true"), logs=tmp_path
+        env=process_env(
+            settings,
+            EXPORTER_EXPORTS__ROUTING_ENABLED="true",
+            EXPORTER_WORKER__SHUTDOWN_GRACE_S="10",
+        ),
+        logs=tmp_path,
     )
     proc = processes.spawn("worker", "--queue", "default", "--queue", "large")
     log = processes.log_of(proc)
@@ -255,7 +270,11 @@ async def test_the_combined_process_is_healthy_on_both_queues_and_stops_cleanly_
             assert await check.wait() == 0
 
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0, log.read_text()
+        try:
+            stopped = await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 30 s after SIGTERM:\n{log.read_text()}") from None
+        assert stopped == 0, log.read_text()
     finally:
         processes.stop_all()
     text = log.read_text()
